@@ -1,0 +1,1 @@
+"""Turn images into evidence: vectors and hashes for the store, scores for users."""

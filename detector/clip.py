@@ -1,0 +1,143 @@
+"""CLIP image embeddings through open-clip-torch, loaded only from weights that exist.
+
+Weights come from the OpenCLIP hub cache (where `chimera models fetch` or open_clip
+itself put them) or a local checkpoint path. Nothing is downloaded implicitly, and
+randomly initialised weights are never used for results: when weights are missing
+the embedder is *unavailable*, with the reason, and scoring goes on without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_WEIGHTS = "laion2b_s34b_b79k"
+HUB_FILENAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+class ClipUnavailable(Exception):
+    """CLIP cannot run here; str(e) is the reason recorded in results."""
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _model_name(model: str) -> str:
+    """A config name, or a path to an open_clip model-config JSON (registered under its stem)."""
+    import open_clip
+    if model.endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise ClipUnavailable(f"model config {path} not found")
+        open_clip.add_model_config(path)
+        return path.stem
+    if open_clip.get_model_config(model) is None:
+        raise ClipUnavailable(f"unknown open_clip model {model!r}")
+    return model
+
+
+def cached_hub_weights(model: str, tag: str) -> Path | None:
+    """Path of the hub checkpoint for (model, tag) in the local HF cache, if present."""
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+    cfg = open_clip.get_pretrained_cfg(model, tag)
+    repo = (cfg or {}).get("hf_hub", "").rstrip("/")
+    if not repo:
+        return None
+    for name in HUB_FILENAMES:
+        found = try_to_load_from_cache(repo, name)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+@dataclass
+class ClipEmbedder:
+    """A loaded CLIP image tower with its exact identity (the store's descriptor)."""
+
+    model: Any
+    preprocess: Any
+    descriptor: dict[str, Any]
+    dim: int
+    device: str
+
+    kind = "clip"
+
+    @classmethod
+    def load(cls, model: str | None = None, weights: str | None = None, device: str = "cpu") -> "ClipEmbedder":
+        """Load `model` with `weights` (a local checkpoint path or an OpenCLIP hub tag).
+
+        Raises ClipUnavailable with a plain reason when that is not possible offline.
+        """
+        try:
+            import open_clip
+            import torch
+        except ImportError as e:  # pragma: no cover - both are dependencies
+            raise ClipUnavailable(f"open_clip not importable ({e})") from None
+        model = model or os.environ.get("CHIMERA_CLIP_MODEL", DEFAULT_MODEL)
+        weights = weights or os.environ.get("CHIMERA_CLIP_WEIGHTS", DEFAULT_WEIGHTS)
+        name = _model_name(model)
+        if Path(weights).is_file():
+            path, ident = Path(weights), {"checkpoint_sha256": file_digest(Path(weights))}
+        else:
+            path = cached_hub_weights(name, weights)
+            if path is None:
+                raise ClipUnavailable(
+                    f"weights {weights!r} for {name} are not in the local cache and downloads are off "
+                    "(run `chimera models fetch` where the hub is reachable, or pass --clip-weights PATH)")
+            ident = {"hub_tag": weights}
+        try:
+            net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(path), device=device)
+        except Exception as e:  # a wrong or corrupt checkpoint: say why, never fall back to random
+            raise ClipUnavailable(f"cannot load {path} into {name}: {str(e).splitlines()[0][:200]}") from None
+        net.eval()
+        size = net.visual.image_size
+        cfg = {"image_size": list(size) if isinstance(size, (tuple, list)) else size,
+               "mean": list(getattr(net.visual, "image_mean", None) or ()),
+               "std": list(getattr(net.visual, "image_std", None) or ())}
+        with torch.no_grad():
+            dim = int(net.encode_image(torch.zeros(1, 3, *([size] * 2 if isinstance(size, int) else size),
+                                                   device=device)).shape[-1])
+        descriptor = {"embedder": "open_clip", "model": name, **ident, "preprocess": json.dumps(cfg, sort_keys=True),
+                      "open_clip": open_clip.__version__}
+        return cls(net, preprocess, descriptor, dim, device)
+
+    @property
+    def label(self) -> str:
+        return f"open_clip {self.descriptor['model']} " + (
+            self.descriptor.get("hub_tag") or f"checkpoint {self.descriptor.get('checkpoint_sha256')}")
+
+    def embed(self, images: list[Image.Image]) -> np.ndarray:
+        """L2-normalised image embeddings, one row per image (batched)."""
+        import torch
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        with torch.no_grad():
+            feats = self.model.encode_image(batch).float()
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+        return feats.cpu().numpy().astype(np.float32)
+
+
+def fetch(model: str = DEFAULT_MODEL, weights: str = DEFAULT_WEIGHTS) -> Path:
+    """Download hub weights into the open_clip/HF cache (explicit user action only)."""
+    import open_clip
+    name = _model_name(model)
+    open_clip.create_model_and_transforms(name, pretrained=weights)
+    path = cached_hub_weights(name, weights)
+    if path is None:
+        raise ClipUnavailable(f"download of {weights} for {name} did not land in the cache")
+    return path

@@ -1,0 +1,91 @@
+"""The set of embedders one run uses, and what each makes of an image.
+
+Kinds written to the store (all boxes are normalised [x0, y0, x1, y1]):
+  hash   binary  perceptual hashes of the whole (border-trimmed) image
+  style  float   hand-crafted style features of the whole image
+  patch  float   descriptors of part-sized windows (region evidence)
+  clip   float   CLIP embedding of the whole image, when weights are available
+  sig    float   signature samples (owned by signatures, not works)
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from detector import hashes, regions, signatures, style
+from detector.clip import ClipEmbedder, ClipUnavailable
+from index.store import KindSpec
+
+FULL = (0.0, 0.0, 1.0, 1.0)
+Vectors = dict[str, list[tuple[tuple[float, float, float, float], np.ndarray]]]
+
+BASE_SPECS = (
+    KindSpec("hash", {"embedder": "imagehash", "version": imagehash.__version__,
+                      "recipe": "phash64+dhash64+whash64+colorhash3, border-trimmed"}, hashes.HASH_BITS, True),
+    KindSpec("style", {"embedder": "style", "version": 1, "size": style.SIZE}, style.DIM),
+    KindSpec("patch", {"embedder": "patch", "version": 1, "patch": regions.PATCH,
+                       "windows": "0.5/0.25+0.333/0.167"}, regions.DIM),
+    KindSpec("sig", {"embedder": "signature", "version": 1, "shape": list(signatures.SHAPE)},
+             signatures.DIM, owner="signature"),
+)
+
+
+class Embedders:
+    """Build with `Embedders.load()`; `status` is what every result reports under `embedders`."""
+
+    def __init__(self, clip: ClipEmbedder | None, clip_status: str):
+        self.clip = clip
+        self.status: dict[str, str] = {
+            "imagehash": BASE_SPECS[0].descriptor["recipe"] + f" (imagehash {imagehash.__version__})",
+            "style": "style v1", "patch": "patch v1", "signature": "signature v1", "clip": clip_status}
+
+    @classmethod
+    def load(cls, clip_model: str | None = None, clip_weights: str | None = None,
+             use_clip: bool = True, quiet: bool = False) -> "Embedders":
+        """Load what is available; say once, plainly, when CLIP is not."""
+        if not use_clip:
+            return cls(None, "unavailable: disabled (--no-clip)")
+        try:
+            clip = ClipEmbedder.load(clip_model, clip_weights)
+            return cls(clip, clip.label)
+        except ClipUnavailable as e:
+            if not quiet:
+                print(f"chimera: CLIP unavailable: {e}; scoring with hashes, style and region features only",
+                      file=sys.stderr)
+            return cls(None, f"unavailable: {e}")
+
+    def specs(self) -> list[KindSpec]:
+        extra = [KindSpec("clip", self.clip.descriptor, self.clip.dim)] if self.clip else []
+        return list(BASE_SPECS) + extra
+
+    def describe_works(self, images: list[Image.Image]) -> list[Vectors]:
+        """Vectors to store for registered works (or generated outputs)."""
+        out = [{"hash": [(FULL, hashes.hash_bits(hashes.autocrop(im)))],
+                "style": [(FULL, style.style_vector(im))],
+                "patch": regions.describe(im, regions.WORK_WINDOWS)} for im in images]
+        self._add_clip(images, out)
+        return out
+
+    def describe_query(self, img: Image.Image) -> Vectors:
+        """Vectors of an image to score: hashes of all 8 flips/rotations, denser windows."""
+        core = hashes.autocrop(img)
+        out: Vectors = {"hash": [(FULL, hashes.hash_bits(v)) for v in hashes.dihedral(core)],
+                        "style": [(FULL, style.style_vector(img))],
+                        "patch": regions.describe(img, regions.QUERY_WINDOWS)}
+        self._add_clip([img], [out])
+        return out
+
+    def describe_signatures(self, images: list[Image.Image]) -> list[Vectors]:
+        return [{"sig": [(FULL, signatures.descriptor(signatures.ink_mask(np.asarray(im))))]} for im in images]
+
+    def _add_clip(self, images: list[Image.Image], out: list[Vectors]) -> None:
+        if self.clip is None:
+            return
+        for vecs, emb in zip(out, self.clip.embed(images)):
+            vecs["clip"] = [(FULL, emb)]
+

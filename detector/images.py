@@ -1,0 +1,117 @@
+"""The one place images are read: every path (CLI, scans, the HTTP API) goes through here.
+
+Untrusted files are normal input for a forensics tool, so decoding is defensive:
+a pixel budget against decompression bombs, truncated data rejected (never
+silently padded), EXIF orientation applied, any mode flattened to RGB on white,
+first frame only for animations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageFile, ImageOps
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+MAX_PIXELS = int(os.environ.get("CHIMERA_MAX_PIXELS", str(64 * 1024 * 1024)))
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(Exception):
+    """An input that is not a usable image; `reason` says why, for the user."""
+
+    def __init__(self, source: str, reason: str):
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    image: Image.Image  # RGB, orientation applied
+    sha256: str  # of the file's bytes, so duplicates are exact-byte duplicates
+    width: int
+    height: int
+    source: str
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to RGB, compositing transparency over white (how a viewer shows it)."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        img = img.point(lambda v: v / 256).convert("L") if img.mode != "I" else img.convert("L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedImage:
+    """Decode bytes into a LoadedImage or raise ImageError with a clear reason."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    if not data:
+        raise ImageError(source, "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > limit:
+                raise ImageError(source, f"{w}x{h} is {w * h} pixels, over the limit of {limit}"
+                                 " (possible decompression bomb)")
+            img.seek(0)  # first frame of an animation
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            rgb = to_rgb(img)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(source, "too many pixels (possible decompression bomb)") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(source, "not an image (unrecognised format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(source, f"corrupt or truncated image ({e})") from None
+    if rgb.width < 8 or rgb.height < 8:
+        raise ImageError(source, f"{rgb.width}x{rgb.height} is too small to analyse (min 8x8)")
+    return LoadedImage(rgb, hashlib.sha256(data).hexdigest(), rgb.width, rgb.height, source)
+
+
+def load(path: Path | str, max_pixels: int | None = None) -> LoadedImage:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(str(path), f"cannot read ({e.strerror or e})") from None
+    return decode(data, str(path), max_pixels)
+
+
+def iter_image_paths(paths: list[Path]):
+    """Files to process, in a stable order: folders recursively, by image suffix (any case).
+
+    Yields (path, None) for images and (path, reason) for named paths that are unusable,
+    streaming folders so a huge tree is never listed in memory at once.
+    """
+    for p in paths:
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for name in sorted(files):
+                    f = Path(root) / name
+                    if is_image_path(f):
+                        yield f, None
+        elif p.is_file():
+            yield (p, None) if is_image_path(p) else (p, f"not an image file suffix ({p.suffix or 'none'})")
+        else:
+            yield p, "no such file or directory"

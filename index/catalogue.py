@@ -1,0 +1,116 @@
+"""SQLite catalogue: artists, works, signatures, generated outputs, embedders, vectors.
+
+WAL mode lets readers keep reading while the single writer commits; every
+mutation is one transaction, so a kill leaves either all of a work or none of it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS artists (
+  id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS works (
+  id INTEGER PRIMARY KEY,
+  artist_id INTEGER REFERENCES artists(id) ON DELETE CASCADE,
+  kind TEXT NOT NULL CHECK (kind IN ('reference', 'generated')),
+  source TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE,
+  width INTEGER NOT NULL, height INTEGER NOT NULL, added_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS generated (
+  work_id INTEGER PRIMARY KEY REFERENCES works(id) ON DELETE CASCADE,
+  run TEXT NOT NULL, checkpoint TEXT, seed INTEGER, sample_index INTEGER);
+CREATE TABLE IF NOT EXISTS signatures (
+  id INTEGER PRIMARY KEY,
+  artist_id INTEGER NOT NULL REFERENCES artists(id) ON DELETE CASCADE,
+  source TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE,
+  width INTEGER NOT NULL, height INTEGER NOT NULL, added_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS embedders (
+  kind TEXT PRIMARY KEY, descriptor TEXT NOT NULL, dim INTEGER NOT NULL,
+  binary INTEGER NOT NULL, owner TEXT NOT NULL CHECK (owner IN ('work', 'signature')));
+CREATE TABLE IF NOT EXISTS vectors (
+  id INTEGER PRIMARY KEY,
+  kind TEXT NOT NULL REFERENCES embedders(kind),
+  work_id INTEGER REFERENCES works(id) ON DELETE CASCADE,
+  signature_id INTEGER REFERENCES signatures(id) ON DELETE CASCADE,
+  x0 REAL NOT NULL, y0 REAL NOT NULL, x1 REAL NOT NULL, y1 REAL NOT NULL,
+  data BLOB NOT NULL,
+  CHECK ((work_id IS NULL) != (signature_id IS NULL)));
+CREATE INDEX IF NOT EXISTS vectors_kind ON vectors(kind, id);
+CREATE INDEX IF NOT EXISTS vectors_work ON vectors(work_id);
+CREATE INDEX IF NOT EXISTS vectors_signature ON vectors(signature_id);
+"""
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def canonical(descriptor: dict[str, Any]) -> str:
+    """One spelling per descriptor, so equality of strings is equality of embedders."""
+    return json.dumps(descriptor, sort_keys=True, separators=(",", ":"))
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open the catalogue in WAL mode with foreign keys on; create tables if new."""
+    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+    version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    if version is None:
+        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif int(version[0]) != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"store schema version {version[0]} is not supported (this chimera reads {SCHEMA_VERSION})")
+
+
+def get_meta(conn: sqlite3.Connection, key: str, default: str | None = None) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT INTO meta VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                 (key, value))
+
+
+def generation(conn: sqlite3.Connection, kind: str) -> int:
+    return int(get_meta(conn, f"gen:{kind}", "0"))
+
+
+def bump_generation(conn: sqlite3.Connection, kind: str) -> int:
+    gen = generation(conn, kind) + 1
+    set_meta(conn, f"gen:{kind}", str(gen))
+    return gen
+
+
+def iter_vectors(conn: sqlite3.Connection, kind: str, dtype: np.dtype,
+                 batch: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (ids, vectors) batches of one kind in id order, for rebuilding an index."""
+    last = -1
+    while True:
+        rows = conn.execute("SELECT id, data FROM vectors WHERE kind=? AND id>? ORDER BY id LIMIT ?",
+                            (kind, last, batch)).fetchall()
+        if not rows:
+            return
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.stack([np.frombuffer(r[1], dtype=dtype) for r in rows])
+        yield ids, vecs
+        last = int(ids[-1])

@@ -1,0 +1,452 @@
+"""The store directory: catalogue + per-kind FAISS caches + a single-writer lock.
+
+Layout of a store directory::
+
+    catalogue.sqlite          the truth: rows and every vector (WAL mode)
+    indexes/<kind>.<gen>.faiss  search cache for one kind at one generation
+    write.lock / writer.pid   who may write (one at a time; readers never lock)
+
+Each write transaction bumps the generation of the kinds it touched. An index file
+is only trusted when its generation is the catalogue's current one, so a writer
+killed between committing and writing its index leaves a stale file that the next
+open ignores and rebuilds from the catalogue.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import faiss
+import filelock
+import numpy as np
+
+from index import catalogue as cat
+from index import vectors as vx
+
+Box = tuple[float, float, float, float]
+
+
+class StoreError(Exception):
+    """A user-facing problem with the store: the message is shown as is."""
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """What the store needs to know about one embedding kind.
+
+    `descriptor` names model, weights and preprocessing: vectors of a kind are only
+    ever compared with vectors made by an identical descriptor.
+    """
+
+    kind: str
+    descriptor: dict[str, Any]
+    dim: int
+    binary: bool = False
+    owner: str = "work"
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8 if self.binary else np.float32)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result, resolved to its catalogue owner."""
+
+    vector_id: int
+    score: float
+    work_id: int | None
+    signature_id: int | None
+    box: Box
+
+
+def default_store_path() -> Path:
+    return Path(os.environ.get("CHIMERA_STORE", "chimera-store"))
+
+
+class Store:
+    """Open with `Store.open(path)`; write inside `with store.writer() as w:`."""
+
+    def __init__(self, root: Path, conn: sqlite3.Connection):
+        self.root = root
+        self.conn = conn
+        self._cache: dict[str, tuple[int, faiss.Index]] = {}
+        self.notes: list[str] = []
+
+    # ----------------------------------------------------------------- opening
+    @classmethod
+    def open(cls, root: Path | str | None = None, create: bool = False) -> "Store":
+        root = Path(root) if root is not None else default_store_path()
+        db = root / "catalogue.sqlite"
+        if not db.exists():
+            if not create:
+                raise StoreError(f"no store at {root} (add works with `chimera index add` first)")
+            (root / "indexes").mkdir(parents=True, exist_ok=True)
+        try:
+            conn = cat.connect(db)
+            cat.init_schema(conn)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
+        return cls(root, conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------- reads
+    def specs(self) -> dict[str, KindSpec]:
+        rows = self.conn.execute("SELECT kind, descriptor, dim, binary, owner FROM embedders").fetchall()
+        return {r["kind"]: KindSpec(r["kind"], json.loads(r["descriptor"]), r["dim"],
+                                    bool(r["binary"]), r["owner"]) for r in rows}
+
+    def artists(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute(
+            "SELECT a.name, (SELECT COUNT(*) FROM works w WHERE w.artist_id=a.id AND w.kind='reference') AS works,"
+            " (SELECT COUNT(*) FROM signatures s WHERE s.artist_id=a.id) AS signatures"
+            " FROM artists a ORDER BY a.name").fetchall()
+        return [dict(r) for r in rows]
+
+    def generated_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM works WHERE kind='generated'").fetchone()[0]
+
+    def work(self, work_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute(
+            "SELECT w.id, w.kind, w.source, w.sha256, w.width, w.height, w.added_at, a.name AS artist,"
+            " g.run, g.checkpoint, g.seed, g.sample_index FROM works w LEFT JOIN artists a ON a.id=w.artist_id"
+            " LEFT JOIN generated g ON g.work_id=w.id WHERE w.id=?", (work_id,)).fetchone()
+        return dict(row) if row else None
+
+    def work_by_sha(self, sha256: str) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT id FROM works WHERE sha256=?", (sha256,)).fetchone()
+        return self.work(row[0]) if row else None
+
+    def signature(self, signature_id: int) -> dict[str, Any] | None:
+        row = self.conn.execute("SELECT s.id, s.source, s.sha256, a.name AS artist FROM signatures s"
+                                " JOIN artists a ON a.id=s.artist_id WHERE s.id=?", (signature_id,)).fetchone()
+        return dict(row) if row else None
+
+    def owners(self, kind: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(vector ids, owner artist index, artist names) for every vector of a kind.
+
+        Scoring uses this to aggregate neighbours per artist without a query per hit.
+        """
+        rows = self.conn.execute(
+            "SELECT v.id, COALESCE(w.artist_id, s.artist_id, -1) FROM vectors v"
+            " LEFT JOIN works w ON w.id=v.work_id LEFT JOIN signatures s ON s.id=v.signature_id"
+            " WHERE v.kind=? ORDER BY v.id", (kind,)).fetchall()
+        names = {r[0]: r[1] for r in self.conn.execute("SELECT id, name FROM artists")}
+        order = sorted(names)
+        pos = {aid: i for i, aid in enumerate(order)}
+        ids = np.array([r[0] for r in rows], np.int64)
+        owner = np.array([pos.get(r[1], -1) for r in rows], np.int64)
+        return ids, owner, [names[a] for a in order]
+
+    def vectors(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """All (ids, vectors) of one kind, as stored (unnormalised)."""
+        spec = self.specs()[kind]
+        batches = list(cat.iter_vectors(self.conn, kind, spec.dtype))
+        if not batches:
+            width = spec.dim // 8 if spec.binary else spec.dim
+            return np.zeros(0, np.int64), np.zeros((0, width), spec.dtype)
+        return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+    def resolve(self, vector_ids: Sequence[int]) -> dict[int, tuple[int | None, int | None, Box]]:
+        """vector id -> (work id, signature id, box)."""
+        out: dict[int, tuple[int | None, int | None, Box]] = {}
+        ids = [int(i) for i in vector_ids if i >= 0]
+        for start in range(0, len(ids), 900):
+            chunk = ids[start:start + 900]
+            q = f"SELECT id, work_id, signature_id, x0, y0, x1, y1 FROM vectors WHERE id IN ({','.join('?' * len(chunk))})"
+            for r in self.conn.execute(q, chunk):
+                out[r[0]] = (r[1], r[2], (r[3], r[4], r[5], r[6]))
+        return out
+
+    def search(self, kind: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """k nearest stored vectors of `kind` for each query row, resolved to owners."""
+        spec = self.specs().get(kind)
+        if spec is None:
+            return [[] for _ in range(len(queries))]
+        scores, ids = vx.search(self._index(spec), spec.binary, queries, k)
+        owners = self.resolve(np.unique(ids).tolist())
+        return [[Hit(int(i), float(s), *owners[int(i)]) for s, i in zip(srow, irow) if int(i) in owners]
+                for srow, irow in zip(scores, ids)]
+
+    def index_path(self, kind: str, gen: int) -> Path:
+        return self.root / "indexes" / f"{kind}.{gen}.faiss"
+
+    def factory(self, spec: KindSpec) -> str:
+        default = vx.DEFAULT_BINARY_FACTORY if spec.binary else vx.DEFAULT_FLOAT_FACTORY
+        return cat.get_meta(self.conn, f"factory:{spec.kind}", default) or default
+
+    def _index(self, spec: KindSpec) -> faiss.Index:
+        """The search index of a kind at the catalogue's current generation.
+
+        Loaded from its file when that file is current; otherwise rebuilt from the
+        catalogue's vectors (after a crash, or while a writer has not yet saved).
+        """
+        gen = cat.generation(self.conn, spec.kind)
+        cached = self._cache.get(spec.kind)
+        if cached and cached[0] == gen:
+            return cached[1]
+        path = self.index_path(spec.kind, gen)
+        try:
+            index = vx.read(path, spec.binary)
+        except (RuntimeError, OSError):
+            index = self._build(spec)
+        self._cache[spec.kind] = (gen, index)
+        return index
+
+    def _build(self, spec: KindSpec) -> faiss.Index:
+        index, note = vx.build(spec.dim, spec.binary, self.factory(spec),
+                               cat.iter_vectors(self.conn, spec.kind, spec.dtype))
+        if note:
+            self.notes.append(f"{spec.kind}: {note}")
+        return index
+
+    def check(self) -> list[str]:
+        """Integrity problems (empty when the store agrees with itself)."""
+        problems = [r[0] for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        problems += [f"foreign key violation in {r[0]}" for r in self.conn.execute("PRAGMA foreign_key_check")]
+        for spec in self.specs().values():
+            gen = cat.generation(self.conn, spec.kind)
+            path = self.index_path(spec.kind, gen)
+            if not path.exists():
+                continue  # stale or never written: rebuilt on demand, not an inconsistency
+            index = vx.read(path, spec.binary)
+            stored = {r[0] for r in self.conn.execute("SELECT id FROM vectors WHERE kind=?", (spec.kind,))}
+            indexed = set(faiss.vector_to_array(index.id_map).tolist())
+            if stored != indexed:
+                problems.append(f"{path.name}: {len(indexed)} ids indexed, {len(stored)} in the catalogue")
+            owner = "work_id" if spec.owner == "work" else "signature_id"
+            table = "works" if spec.owner == "work" else "signatures"
+            missing = self.conn.execute(
+                f"SELECT COUNT(*) FROM {table} t WHERE NOT EXISTS"
+                f" (SELECT 1 FROM vectors v WHERE v.kind=? AND v.{owner}=t.id)", (spec.kind,)).fetchone()[0]
+            if missing:
+                problems.append(f"{missing} {table} without {spec.kind} vectors")
+        return problems
+
+    # ------------------------------------------------------------------ writes
+    @contextmanager
+    def writer(self, timeout: float | None = None) -> Iterator["Writer"]:
+        """Hold the store's write lock; save every touched index when done.
+
+        A second writer waits (saying so on stderr) up to `timeout` seconds
+        (env CHIMERA_LOCK_TIMEOUT, default 60), then fails with a clear message.
+        """
+        if timeout is None:
+            timeout = float(os.environ.get("CHIMERA_LOCK_TIMEOUT", "60"))
+        lock = filelock.FileLock(str(self.root / "write.lock"))
+        pidfile = self.root / "writer.pid"
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            holder = pidfile.read_text().strip() if pidfile.exists() else "?"
+            print(f"chimera: waiting up to {timeout:.0f}s for another writer (pid {holder}) on {self.root}",
+                  file=sys.stderr)
+            try:
+                lock.acquire(timeout=timeout)
+            except filelock.Timeout:
+                raise StoreError(f"store {self.root} is busy: another writer (pid {holder}) holds its lock;"
+                                 " try again when it finishes") from None
+        try:
+            pidfile.write_text(str(os.getpid()))
+            writer = Writer(self)
+            yield writer
+            writer.save()
+        finally:
+            lock.release()
+
+
+class Writer:
+    """Mutations, each one SQLite transaction, mirrored into the in-memory indexes."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.conn = store.conn
+        self.touched: set[str] = set()
+        self.dirty: set[str] = set()  # kinds whose index cannot apply a removal in place
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def register(self, specs: Sequence[KindSpec]) -> None:
+        """Record the embedders of this run; refuse any whose descriptor differs from the store's."""
+        known = self.store.specs()
+        for spec in specs:
+            have = known.get(spec.kind)
+            if have is None:
+                with self._transaction() as c:
+                    c.execute("INSERT INTO embedders VALUES (?, ?, ?, ?, ?)",
+                              (spec.kind, cat.canonical(spec.descriptor), spec.dim, int(spec.binary), spec.owner))
+            elif cat.canonical(have.descriptor) != cat.canonical(spec.descriptor) or have.dim != spec.dim:
+                raise StoreError(
+                    f"embedder mismatch for '{spec.kind}': the store holds vectors from "
+                    f"{cat.canonical(have.descriptor)}, this run makes {cat.canonical(spec.descriptor)}; "
+                    "vectors from different models, weights or preprocessing are never mixed "
+                    "(use the same model, or a new --store)")
+        missing = [k for k, s in known.items() if s.owner in {sp.owner for sp in specs}
+                   and k not in {sp.kind for sp in specs}]
+        if missing:
+            raise StoreError(f"the store holds {', '.join(sorted(missing))} vectors for every work but this run "
+                             "cannot make them (is an embedder unavailable?); refusing to add incomplete works")
+
+    def ensure_artist(self, name: str) -> int:
+        row = self.conn.execute("SELECT id FROM artists WHERE name=?", (name,)).fetchone()
+        if row:
+            return row[0]
+        with self._transaction() as c:
+            return c.execute("INSERT INTO artists (name, created_at) VALUES (?, ?)", (name, cat.now())).lastrowid
+
+    def add_work(self, artist: str | None, source: str, sha256: str, width: int, height: int,
+                 vectors: dict[str, list[tuple[Box, np.ndarray]]],
+                 generated: dict[str, Any] | None = None) -> int:
+        """Add one work and all its vectors atomically; returns the work id."""
+        artist_id = self.ensure_artist(artist) if artist else None
+        with self._transaction() as c:
+            wid = c.execute("INSERT INTO works (artist_id, kind, source, sha256, width, height, added_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (artist_id, "generated" if generated else "reference", source, sha256,
+                             width, height, cat.now())).lastrowid
+            if generated:
+                c.execute("INSERT INTO generated VALUES (?, ?, ?, ?, ?)",
+                          (wid, generated["run"], generated.get("checkpoint"), generated.get("seed"),
+                           generated.get("index")))
+            added = self._insert_vectors(c, "work_id", wid, vectors)
+        self._apply_adds(added)
+        return wid
+
+    def add_signature(self, artist: str, source: str, sha256: str, width: int, height: int,
+                      vectors: dict[str, list[tuple[Box, np.ndarray]]]) -> int:
+        artist_id = self.ensure_artist(artist)
+        with self._transaction() as c:
+            sid = c.execute("INSERT INTO signatures (artist_id, source, sha256, width, height, added_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?)", (artist_id, source, sha256, width, height,
+                                                           cat.now())).lastrowid
+            added = self._insert_vectors(c, "signature_id", sid, vectors)
+        self._apply_adds(added)
+        return sid
+
+    def _insert_vectors(self, c: sqlite3.Connection, owner_col: str, owner_id: int,
+                        vectors: dict[str, list[tuple[Box, np.ndarray]]]) -> dict[str, tuple[list[int], list[np.ndarray]]]:
+        specs = self.store.specs()
+        added: dict[str, tuple[list[int], list[np.ndarray]]] = {}
+        for kind, items in vectors.items():
+            spec = specs[kind]
+            ids, vecs = added.setdefault(kind, ([], []))
+            for box, vec in items:
+                vec = np.ascontiguousarray(vec, dtype=spec.dtype)
+                ids.append(c.execute(f"INSERT INTO vectors (kind, {owner_col}, x0, y0, x1, y1, data)"
+                                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                     (kind, owner_id, *map(float, box), vec.tobytes())).lastrowid)
+                vecs.append(vec)
+            cat.bump_generation(c, kind)
+        return added
+
+    def _apply_adds(self, added: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
+        """Mirror committed vectors into the cached index and advance its generation."""
+        specs = self.store.specs()
+        for kind, (ids, vecs) in added.items():
+            spec = specs[kind]
+            cached = self.store._cache.get(kind)
+            gen = cat.generation(self.conn, kind)
+            if cached and cached[0] == gen - 1 and kind not in self.dirty and ids:
+                vx.add(cached[1], spec.binary, np.array(ids, np.int64), np.stack(vecs))
+                self.store._cache[kind] = (gen, cached[1])
+            self.touched.add(kind)
+
+    def _delete_owned(self, where: str, args: tuple,
+                      delete: Callable[[sqlite3.Connection], object]) -> None:
+        """Run `delete` in one transaction and drop the vectors it cascades from the indexes.
+
+        `where` selects the doomed vectors over `vectors v` joined to works `w` and signatures `s`.
+        """
+        join = ("FROM vectors v LEFT JOIN works w ON w.id=v.work_id"
+                " LEFT JOIN signatures s ON s.id=v.signature_id WHERE " + where)
+        with self._transaction() as c:
+            gone = c.execute(f"SELECT v.kind, v.id {join}", args).fetchall()
+            delete(c)
+            kinds = sorted({r[0] for r in gone})
+            for kind in kinds:
+                cat.bump_generation(c, kind)
+        for kind in kinds:
+            ids = np.array([r[1] for r in gone if r[0] == kind], np.int64)
+            cached = self.store._cache.pop(kind, None)
+            if cached is not None and kind not in self.dirty:
+                try:
+                    cached[1].remove_ids(ids)
+                    self.store._cache[kind] = (cat.generation(self.conn, kind), cached[1])
+                except RuntimeError:  # e.g. HNSW cannot remove in place: rebuilt on save
+                    self.dirty.add(kind)
+            self.touched.add(kind)
+
+    def remove_artist(self, name: str) -> dict[str, int]:
+        """Remove an artist with all its works, signatures and vectors; returns what was removed."""
+        row = self.conn.execute("SELECT id FROM artists WHERE name=?", (name,)).fetchone()
+        if row is None:
+            raise StoreError(f"no artist named {name!r} in {self.store.root}")
+        aid = row[0]
+        counts = {t: self.conn.execute(f"SELECT COUNT(*) FROM {t} WHERE artist_id=?", (aid,)).fetchone()[0]
+                  for t in ("works", "signatures")}
+        self._delete_owned("w.artist_id=? OR s.artist_id=?", (aid, aid),
+                           lambda c: c.execute("DELETE FROM artists WHERE id=?", (aid,)))
+        return counts
+
+    def remove_work(self, name: str, work_id: int) -> None:
+        row = self.conn.execute("SELECT w.id FROM works w JOIN artists a ON a.id=w.artist_id"
+                                " WHERE a.name=? AND w.id=?", (name, work_id)).fetchone()
+        if row is None:
+            raise StoreError(f"artist {name!r} has no work {work_id}")
+        self._delete_owned("w.id=?", (work_id,), lambda c: c.execute("DELETE FROM works WHERE id=?", (work_id,)))
+
+    def rebuild(self, factory: str | None = None) -> list[str]:
+        """Rebuild every index from the catalogue (optionally with a new FAISS factory)."""
+        specs = self.store.specs()
+        if factory:
+            float_f, _, binary_f = factory.partition(";")
+            with self._transaction() as c:
+                for spec in specs.values():
+                    chosen = binary_f if spec.binary else float_f
+                    if chosen:
+                        cat.set_meta(c, f"factory:{spec.kind}", chosen.strip())
+        for spec in specs.values():
+            try:
+                self.store._cache[spec.kind] = (cat.generation(self.conn, spec.kind), self.store._build(spec))
+            except RuntimeError as e:
+                raise StoreError(f"cannot build a {self.store.factory(spec)!r} index for {spec.kind}: "
+                                 f"{str(e).splitlines()[-1] if str(e) else e}") from None
+            self.touched.add(spec.kind)
+        return list(self.store.notes)
+
+    def save(self) -> None:
+        """Persist each touched (or missing) index under its current generation; drop older files."""
+        for spec in self.store.specs().values():
+            gen = cat.generation(self.conn, spec.kind)
+            path = self.store.index_path(spec.kind, gen)
+            if spec.kind not in self.touched and path.exists():
+                continue
+            if spec.kind in self.dirty:
+                self.store._cache.pop(spec.kind, None)
+            vx.write_atomic(self.store._index(spec), spec.binary, path)
+            for old in path.parent.glob(f"{spec.kind}.*.faiss"):
+                if old != path:
+                    old.unlink(missing_ok=True)

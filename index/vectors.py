@@ -1,0 +1,101 @@
+"""FAISS indexes for one embedding kind: build, search, and crash-safe persistence.
+
+Float kinds use inner product on L2-normalised vectors (cosine similarity); binary
+kinds (perceptual hashes) use Hamming distance. Both are wrapped in an ID map so
+FAISS ids are catalogue row ids.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable
+
+import faiss
+import numpy as np
+
+DEFAULT_FLOAT_FACTORY = "Flat"
+DEFAULT_BINARY_FACTORY = "BFlat"
+
+
+def normalise(vecs: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation so inner product is cosine similarity."""
+    vecs = np.ascontiguousarray(vecs, dtype=np.float32)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    return vecs / np.maximum(norms, 1e-12)
+
+
+def _min_train(factory: str) -> int:
+    """Vectors needed to train a factory: nlist for IVF, 256 for PQ codebooks, else 0."""
+    need = 0
+    for part in factory.removeprefix("B").split(","):
+        if part.startswith("IVF"):
+            digits = "".join(c for c in part[3:] if c.isdigit())
+            need = max(need, int(digits or 1))
+        if part.startswith("PQ"):
+            need = max(need, 256)
+    return need
+
+
+def build(dim: int, binary: bool, factory: str,
+          batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[faiss.Index, str]:
+    """Build an ID-mapped index from (ids, vectors) batches.
+
+    Trainable factories (IVF, PQ) are trained on the vectors themselves; when there
+    are too few to train, fall back to exact search and say so in the returned note.
+    """
+    ids_all, vecs_all = [], []
+    for ids, vecs in batches:
+        ids_all.append(ids)
+        vecs_all.append(vecs if binary else normalise(vecs))
+    ids = np.concatenate(ids_all) if ids_all else np.zeros(0, np.int64)
+    vecs = (np.concatenate(vecs_all) if vecs_all
+            else np.zeros((0, dim // 8 if binary else dim), np.uint8 if binary else np.float32))
+    note = ""
+    if len(ids) < _min_train(factory):
+        note = f"{factory} needs >= {_min_train(factory)} vectors to train, have {len(ids)}: using exact search"
+        factory = DEFAULT_BINARY_FACTORY if binary else DEFAULT_FLOAT_FACTORY
+    if binary:
+        index = faiss.IndexBinaryIDMap2(faiss.index_binary_factory(dim, factory))
+    else:
+        index = faiss.IndexIDMap2(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))
+    if not index.is_trained and len(ids):
+        index.train(vecs)
+    if len(ids):
+        index.add_with_ids(vecs, ids)
+    return index, note
+
+
+def add(index: faiss.Index, binary: bool, ids: np.ndarray, vecs: np.ndarray) -> None:
+    index.add_with_ids(vecs if binary else normalise(vecs), ids.astype(np.int64))
+
+
+def search(index: faiss.Index, binary: bool, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest neighbours: (scores, ids). Float: cosine (higher is closer); binary: Hamming."""
+    if index.ntotal == 0 or len(queries) == 0:
+        return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), np.int64)
+    k = min(k, index.ntotal)
+    if binary:
+        return index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
+    return index.search(normalise(queries), k)
+
+
+def write_atomic(index: faiss.Index, binary: bool, path: Path) -> None:
+    """Write to a temp name, fsync, rename, fsync the directory: readers see old or new, never half."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    (faiss.write_index_binary if binary else faiss.write_index)(index, str(tmp))
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def read(path: Path, binary: bool) -> faiss.Index:
+    return (faiss.read_index_binary if binary else faiss.read_index)(str(path))

@@ -1,0 +1,1 @@
+"""What users touch: the `chimera` CLI, bulk scans, the HTTP API."""

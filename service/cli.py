@@ -1,0 +1,219 @@
+"""The `chimera` command line. Its commands and JSON shapes are a fixed contract.
+
+User errors print one line, `chimera: error: ...`, on stderr and exit 2; a run
+that completed with per-file failures exits 1 after doing all the good work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from index.store import Store, StoreError
+
+
+class UserError(Exception):
+    """Shown as one line; no traceback."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage block
+        print(f"chimera: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _open(args: argparse.Namespace, create: bool = False) -> Store:
+    return Store.open(args.store, create=create)
+
+
+def _embedders(args: argparse.Namespace, quiet: bool = False):
+    from detector.embedders import Embedders
+    return Embedders.load(args.clip_model, args.clip_weights, use_clip=not args.no_clip, quiet=quiet)
+
+
+# ------------------------------------------------------------------ index
+def cmd_index_add(args: argparse.Namespace) -> int:
+    from detector.images import iter_image_paths
+    from service.ingest import add_images, load_paths
+    missing: list[tuple[str, str]] = []
+    paths = [Path(p) for p in args.paths]
+    total = sum(1 for _ in iter_image_paths(paths))
+    embedders = _embedders(args)
+    with _open(args, create=True) as store:
+        report = add_images(store, embedders, args.artist, load_paths(paths, missing), signature=args.signature,
+                            progress=total > 20 and sys.stderr.isatty(), total=total)
+    report.failed[:0] = missing
+    for source, why in report.failed:
+        print(f"chimera: failed: {source}: {why}", file=sys.stderr)
+    for source, why in report.skipped:
+        print(f"chimera: skipped: {source}: {why}", file=sys.stderr)
+    what = "signatures" if args.signature else "works"
+    print(f"{args.artist}: {report.summary()} ({what})")
+    return 1 if report.failed else 0
+
+
+def cmd_index_list(args: argparse.Namespace) -> int:
+    try:
+        store = _open(args)
+    except StoreError:
+        data: dict[str, Any] = {"artists": [], "generated": 0}
+    else:
+        with store:
+            data = {"artists": store.artists(), "generated": store.generated_count()}
+    if args.json:
+        print(json.dumps(data))
+        return 0
+    if not data["artists"]:
+        print(f"no artists in {args.store or os.environ.get('CHIMERA_STORE', 'chimera-store')}")
+    for a in data["artists"]:
+        print(f"{a['name']:<24} {a['works']:>7} works {a['signatures']:>4} signatures")
+    print(f"generated outputs: {data['generated']}")
+    return 0
+
+
+def cmd_index_remove(args: argparse.Namespace) -> int:
+    with _open(args) as store, store.writer() as w:
+        if args.work is not None:
+            w.remove_work(args.artist, args.work)
+            print(f"removed work {args.work} of {args.artist}")
+        else:
+            counts = w.remove_artist(args.artist)
+            print(f"removed {args.artist}: {counts['works']} works, {counts['signatures']} signatures")
+    return 0
+
+
+def cmd_index_rebuild(args: argparse.Namespace) -> int:
+    with _open(args) as store, store.writer() as w:
+        for note in w.rebuild(args.index_factory):
+            print(f"chimera: note: {note}", file=sys.stderr)
+        kinds = {k: store.conn.execute("SELECT COUNT(*) FROM vectors WHERE kind=?", (k,)).fetchone()[0]
+                 for k in store.specs()}
+    print("rebuilt " + ", ".join(f"{k} ({n} vectors)" for k, n in sorted(kinds.items())))
+    return 0
+
+
+def cmd_index_check(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        problems = store.check()
+    for p in problems:
+        print(f"chimera: problem: {p}", file=sys.stderr)
+    print("ok" if not problems else f"{len(problems)} problems")
+    return 1 if problems else 0
+
+
+# ------------------------------------------------------------------ detect
+def cmd_score(args: argparse.Namespace) -> int:
+    from detector.images import ImageError, load
+    from detector.score import Scorer
+    try:
+        img = load(args.image)
+    except ImageError as e:
+        raise UserError(str(e)) from None
+    with _open(args) as store:
+        try:
+            result = Scorer(store, _embedders(args)).score(img, args.artist)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from service.report import describe
+        print(describe(result))
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from service.scan import scan
+    root = Path(args.dir)
+    if not root.is_dir():
+        raise UserError(f"{root} is not a directory")
+    with _open(args) as store:
+        summary = scan(store, _embedders(args), root, Path(args.out), artist=args.artist,
+                       progress=sys.stderr.isatty())
+    print(summary)
+    return 0
+
+
+def cmd_models_fetch(args: argparse.Namespace) -> int:
+    from detector.clip import ClipUnavailable, fetch
+    try:
+        path = fetch(args.clip_model or "ViT-B-32", args.clip_weights or "laion2b_s34b_b79k")
+    except (ClipUnavailable, OSError, RuntimeError) as e:
+        raise UserError(f"cannot fetch CLIP weights: {str(e).splitlines()[0]}") from None
+    print(f"cached at {path}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+    return run_demo(Path(args.out), clip=not args.no_clip)
+
+
+# ------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="chimera", description="Provenance and misuse detection for illustrations.")
+    p.add_argument("--store", default=os.environ.get("CHIMERA_STORE", "chimera-store"),
+                   help="store directory (env CHIMERA_STORE; default ./chimera-store)")
+    p.add_argument("--clip-model", default=None, help="open_clip model name or config JSON (env CHIMERA_CLIP_MODEL)")
+    p.add_argument("--clip-weights", default=None,
+                   help="hub tag or local checkpoint path (env CHIMERA_CLIP_WEIGHTS; default laion2b_s34b_b79k)")
+    p.add_argument("--no-clip", action="store_true", help="do not use CLIP even if weights are present")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def cmd(parent, name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    idx = sub.add_parser("index", help="manage the reference store", description="Manage the reference store.")
+    isub = idx.add_subparsers(dest="index_command", required=True, parser_class=Parser)
+    a = cmd(isub, "add", cmd_index_add, "add images or folders (recursive) as works or signature samples of an artist")
+    a.add_argument("--artist", required=True)
+    a.add_argument("--signature", action="store_true", help="the images are signature samples")
+    a.add_argument("paths", nargs="+", metavar="PATH")
+    li = cmd(isub, "list", cmd_index_list, "list artists with their counts")
+    li.add_argument("--json", action="store_true")
+    r = cmd(isub, "remove", cmd_index_remove, "remove an artist, or one of its works")
+    r.add_argument("--artist", required=True)
+    r.add_argument("--work", type=int)
+    rb = cmd(isub, "rebuild", cmd_index_rebuild, "rebuild every FAISS index from the catalogue")
+    rb.add_argument("--index-factory", help="FAISS factory for float kinds, optionally ';BINARY' for hashes "
+                                            "(e.g. 'IVF1024,Flat', 'HNSW32', 'IVF256,PQ32;BIVF256')")
+    cmd(isub, "check", cmd_index_check, "check that the store agrees with itself")
+
+    s = cmd(sub, "score", cmd_score, "score one image against the store")
+    s.add_argument("image")
+    s.add_argument("--artist")
+    s.add_argument("--json", action="store_true")
+    sc = cmd(sub, "scan", cmd_scan, "score every image under a folder")
+    sc.add_argument("dir")
+    sc.add_argument("--artist")
+    sc.add_argument("--out", required=True, help="result file: .jsonl, .csv or .html")
+
+    m = sub.add_parser("models", help="model weights", description="Model weights.")
+    msub = m.add_subparsers(dest="models_command", required=True, parser_class=Parser)
+    cmd(msub, "fetch", cmd_models_fetch, "download the CLIP weights into the local cache (needs the hub)")
+
+    d = cmd(sub, "demo", cmd_demo, "make a synthetic reference set, index it, score a copy and a collage")
+    d.add_argument("--out", default="chimera-demo")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (UserError, StoreError) as e:
+        print(f"chimera: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("chimera: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

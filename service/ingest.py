@@ -1,0 +1,88 @@
+"""Adding images to the store: the path shared by the CLI and the HTTP API.
+
+Files are decoded and described outside the write transaction, then each work is
+committed on its own, so a failure (or a kill) costs at most the work in flight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from tqdm import tqdm
+
+from detector.embedders import Embedders
+from detector.images import ImageError, LoadedImage, iter_image_paths, load
+from index.store import Store
+
+BATCH = 32
+
+
+@dataclass
+class AddReport:
+    added: list[int] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, why)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (source, why)
+
+    def summary(self) -> str:
+        return f"added {len(self.added)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
+
+
+def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable[LoadedImage | ImageError],
+               signature: bool = False, generated: dict | None = None, progress: bool = False,
+               total: int | None = None) -> AddReport:
+    """Add decoded images (or decode errors, which are reported) as works or signature samples."""
+    report = AddReport()
+    seen: set[str] = set()
+    bar = tqdm(total=total, unit="img", desc="adding", disable=not progress, leave=False)
+    with store.writer() as w:
+        w.register(embedders.specs())
+        batch: list[LoadedImage] = []
+
+        def flush() -> None:
+            describe = embedders.describe_signatures if signature else embedders.describe_works
+            for img, vecs in zip(batch, describe([b.image for b in batch])):
+                if signature:
+                    report.added.append(w.add_signature(artist, img.source, img.sha256, img.width, img.height,
+                                                        vecs))
+                else:
+                    report.added.append(w.add_work(artist, img.source, img.sha256, img.width, img.height, vecs,
+                                                   generated=(generated or {}).get(img.source)))
+            bar.update(len(batch))
+            batch.clear()
+
+        for item in images:
+            if isinstance(item, ImageError):
+                report.failed.append((item.source, item.reason))
+                bar.update(1)
+                continue
+            if item.sha256 in seen or _known(store, item.sha256, signature):
+                report.skipped.append((item.source, "exact duplicate (same sha256) already in the store"))
+                bar.update(1)
+                continue
+            seen.add(item.sha256)
+            batch.append(item)
+            if len(batch) >= BATCH:
+                flush()
+        if batch:
+            flush()
+    bar.close()
+    return report
+
+
+def _known(store: Store, sha256: str, signature: bool) -> bool:
+    table = "signatures" if signature else "works"
+    return store.conn.execute(f"SELECT 1 FROM {table} WHERE sha256=?", (sha256,)).fetchone() is not None
+
+
+def load_paths(paths: list[Path], report_missing: list[tuple[str, str]]) -> Iterable[LoadedImage | ImageError]:
+    """Decode every image under `paths`; unusable named paths go to `report_missing`."""
+    for path, problem in iter_image_paths(paths):
+        if problem:
+            report_missing.append((str(path), problem))
+            continue
+        try:
+            yield load(path)
+        except ImageError as e:
+            yield e

@@ -1,0 +1,105 @@
+"""Human-readable renderings of result objects: terminal text, CSV rows, an HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+CSV_FIELDS = ["path", "sha256", "verdict", "artist", "confidence", "top_style_artist", "top_style",
+              "best_match_work", "best_match_source", "best_match_similarity", "signatures", "forged_signatures",
+              "error"]
+
+
+def describe(r: dict[str, Any]) -> str:
+    """A short terminal summary of one result."""
+    if r.get("error"):
+        return f"{r['path']}: error: {r['error']}"
+    v = r["verdict"]
+    lines = [f"{r['path']} ({r['width']}x{r['height']})",
+             f"  verdict: {v['label']}" + (f" ({v['artist']})" if v["artist"] else "") + f"  confidence {v['confidence']:.2f}"]
+    for a in r["artists"][:5]:
+        lines.append(f"  {a['artist']:<20} style {a['style']:.2f}  derivative {a['derivative']:.2f}  copy {a['copy']:.2f}")
+    for m in r["matches"][:5]:
+        lines.append(f"  match: work {m['work']} ({m['artist']}) {m['source']}  similarity {m['similarity']:.2f}  box {m['box']}")
+    for s in r["signatures"]:
+        who = s["artist"] or "unknown signer"
+        lines.append(f"  signature at {s['box']}: {who}" + ("  FORGED" if s["forged"] else ""))
+    off = [f"{k}: {v}" for k, v in r["embedders"].items() if str(v).startswith("unavailable")]
+    lines += [f"  note: {o}" for o in off]
+    return "\n".join(lines)
+
+
+def csv_row(r: dict[str, Any]) -> dict[str, Any]:
+    v = r.get("verdict") or {}
+    top = r["artists"][0] if r.get("artists") else {}
+    best = r["matches"][0] if r.get("matches") else {}
+    return {"path": r["path"], "sha256": r.get("sha256"), "verdict": v.get("label"), "artist": v.get("artist"),
+            "confidence": v.get("confidence"), "top_style_artist": top.get("artist"), "top_style": top.get("style"),
+            "best_match_work": best.get("work"), "best_match_source": best.get("source"),
+            "best_match_similarity": best.get("similarity"), "signatures": len(r.get("signatures") or []),
+            "forged_signatures": sum(1 for s in r.get("signatures") or [] if s["forged"]), "error": r.get("error")}
+
+
+def thumbnail(path: str, size: int = 96, boxes: list[list[int]] | None = None) -> str:
+    """An inline data-URI thumbnail (so the report opens from disk), boxes drawn when given."""
+    from PIL import ImageDraw
+    from detector.images import ImageError, load
+    try:
+        img = load(path).image
+    except ImageError:
+        return ""
+    scale = size / max(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
+    draw = ImageDraw.Draw(img)
+    for b in boxes or []:
+        draw.rectangle([c * scale for c in b], outline=(220, 20, 60), width=2)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+HTML_HEAD = """<!doctype html><meta charset="utf-8"><title>chimera scan report</title>
+<style>body{font:14px system-ui,sans-serif;margin:2em}table{border-collapse:collapse}
+td,th{border-bottom:1px solid #ddd;padding:6px;vertical-align:top}th{cursor:pointer;background:#f4f4f4}
+.copy{color:#b00020;font-weight:bold}.derivative{color:#d35400;font-weight:bold}.style_match{color:#2e7d32}
+img{image-rendering:pixelated;border:1px solid #ccc}</style>
+<h1>chimera scan report</h1><p>%s</p>
+<table id="t"><thead><tr><th>image</th><th>path</th><th>verdict</th><th>confidence</th><th>nearest works</th>
+<th>signatures</th></tr></thead><tbody>
+"""
+HTML_TAIL = """</tbody></table><script>
+document.querySelectorAll('th').forEach((th,i)=>th.onclick=()=>{const tb=document.querySelector('#t tbody');
+const rows=[...tb.rows];const asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';
+rows.sort((a,b)=>{const x=a.cells[i].dataset.v??a.cells[i].innerText,y=b.cells[i].dataset.v??b.cells[i].innerText;
+const nx=parseFloat(x),ny=parseFloat(y);const c=isNaN(nx)||isNaN(ny)?x.localeCompare(y):nx-ny;return asc?c:-c});
+rows.forEach(r=>tb.appendChild(r))});</script>
+"""
+
+
+def html_row(r: dict[str, Any]) -> str:
+    e = html.escape
+    if r.get("error"):
+        return (f"<tr><td></td><td>{e(r['path'])}</td><td>error</td><td data-v='0'></td>"
+                f"<td colspan=2>{e(r['error'])}</td></tr>\n")
+    v = r["verdict"]
+    boxes = [m["box"] for m in r["matches"][:3]] + [s["box"] for s in r["signatures"]]
+    near = "".join(f"<div><img src='{thumbnail(m['source'], 64)}' title='{e(str(m['source']))}'> "
+                   f"{e(str(m['artist']))} #{m['work']} {m['similarity']:.2f}</div>" for m in r["matches"][:3])
+    sigs = "".join(f"<div>{e(str(s['artist'] or 'unknown'))}{' FORGED' if s['forged'] else ''} {s['box']}</div>"
+                   for s in r["signatures"])
+    return (f"<tr><td><img src='{thumbnail(r['path'], 128, boxes)}'></td><td>{e(r['path'])}</td>"
+            f"<td class='{e(v['label'])}'>{e(v['label'])} {e(str(v['artist'] or ''))}</td>"
+            f"<td data-v='{v['confidence']}'>{v['confidence']:.2f}</td><td>{near}</td><td>{sigs}</td></tr>\n")
+
+
+def write_html(results: list[dict[str, Any]], out: Path, summary: str) -> None:
+    flagged = [r for r in results if r.get("error") or (r["verdict"]["label"] in ("copy", "derivative"))
+               or any(s["forged"] for s in r["signatures"])]
+    with open(out, "w") as f:
+        f.write(HTML_HEAD % html.escape(summary))
+        for r in flagged:
+            f.write(html_row(r))
+        f.write(HTML_TAIL)
