@@ -290,25 +290,30 @@ class Writer:
         self.conn.execute("COMMIT")
 
     def register(self, specs: Sequence[KindSpec]) -> None:
-        """Record the embedders of this run; refuse any whose descriptor differs from the store's."""
+        """Record the embedders of this run; refuse any whose descriptor differs from the store's.
+
+        Everything is checked before anything is written, so a refused run leaves no trace.
+        """
         known = self.store.specs()
         for spec in specs:
             have = known.get(spec.kind)
-            if have is None:
-                with self._transaction() as c:
-                    c.execute("INSERT INTO embedders VALUES (?, ?, ?, ?, ?)",
-                              (spec.kind, cat.canonical(spec.descriptor), spec.dim, int(spec.binary), spec.owner))
-            elif cat.canonical(have.descriptor) != cat.canonical(spec.descriptor) or have.dim != spec.dim:
+            if have and (cat.canonical(have.descriptor) != cat.canonical(spec.descriptor) or have.dim != spec.dim):
                 raise StoreError(
                     f"embedder mismatch for '{spec.kind}': the store holds vectors from "
                     f"{cat.canonical(have.descriptor)}, this run makes {cat.canonical(spec.descriptor)}; "
                     "vectors from different models, weights or preprocessing are never mixed "
                     "(use the same model, or a new --store)")
-        missing = [k for k, s in known.items() if s.owner in {sp.owner for sp in specs}
-                   and k not in {sp.kind for sp in specs}]
+        kinds = {sp.kind for sp in specs}
+        missing = [k for k, s in known.items() if s.owner in {sp.owner for sp in specs} and k not in kinds]
         if missing:
             raise StoreError(f"the store holds {', '.join(sorted(missing))} vectors for every work but this run "
                              "cannot make them (is an embedder unavailable?); refusing to add incomplete works")
+        new = [sp for sp in specs if sp.kind not in known]
+        if new:
+            with self._transaction() as c:
+                c.executemany("INSERT INTO embedders VALUES (?, ?, ?, ?, ?)",
+                              [(sp.kind, cat.canonical(sp.descriptor), sp.dim, int(sp.binary), sp.owner)
+                               for sp in new])
 
     def ensure_artist(self, name: str) -> int:
         row = self.conn.execute("SELECT id FROM artists WHERE name=?", (name,)).fetchone()

@@ -1,0 +1,233 @@
+"""Benchmark the store's FAISS index factories: build time, latency, throughput, size, recall.
+
+Every index is built with `index.vectors.build` and queried with `index.vectors.search`,
+the functions the store uses, so the numbers include our own overhead (normalisation,
+batch concatenation, the IndexIDMap2 wrapper) and not just FAISS's.
+
+Vectors are a seeded mixture of Gaussian clusters rather than uniform noise: uniform
+high-dimensional vectors have no neighbourhood structure, which makes IVF and HNSW
+recall meaninglessly bad, whereas image embeddings do cluster (by style, subject).
+Queries are drawn from the same mixture but are not database vectors.
+
+Recall@k is measured against the exact "Flat" index of the same run, which is why
+Flat is always benchmarked first. Approximate indexes are searched at the `--nprobe` /
+`--ef-search` given here; the extra "recall@k at defaults" column shows what the store
+gets today, since it never sets these parameters (FAISS defaults: nprobe=1, efSearch=16).
+
+Usage:
+    .venv/bin/python benchmarks/index_bench.py [--sizes 100000 1000000] [--dim 512]
+        [--queries 1000] [--k 10] [--factories Flat IVF1024,Flat HNSW32 ...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import faiss
+import numpy as np
+
+from index import vectors as vx
+
+BASELINE = "Flat"
+DEFAULT_FACTORIES = ["Flat", "IVF1024,Flat", "IVF1024,PQ32", "HNSW32"]
+DEFAULT_SIZES = [100_000, 1_000_000]
+QUICK_SIZES = [20_000]
+BATCH_ROWS = 100_000  # rows per (ids, vectors) batch handed to build(), like the catalogue's iterator
+
+_START = time.perf_counter()
+
+
+@dataclass(frozen=True)
+class Result:
+    """One table row: one factory at one database size."""
+
+    n: int
+    factory: str
+    params: str
+    build_s: float
+    size_bytes: int
+    latency_s: np.ndarray  # per single-query call
+    batch_qps: float
+    recall: float
+    recall_defaults: float
+
+
+def log(msg: str) -> None:
+    """Progress on stderr so stdout stays a clean markdown report."""
+    print(f"[{time.perf_counter() - _START:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------ data
+def clustered(rng: np.random.Generator, centres: np.ndarray, n: int, noise: float) -> np.ndarray:
+    """n float32 vectors: a random centre plus isotropic Gaussian noise, filled in chunks to cap memory."""
+    out = np.empty((n, centres.shape[1]), np.float32)
+    for start in range(0, n, BATCH_ROWS):
+        stop = min(n, start + BATCH_ROWS)
+        out[start:stop] = centres[rng.integers(len(centres), size=stop - start)]
+        out[start:stop] += noise * rng.standard_normal((stop - start, centres.shape[1]), dtype=np.float32)
+    return out
+
+
+def make_data(n: int, n_queries: int, dim: int, n_centres: int, noise: float,
+              seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(database, queries) from one mixture; smaller sizes use a prefix of the largest database."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_centres, dim), dtype=np.float32)
+    return clustered(rng, centres, n, noise), clustered(rng, centres, n_queries, noise)
+
+
+def batches(vecs: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) batches in the shape the store feeds to `vx.build`."""
+    for start in range(0, len(vecs), BATCH_ROWS):
+        stop = min(len(vecs), start + BATCH_ROWS)
+        yield np.arange(start, stop, dtype=np.int64), vecs[start:stop]
+
+
+# ------------------------------------------------------------- measuring
+def tune(index: faiss.Index, nprobe: int, ef_search: int) -> str:
+    """Set search-time parameters through the ID map and verify they reached the inner index.
+
+    ParameterSpace recurses through IndexIDMap2; the read-back guards against a FAISS
+    version where it silently would not.
+    """
+    inner = faiss.downcast_index(index.index)
+    ps = faiss.ParameterSpace()
+    if isinstance(inner, faiss.IndexIVF):
+        ps.set_index_parameter(index, "nprobe", nprobe)
+        assert faiss.extract_index_ivf(index).nprobe == nprobe
+        return f"nprobe={nprobe}"
+    if isinstance(inner, faiss.IndexHNSW):
+        ps.set_index_parameter(index, "efSearch", ef_search)
+        assert inner.hnsw.efSearch == ef_search
+        return f"efSearch={ef_search}"
+    return "-"
+
+
+def single_query_latency(index: faiss.Index, queries: np.ndarray, k: int) -> np.ndarray:
+    """Seconds per one-row `vx.search` call: the interactive path (one uploaded image)."""
+    vx.search(index, False, queries[:1], k)  # warm-up: first call pays one-off allocations
+    times = np.empty(len(queries))
+    for i in range(len(queries)):
+        t0 = time.perf_counter()
+        vx.search(index, False, queries[i:i + 1], k)
+        times[i] = time.perf_counter() - t0
+    return times
+
+
+def batched(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, float]:
+    """(ids, queries per second) for one batched `vx.search` call: the bulk-scan path."""
+    t0 = time.perf_counter()
+    _, ids = vx.search(index, False, queries, k)
+    return ids, len(queries) / (time.perf_counter() - t0)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of each query's exact top-k that the index returned."""
+    k = truth.shape[1]
+    return float(np.mean([len(np.intersect1d(f, t)) / k for f, t in zip(found, truth)]))
+
+
+def bench_one(factory: str, database: np.ndarray, queries: np.ndarray, latency_queries: np.ndarray,
+              truth: np.ndarray | None, args: argparse.Namespace) -> tuple[Result, np.ndarray]:
+    """Build, size and search one factory; returns its row and its batched result ids."""
+    n, dim = database.shape
+    log(f"N={n:,} {factory}: building")
+    t0 = time.perf_counter()
+    index, note = vx.build(dim, False, factory, batches(database))
+    build_s = time.perf_counter() - t0
+    if note:
+        raise SystemExit(f"{factory} at N={n}: {note} (the row would silently measure Flat)")
+    size = faiss.serialize_index(index).nbytes
+    log(f"N={n:,} {factory}: built in {build_s:.1f}s, {size / 2**20:.0f} MiB; recall at FAISS defaults")
+    ids_defaults, _ = batched(index, queries, args.k)
+    params = tune(index, args.nprobe, args.ef_search)
+    log(f"N={n:,} {factory}: {len(latency_queries)} single-query calls ({params})")
+    latency = single_query_latency(index, latency_queries, args.k)
+    log(f"N={n:,} {factory}: batched search of {len(queries)} queries")
+    ids, qps = batched(index, queries, args.k)
+    truth = ids if truth is None else truth
+    return Result(n, factory, params, build_s, size, latency, qps,
+                  recall_at_k(ids, truth), recall_at_k(ids_defaults, truth)), ids
+
+
+# -------------------------------------------------------------- reporting
+def machine() -> list[str]:
+    """Facts a reader needs to compare these numbers with another machine's."""
+    cpu = "unknown"
+    ram = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+        with open("/proc/meminfo") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal"))
+            ram = f"{kib / 2**20:.1f} GiB"
+    except (OSError, StopIteration):
+        pass
+    return [f"CPU: {cpu}, {os.cpu_count()} logical cores, RAM {ram}",
+            f"faiss {faiss.__version__} ({faiss.get_compile_options().strip()}), "
+            f"OMP threads {faiss.omp_get_max_threads()}, numpy {np.__version__}, "
+            f"Python {platform.python_version()}, {platform.system()} {platform.machine()}"]
+
+
+def table(results: Sequence[Result], k: int) -> list[str]:
+    """One markdown row per (N, factory)."""
+    rows = [f"| N | factory | search params | build s | index MiB | 1-query mean ms | p50 ms | p99 ms"
+            f" | batched q/s | recall@{k} | recall@{k} at defaults |",
+            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        ms = r.latency_s * 1e3
+        rows.append(f"| {r.n:,} | {r.factory} | {r.params} | {r.build_s:.1f} | {r.size_bytes / 2**20:.1f}"
+                    f" | {ms.mean():.2f} | {np.percentile(ms, 50):.2f} | {np.percentile(ms, 99):.2f}"
+                    f" | {r.batch_qps:,.0f} | {r.recall:.3f} | {r.recall_defaults:.3f} |")
+    return rows
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", help=f"database sizes (default {DEFAULT_SIZES})")
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--queries", type=int, help="queries for throughput and recall (default 1000)")
+    p.add_argument("--latency-queries", type=int, help="of those, how many to time one by one (default 200)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--factories", nargs="+", default=DEFAULT_FACTORIES,
+                   help=f"FAISS factory strings; {BASELINE} is always added first as the recall baseline")
+    p.add_argument("--nprobe", type=int, default=16, help="IVF lists visited per query")
+    p.add_argument("--ef-search", type=int, default=64, help="HNSW candidate list size per query")
+    p.add_argument("--centres", type=int, default=1000, help="Gaussian clusters in the mixture")
+    p.add_argument("--noise", type=float, default=0.5,
+                   help="per-dimension noise std around a centre (centres are N(0, 1))")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="smoke run: N=20k, 200 queries, 50 timed singly")
+    args = p.parse_args(argv)
+    args.sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
+    args.queries = args.queries or (200 if args.quick else 1000)
+    args.latency_queries = min(args.queries, args.latency_queries or (50 if args.quick else 200))
+    args.factories = [BASELINE] + [f for f in args.factories if f != BASELINE]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    log(f"generating {max(args.sizes):,} + {args.queries} vectors, dim {args.dim}")
+    database, queries = make_data(max(args.sizes), args.queries, args.dim, args.centres, args.noise, args.seed)
+    results: list[Result] = []
+    for n in sorted(args.sizes):
+        truth = None
+        for factory in args.factories:
+            result, ids = bench_one(factory, database[:n], queries, queries[:args.latency_queries], truth, args)
+            truth = ids if truth is None else truth
+            results.append(result)
+    print("\n".join([*(f"- {line}" for line in machine()),
+                     f"- data: {args.centres} Gaussian centres N(0,1), noise std {args.noise}, dim {args.dim},"
+                     f" seed {args.seed}; {args.queries} queries ({args.latency_queries} timed singly), k={args.k}",
+                     f"- total run time {time.perf_counter() - _START:.0f}s", "", *table(results, args.k)]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Image loading: every mode becomes RGB on white, orientation applied, bad files refused clearly."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector.images import ImageError, decode, load
+
+
+def encode(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_transparent_modes_composite_on_white():
+    rgba = Image.new("RGBA", (16, 16), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    out = decode(encode(rgba, "PNG"), "x.png").image
+    assert out.mode == "RGB"
+    assert out.getpixel((5, 5)) == (255, 255, 255)
+    assert out.getpixel((0, 0)) == (255, 0, 0)
+    la = Image.new("LA", (16, 16), (0, 0))
+    assert decode(encode(la, "PNG"), "la.png").image.getpixel((3, 3)) == (255, 255, 255)
+    p = Image.new("P", (16, 16), 1)
+    p.putpalette([0, 0, 0, 0, 255, 0] + [0] * 762)
+    p.info["transparency"] = 0
+    assert decode(encode(p, "PNG", transparency=0), "p.png").image.getpixel((3, 3)) == (0, 255, 0)
+
+
+def test_cmyk_and_16_bit_become_rgb():
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # red
+    r, g, b = decode(encode(cmyk, "TIFF"), "c.tif").image.getpixel((1, 1))
+    assert r > 200 and g < 50 and b < 50
+    deep = Image.new("I;16", (16, 16), 65535)
+    assert decode(encode(deep, "PNG"), "d.png").image.getpixel((1, 1)) == (255, 255, 255)
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (20, 10), "white")
+    img.paste((255, 0, 0), (0, 0, 10, 10))  # red on the left
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW when shown
+    out = decode(encode(img, "JPEG", exif=exif.tobytes(), quality=95), "e.jpg").image
+    assert out.size == (10, 20)
+    top = np.asarray(out)[:5].mean(axis=(0, 1))
+    assert top[0] > 200 and top[1] < 80  # the red half is now on top
+
+
+def test_animation_uses_first_frame():
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
+    r, g, b = decode(data, "a.gif").image.getpixel((2, 2))
+    assert r > 200 and b < 50
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"this is not an image at all", "not an image"),
+    (encode(Image.new("RGB", (64, 64), "red"), "PNG")[:80], "corrupt or truncated"),
+    (_png_header_only(100_000, 100_000), "decompression bomb"),
+    (encode(Image.new("RGB", (4, 4)), "PNG"), "too small"),
+])
+def test_bad_inputs_raise_clear_errors(data: bytes, reason: str):
+    with pytest.raises(ImageError) as e:
+        decode(data, "bad.png")
+    assert reason in str(e.value) and e.value.source == "bad.png"
+
+
+def test_missing_file(tmp_path: Path):
+    with pytest.raises(ImageError, match="cannot read"):
+        load(tmp_path / "nope.png")

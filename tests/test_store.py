@@ -1,0 +1,195 @@
+"""The reference store through the real CLI: round trips, duplicates, bad input, locking, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from index.store import KindSpec, Store, StoreError
+
+
+def listing(chimera) -> dict:
+    code, out, _ = chimera("index", "list", "--json")
+    assert code == 0
+    return json.loads(out)
+
+
+def test_add_list_remove_rebuild_round_trip(chimera, icons, store_dir):
+    a, b = icons("alice", 6, (230, 180, 40)), icons("bob", 4, (60, 120, 220))
+    code, out, _ = chimera("index", "add", "--artist", "alice", str(a))
+    assert code == 0 and "added 6, skipped 0, failed 0" in out
+    assert chimera("index", "add", "--artist", "bob", str(b))[0] == 0
+    assert listing(chimera) == {"artists": [{"name": "alice", "works": 6, "signatures": 0},
+                                            {"name": "bob", "works": 4, "signatures": 0}], "generated": 0}
+    with Store.open(store_dir) as s:
+        bob_work = s.conn.execute("SELECT w.id FROM works w JOIN artists a ON a.id=w.artist_id"
+                                  " WHERE a.name='bob' LIMIT 1").fetchone()[0]
+    assert chimera("index", "remove", "--artist", "bob", "--work", str(bob_work))[0] == 0
+    assert listing(chimera)["artists"][1]["works"] == 3
+    assert chimera("index", "remove", "--artist", "alice")[0] == 0
+    assert [x["name"] for x in listing(chimera)["artists"]] == ["bob"]
+    code, out, _ = chimera("index", "rebuild")
+    assert code == 0 and "patch" in out
+    assert chimera("index", "check") [0] == 0
+    with Store.open(store_dir) as s:  # search finds only what is left
+        ids, vecs = s.vectors("style")
+        hits = s.search("style", vecs[:1], 50)[0]
+        owners = {s.work(h.work_id)["artist"] for h in hits}
+        assert owners == {"bob"} and len(hits) == 3
+
+
+def test_exact_duplicates_are_skipped(chimera, icons, tmp_path):
+    a = icons("alice", 3, (230, 180, 40))
+    first = sorted(a.iterdir())[0]
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "renamed.PNG").write_bytes(first.read_bytes())  # same bytes, other name and case
+    assert chimera("index", "add", "--artist", "alice", str(a))[0] == 0
+    code, out, err = chimera("index", "add", "--artist", "alice", str(a), str(tmp_path / "again"))
+    assert code == 0 and "added 0, skipped 4, failed 0" in out
+    assert "renamed.PNG: exact duplicate" in err
+    assert listing(chimera)["artists"][0]["works"] == 3
+
+
+def test_bad_files_are_named_and_good_files_still_added(chimera, icons, store_dir):
+    a = icons("alice", 3, (230, 180, 40))
+    (a / "truncated.png").write_bytes(sorted(a.iterdir())[0].read_bytes()[:100])
+    (a / "text.jpg").write_bytes(b"hello, I am not a JPEG")
+    (a / "empty.webp").write_bytes(b"")
+    (a / "notes.txt").write_text("ignored: not an image suffix")
+    code, out, err = chimera("index", "add", "--artist", "alice", str(a), str(a / "missing.png"))
+    assert code == 1
+    assert "added 3, skipped 0, failed 4" in out
+    for name, why in (("truncated.png", "corrupt or truncated"), ("text.jpg", "not an image"),
+                      ("empty.webp", "empty file"), ("missing.png", "no such file")):
+        assert any(name in line and why in line for line in err.splitlines()), (name, err)
+    assert "Traceback" not in err
+    assert listing(chimera)["artists"][0]["works"] == 3
+    assert chimera("index", "check")[0] == 0
+
+
+def test_signature_samples_are_counted(chimera, icons):
+    sig = icons("sigs", 2, (0, 0, 0))
+    assert chimera("index", "add", "--artist", "alice", "--signature", str(sig))[0] == 0
+    assert listing(chimera)["artists"] == [{"name": "alice", "works": 0, "signatures": 2}]
+
+
+def test_embedder_mismatch_is_refused(store_dir):
+    spec = KindSpec("clip", {"model": "ViT-B-32", "hub_tag": "a"}, 4)
+    other = KindSpec("clip", {"model": "ViT-B-32", "hub_tag": "b"}, 4)
+    with Store.open(store_dir, create=True) as s, s.writer() as w:
+        w.register([spec])
+        w.add_work("alice", "x.png", "00" * 32, 8, 8, {"clip": [((0, 0, 1, 1), np.ones(4, np.float32))]})
+    with Store.open(store_dir) as s, s.writer() as w:
+        with pytest.raises(StoreError, match="embedder mismatch for 'clip'.*never mixed"):
+            w.register([other])
+        with pytest.raises(StoreError, match="cannot make them"):
+            w.register([KindSpec("style", {"v": 1}, 4)])  # clip missing: works would be incomplete
+    with Store.open(store_dir) as s:
+        assert s.specs()["clip"].descriptor == spec.descriptor and s.check() == []
+
+
+def test_user_errors_are_one_line(chimera, tmp_path):
+    for args, text in ((("score", str(tmp_path / "x.png")), "cannot read"),
+                       (("index", "remove", "--artist", "nobody"), "no store"),
+                       (("index", "add", "--artist"), "expected one argument")):
+        try:
+            code, out, err = chimera(*args)
+        except SystemExit as e:  # argparse usage errors exit from the parser
+            code, err = e.code, ""
+        assert code == 2
+        if err:
+            assert len(err.strip().splitlines()) == 1 and text in err and "Traceback" not in err
+
+
+WRITER = r"""
+import sys, time
+from pathlib import Path
+from detector.embedders import Embedders
+from detector.images import load
+from service.ingest import add_images
+from index.store import Store
+store, folder, delay = Path(sys.argv[1]), Path(sys.argv[2]), float(sys.argv[3])
+emb = Embedders(None, "off")
+with Store.open(store, create=True) as s:
+    print("ready", flush=True)
+    if delay:  # one long write session, slow between works: holds the lock throughout
+        def slow():
+            for f in sorted(folder.iterdir()):
+                print("yield", f.name, flush=True)
+                yield load(f)
+                time.sleep(delay)
+        add_images(s, emb, "bob", slow())
+    for f in sorted(folder.iterdir()) if not delay else []:
+        img = load(f)
+        print("begin", img.sha256, flush=True)
+        add_images(s, emb, "alice", [img])
+        print("committed", img.sha256, flush=True)
+"""
+
+
+def _spawn(store: Path, folder: Path, delay: float = 0.0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(store), str(folder), str(delay)],
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "CHIMERA_LOCK_TIMEOUT": "30"})
+
+
+def test_sigkill_during_adds_never_corrupts_the_store(icons, store_dir, tmp_path):
+    rng = random.Random(7)
+    src = icons("alice", 120, (230, 180, 40))
+    files = sorted(src.iterdir())
+    committed: set[str] = set()
+    cursor = 0
+    for attempt in range(22):
+        batch = tmp_path / f"batch{attempt}"
+        batch.mkdir()
+        for f in files[cursor:cursor + 5]:
+            (batch / f.name).write_bytes(f.read_bytes())
+        cursor += 5
+        proc = _spawn(store_dir, batch)
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        out, _ = proc.communicate()
+        committed |= {line.split()[1] for line in out.splitlines() if line.startswith("committed")}
+        begun = {line.split()[1] for line in out.splitlines() if line.startswith("begin")}
+        with Store.open(store_dir) as s:
+            assert s.check() == [], f"attempt {attempt}"
+            held = {r[0] for r in s.conn.execute("SELECT sha256 FROM works")}
+            # everything whose commit was acknowledged is there; anything else is the one add in flight
+            assert committed <= held
+            extra = held - committed
+            assert extra <= begun and len(extra) <= 1
+            committed |= extra
+            if held:  # the store answers searches over exactly what it holds
+                ids, vecs = s.vectors("style")
+                assert len(s.search("style", vecs[:1], 500)[0]) == len(held)
+    assert len(committed) > 10
+
+
+def test_readers_work_while_a_writer_writes_and_second_writer_fails_clearly(icons, store_dir, chimera):
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 3, (230, 180, 40))))[0] == 0
+    proc = _spawn(store_dir, icons("bob", 6, (60, 120, 220)), delay=0.5)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.stdout.readline()  # the writer holds the lock now
+        for _ in range(3):
+            assert listing(chimera)["artists"][0]["works"] >= 3
+            with Store.open(store_dir) as s:
+                assert s.search("style", s.vectors("style")[1][:1], 3)[0]
+        os.environ["CHIMERA_LOCK_TIMEOUT"] = "0.5"
+        try:
+            code, out, err = chimera("index", "add", "--artist", "carol", str(icons("carol", 1, (0, 200, 0))))
+        finally:
+            del os.environ["CHIMERA_LOCK_TIMEOUT"]
+        assert code == 2 and "waiting up to" in err and "is busy: another writer" in err
+    finally:
+        proc.wait(timeout=60)
+    assert "carol" not in [a["name"] for a in listing(chimera)["artists"]]
