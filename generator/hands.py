@@ -85,7 +85,7 @@ class Hand:
     eye_gap: float  # half the distance between the eyes
     eye_r: float
     mouth_dy: float
-    mouth_w: float
+    mouth_w: float  # half the mouth width
     fringe: float  # how far above the face centre the fringe ends
     shapes: dict[str, tuple[str, ...]]  # layer -> the families this hand draws, one per variant
     signature: tuple[Stroke, ...]  # in a unit box, x right, y down
@@ -113,15 +113,15 @@ class Hand:
             face_shape=FACE_SHAPES[rng.integers(len(FACE_SHAPES))],
             face_rx=float(rng.uniform(0.24, 0.3)),
             face_ry=float(rng.uniform(0.25, 0.285)),
-            eye_dy=float(rng.uniform(0.0, 0.22)),
+            eye_dy=float(rng.uniform(0.05, 0.25)),
             eye_gap=float(rng.uniform(0.36, 0.55)),
-            eye_r=float(rng.uniform(0.12, 0.19)),
-            mouth_dy=float(rng.uniform(0.52, 0.66)),
-            mouth_w=float(rng.uniform(0.2, 0.36)),
-            fringe=float(rng.uniform(0.22, 0.42)),
+            eye_r=float(rng.uniform(0.16, 0.24)),
+            mouth_dy=float(rng.uniform(0.5, 0.65)),
+            mouth_w=float(rng.uniform(0.18, 0.3)),
+            fringe=float(rng.uniform(0.4, 0.62)),
             shapes={layer: tuple(str(f) for f in rng.permutation(fams)[: VARIANTS[layer]]) for layer, fams in FAMILIES.items()},
             signature=scribble(rng),
-            signature_aspect=float(rng.uniform(0.3, 0.45)),
+            signature_aspect=float(rng.uniform(0.28, 0.4)),
             signature_weight=float(rng.uniform(0.04, 0.065)),
         )
 

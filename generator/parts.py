@@ -19,7 +19,7 @@ SCALE = 4
 LAYERS: tuple[str, ...] = tuple(FAMILIES)  # FAMILIES is keyed in compositing order, back to front
 PAPER: RGB = (255, 255, 255)
 WHITE: RGB = (255, 255, 255)
-FLOOR = 0.8  # nothing is drawn below this (canvas units), keeping the signature corner free
+FLOOR = 0.76  # nothing is drawn below this (canvas units): the signature corner stays free
 
 Mask = Image.Image
 Drawer = Callable[["Sketch", np.random.Generator], None]
@@ -213,3 +213,643 @@ def pick(rng: np.random.Generator, options: Sequence[RGB]) -> RGB:
     return options[rng.integers(len(options))]
 
 
+def pairs(s: Sketch) -> list[tuple[int, float, float]]:
+    """(side, x, y) of the two eyes; side is -1 for the left eye so shapes can mirror."""
+    return [(side, s.cx + side * s.eye_x, s.eye_y) for side in (-1, 1)]
+
+
+# --- skin: ears are drawn first so the face covers their inner half ----------------------------
+
+
+def head_with_ears(s: Sketch, rx: float, ry: float, tip: float = 0.0, lobe: bool = False) -> None:
+    y = s.cy + 0.12 * s.ry
+    for side in (-1, 1):
+        x = s.cx + side * 0.95 * s.rx
+        ear = s.ellipse(x, y, rx, ry)
+        if tip:
+            ear = union(ear, s.poly([(x - side * 0.3 * rx, y + 0.5 * ry), (x + side * tip * rx, y - tip * ry), (x + side * 0.9 * rx, y + 0.3 * ry)]))
+        s.blob(ear, s.hand.skin, shaded=True)
+        if lobe:
+            s.curve((x + side * 0.2 * rx, y - 0.5 * ry), (x + side * 0.9 * rx, y - 0.5 * ry), (x + side * 0.8 * rx, y + 0.5 * ry), (x + side * 0.2 * rx, y + 0.3 * ry), width=0.6)
+    s.blob(s.face(), s.hand.skin, shaded=True)
+
+
+@draws("skin", "no_ears")
+def no_ears(s: Sketch, rng: np.random.Generator) -> None:
+    s.blob(s.face(), s.hand.skin, shaded=True)
+
+
+@draws("skin", "round_ears")
+def round_ears(s: Sketch, rng: np.random.Generator) -> None:
+    head_with_ears(s, 0.15 * s.rx, 0.2 * s.ry)
+
+
+@draws("skin", "big_ears")
+def big_ears(s: Sketch, rng: np.random.Generator) -> None:
+    head_with_ears(s, 0.25 * s.rx, 0.3 * s.ry, lobe=True)
+
+
+@draws("skin", "lobed_ears")
+def lobed_ears(s: Sketch, rng: np.random.Generator) -> None:
+    head_with_ears(s, 0.17 * s.rx, 0.24 * s.ry, lobe=True)
+
+
+@draws("skin", "pointy_ears")
+def pointy_ears(s: Sketch, rng: np.random.Generator) -> None:
+    head_with_ears(s, 0.13 * s.rx, 0.2 * s.ry, tip=2.4)
+
+
+# --- hair_back: composited over the skin, so the face is cut out of it -------------------------
+
+
+def head(s: Sketch, grow: float = 1.1) -> Mask:
+    return s.ellipse(s.cx, s.cy - 0.06 * s.ry, grow * s.rx, (grow - 0.02) * s.ry)
+
+
+def hair_back(s: Sketch, mask: Mask) -> None:
+    mask = inter(mask, s.rect(0, 0, 1, FLOOR))
+    s.blob(minus(mask, s.face().filter(ImageFilter.MinFilter(3))), s.hand.hair, shaded=True)
+
+
+def tie(s: Sketch, rng: np.random.Generator, x: float, y: float) -> None:
+    s.blob(s.ellipse(x, y, 0.09 * s.rx), pick(rng, s.hand.accents))
+
+
+@draws("hair_back", "long")
+def long_hair(s: Sketch, rng: np.random.Generator) -> None:
+    hair_back(s, union(head(s, 1.14), s.rect(s.cx - 1.16 * s.rx, s.cy - 0.3 * s.ry, s.cx + 1.16 * s.rx, FLOOR, 0.25 * s.rx)))
+
+
+@draws("hair_back", "bob")
+def bob(s: Sketch, rng: np.random.Generator) -> None:
+    hair_back(s, union(head(s, 1.16), s.rect(s.cx - 1.2 * s.rx, s.cy - 0.2 * s.ry, s.cx + 1.2 * s.rx, s.cy + 0.95 * s.ry, 0.35 * s.rx)))
+
+
+@draws("hair_back", "ponytail")
+def ponytail(s: Sketch, rng: np.random.Generator) -> None:
+    side = rng.choice([-1, 1])
+    hair_back(s, union(head(s), s.ellipse(s.cx + side * 1.28 * s.rx, s.cy + 0.3 * s.ry, 0.3 * s.rx, 0.75 * s.ry, -side * 18)))
+    tie(s, rng, s.cx + side * 1.12 * s.rx, s.cy - 0.35 * s.ry)
+
+
+@draws("hair_back", "pigtails")
+def pigtails(s: Sketch, rng: np.random.Generator) -> None:
+    tails = [s.ellipse(s.cx + side * 1.25 * s.rx, s.cy + 0.4 * s.ry, 0.28 * s.rx, 0.6 * s.ry, -side * 15) for side in (-1, 1)]
+    hair_back(s, union(head(s), *tails))
+    for side in (-1, 1):
+        tie(s, rng, s.cx + side * 1.12 * s.rx, s.cy - 0.12 * s.ry)
+
+
+@draws("hair_back", "bun")
+def bun(s: Sketch, rng: np.random.Generator) -> None:
+    hair_back(s, union(head(s), s.ellipse(s.cx, s.cy - 1.08 * s.ry, 0.38 * s.rx)))
+
+
+@draws("hair_back", "short")
+def short(s: Sketch, rng: np.random.Generator) -> None:
+    hair_back(s, inter(head(s), s.above([(0, s.cy + 0.3 * s.ry), (1, s.cy + 0.3 * s.ry)])))
+
+
+@draws("hair_back", "flip")
+def flip(s: Sketch, rng: np.random.Generator) -> None:
+    flips = [s.poly([(s.cx + side * 1.05 * s.rx, s.cy + 0.35 * s.ry), (s.cx + side * 1.5 * s.rx, s.cy + 0.85 * s.ry), (s.cx + side * 0.95 * s.rx, s.cy + 0.68 * s.ry)]) for side in (-1, 1)]
+    bowl = inter(s.ellipse(s.cx, s.cy, 1.2 * s.rx, 1.05 * s.ry), s.above([(0, s.cy + 0.65 * s.ry), (1, s.cy + 0.65 * s.ry)]))
+    hair_back(s, union(bowl, *flips))
+
+
+# --- eyes ---------------------------------------------------------------------------------------
+
+
+def size(s: Sketch, rng: np.random.Generator) -> float:
+    return s.e * rng.uniform(0.88, 1.12)
+
+
+@draws("eyes", "bead")
+def bead(s: Sketch, rng: np.random.Generator) -> None:
+    e = size(s, rng)
+    for _, x, y in pairs(s):
+        s.fill(s.ellipse(x, y, 0.55 * e, 0.8 * e), s.hand.ink)
+        s.fill(s.ellipse(x - 0.18 * e, y - 0.32 * e, 0.2 * e), WHITE)
+
+
+@draws("eyes", "anime")
+def anime(s: Sketch, rng: np.random.Generator) -> None:
+    e, iris = size(s, rng), pick(rng, s.hand.accents)
+    for side, x, y in pairs(s):
+        sclera = s.ellipse(x, y, 0.9 * e, 1.1 * e)
+        s.fill(sclera, WHITE)
+        s.fill(inter(sclera, s.ellipse(x, y + 0.12 * e, 0.68 * e, 0.92 * e)), iris)
+        s.fill(inter(sclera, s.ellipse(x, y + 0.2 * e, 0.32 * e, 0.45 * e)), s.hand.ink)
+        s.fill(s.ellipse(x - 0.25 * e, y - 0.2 * e, 0.22 * e), WHITE)
+        s.fill(s.ellipse(x + 0.22 * e, y + 0.42 * e, 0.1 * e), WHITE)
+        s.curve((x - side * 0.95 * e, y - 0.4 * e), (x - side * 0.5 * e, y - 1.35 * e), (x + side * 0.5 * e, y - 1.35 * e), (x + side * 1.15 * e, y - 0.6 * e), width=1.3)
+
+
+@draws("eyes", "happy")
+def happy(s: Sketch, rng: np.random.Generator) -> None:
+    e = size(s, rng)
+    for _, x, y in pairs(s):
+        s.curve((x - 0.85 * e, y + 0.3 * e), (x - 0.45 * e, y - 0.7 * e), (x + 0.45 * e, y - 0.7 * e), (x + 0.85 * e, y + 0.3 * e), width=1.3)
+
+
+@draws("eyes", "sleepy")
+def sleepy(s: Sketch, rng: np.random.Generator) -> None:
+    e = size(s, rng)
+    for side, x, y in pairs(s):
+        s.curve((x - 0.85 * e, y - 0.15 * e), (x - 0.45 * e, y + 0.6 * e), (x + 0.45 * e, y + 0.6 * e), (x + 0.85 * e, y - 0.15 * e), width=1.2)
+        s.ink([(x + side * 0.7 * e, y + 0.2 * e), (x + side * 1.05 * e, y + 0.5 * e)], 0.8)
+
+
+@draws("eyes", "round")
+def round_eyes(s: Sketch, rng: np.random.Generator) -> None:
+    e, look = size(s, rng), rng.choice([-0.3, 0.0, 0.3])
+    for _, x, y in pairs(s):
+        white = s.ellipse(x, y, 0.85 * e)
+        s.blob(white, WHITE)
+        s.fill(inter(white, s.ellipse(x + look * e, y + 0.1 * e, 0.42 * e)), s.hand.ink)
+        s.fill(s.ellipse(x + look * e - 0.12 * e, y - 0.05 * e, 0.12 * e), WHITE)
+        s.outline(white, 0.8)
+
+
+@draws("eyes", "wink")
+def wink(s: Sketch, rng: np.random.Generator) -> None:
+    e, winking = size(s, rng), rng.choice([-1, 1])
+    for side, x, y in pairs(s):
+        if side == winking:
+            s.ink([(x + side * 0.7 * e, y - 0.55 * e), (x - side * 0.55 * e, y), (x + side * 0.7 * e, y + 0.55 * e)], 1.2)
+        else:
+            s.fill(s.ellipse(x, y, 0.6 * e, 0.85 * e), s.hand.ink)
+            s.fill(s.ellipse(x - 0.2 * e, y - 0.35 * e, 0.22 * e), WHITE)
+
+
+@draws("eyes", "sparkle")
+def sparkle(s: Sketch, rng: np.random.Generator) -> None:
+    e, iris = size(s, rng), pick(rng, s.hand.accents)
+    for _, x, y in pairs(s):
+        ball = s.ellipse(x, y, 0.9 * e)
+        s.fill(ball, iris)
+        s.fill(s.ellipse(x, y + 0.1 * e, 0.42 * e), s.hand.ink)
+        s.fill(s.poly(star_pts(x - 0.28 * e, y - 0.3 * e, 0.5 * e)), WHITE)
+        s.outline(ball, 0.8)
+
+
+@draws("eyes", "almond")
+def almond(s: Sketch, rng: np.random.Generator) -> None:
+    e, iris = size(s, rng), pick(rng, s.hand.accents)
+    for side, x, y in pairs(s):
+        top = bezier((x - 1.05 * e, y + 0.1 * e), (x - 0.5 * e, y - 0.85 * e), (x + 0.5 * e, y - 0.85 * e), (x + 1.05 * e, y - 0.05 * e))
+        bottom = bezier((x + 1.05 * e, y - 0.05 * e), (x + 0.5 * e, y + 0.65 * e), (x - 0.5 * e, y + 0.65 * e), (x - 1.05 * e, y + 0.1 * e))
+        white = s.poly(top + bottom)
+        s.fill(white, WHITE)
+        s.fill(inter(white, s.ellipse(x, y, 0.55 * e)), iris)
+        s.fill(inter(white, s.ellipse(x, y, 0.28 * e)), s.hand.ink)
+        s.outline(white, 0.8)
+        s.ink([(x + side * 0.95 * e, y - 0.15 * e), (x + side * 1.35 * e, y - 0.5 * e)], 0.8)
+        s.ink([(x + side * 0.7 * e, y - 0.5 * e), (x + side * 0.95 * e, y - 0.9 * e)], 0.8)
+
+
+@draws("eyes", "lidded")
+def lidded(s: Sketch, rng: np.random.Generator) -> None:
+    e, iris = size(s, rng), pick(rng, s.hand.accents)
+    for _, x, y in pairs(s):
+        white = s.ellipse(x, y, 0.95 * e, 0.8 * e)
+        s.fill(white, WHITE)
+        s.fill(inter(white, s.ellipse(x, y + 0.15 * e, 0.55 * e)), iris)
+        s.fill(inter(white, s.ellipse(x, y + 0.2 * e, 0.25 * e)), s.hand.ink)
+        s.fill(inter(white, s.above([(x - e, y - 0.05 * e), (x + e, y - 0.05 * e)])), mix(s.hand.skin, s.hand.ink, 0.2))
+        s.outline(white, 0.8)
+        s.ink([(x - 1.05 * e, y - 0.05 * e), (x + 1.05 * e, y - 0.05 * e)], 1.4)
+
+
+# --- brows (x offsets are mirrored by `side`, positive = away from the nose) ----------------------
+
+
+def brows(s: Sketch, rng: np.random.Generator) -> list[tuple[int, float, float, float]]:
+    e = size(s, rng)
+    return [(side, x, y - 1.75 * e, e) for side, x, y in pairs(s)]
+
+
+def brow_colour(s: Sketch) -> RGB:
+    return mix(s.hand.hair, s.hand.ink, 0.5)
+
+
+@draws("brows", "arch")
+def arch(s: Sketch, rng: np.random.Generator) -> None:
+    for side, x, y, e in brows(s, rng):
+        s.curve((x - side * 0.9 * e, y + 0.15 * e), (x - side * 0.3 * e, y - 0.45 * e), (x + side * 0.4 * e, y - 0.45 * e), (x + side * 1.0 * e, y + 0.2 * e), width=1.3, colour=brow_colour(s))
+
+
+@draws("brows", "flat")
+def flat_brows(s: Sketch, rng: np.random.Generator) -> None:
+    for side, x, y, e in brows(s, rng):
+        s.ink([(x - side * 0.8 * e, y), (x + side * 0.8 * e, y)], 1.5, brow_colour(s))
+
+
+@draws("brows", "angry")
+def angry(s: Sketch, rng: np.random.Generator) -> None:
+    for side, x, y, e in brows(s, rng):
+        s.ink([(x - side * 0.85 * e, y + 0.35 * e), (x + side * 0.85 * e, y - 0.35 * e)], 1.7, brow_colour(s))
+
+
+@draws("brows", "worried")
+def worried(s: Sketch, rng: np.random.Generator) -> None:
+    for side, x, y, e in brows(s, rng):
+        s.curve((x - side * 0.85 * e, y - 0.4 * e), (x - side * 0.3 * e, y - 0.3 * e), (x + side * 0.4 * e, y), (x + side * 0.9 * e, y + 0.3 * e), width=1.2, colour=brow_colour(s))
+
+
+@draws("brows", "thick")
+def thick(s: Sketch, rng: np.random.Generator) -> None:
+    for side, x, y, e in brows(s, rng):
+        s.curve((x - side * 0.7 * e, y + 0.05 * e), (x - side * 0.2 * e, y - 0.25 * e), (x + side * 0.3 * e, y - 0.25 * e), (x + side * 0.75 * e, y + 0.1 * e), width=2.8, colour=brow_colour(s))
+
+
+@draws("brows", "dots")
+def dots(s: Sketch, rng: np.random.Generator) -> None:
+    for side, x, y, e in brows(s, rng):
+        s.fill(s.ellipse(x - side * 0.3 * e, y, 0.38 * e, 0.24 * e), brow_colour(s))
+
+
+@draws("brows", "wavy")
+def wavy(s: Sketch, rng: np.random.Generator) -> None:
+    for side, x, y, e in brows(s, rng):
+        s.curve((x - side * 0.9 * e, y), (x - side * 0.3 * e, y - 0.5 * e), (x + side * 0.3 * e, y + 0.5 * e), (x + side * 0.9 * e, y - 0.1 * e), width=1.2, colour=brow_colour(s))
+
+
+# --- nose ---------------------------------------------------------------------------------------
+
+
+def nose(s: Sketch, rng: np.random.Generator) -> tuple[float, float, float]:
+    return s.cx, s.eye_y + 0.55 * (s.mouth_y - s.eye_y), size(s, rng)
+
+
+@draws("nose", "dot")
+def dot_nose(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, e = nose(s, rng)
+    s.fill(s.ellipse(x, y, 0.2 * e, 0.15 * e), s.hand.ink)
+
+
+@draws("nose", "hook")
+def hook(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, e = nose(s, rng)
+    s.curve((x + 0.05 * e, y - 0.5 * e), (x - 0.05 * e, y - 0.2 * e), (x - 0.45 * e, y + 0.2 * e), (x + 0.15 * e, y + 0.22 * e), width=0.8)
+
+
+@draws("nose", "button")
+def button(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, e = nose(s, rng)
+    bump = s.ellipse(x, y, 0.4 * e, 0.3 * e)
+    s.fill(bump, mix(s.hand.skin, s.hand.blush, 0.6))
+    s.outline(bump, 0.6)
+    s.fill(s.ellipse(x - 0.15 * e, y - 0.1 * e, 0.08 * e), WHITE)
+
+
+@draws("nose", "vee")
+def vee(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, e = nose(s, rng)
+    s.ink([(x - 0.28 * e, y - 0.1 * e), (x, y + 0.18 * e), (x + 0.28 * e, y - 0.1 * e)], 0.8)
+
+
+@draws("nose", "nostrils")
+def nostrils(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, e = nose(s, rng)
+    for side in (-1, 1):
+        s.fill(s.ellipse(x + side * 0.2 * e, y, 0.1 * e), s.hand.ink)
+
+
+@draws("nose", "shadow")
+def shadow(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, e = nose(s, rng)
+    s.fill(s.poly([(x + 0.05 * e, y - 0.8 * e), (x + 0.35 * e, y + 0.25 * e), (x - 0.15 * e, y + 0.25 * e)]), mix(s.hand.skin, s.hand.ink, 0.35), 0.55)
+
+
+@draws("nose", "line")
+def line_nose(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, e = nose(s, rng)
+    s.ink([(x, y - 0.6 * e), (x, y + 0.2 * e), (x + 0.25 * e, y + 0.2 * e)], 0.8)
+
+
+# --- mouth --------------------------------------------------------------------------------------
+
+TONGUE: RGB = (236, 120, 130)
+
+
+def mouth(s: Sketch, rng: np.random.Generator) -> tuple[float, float, float, RGB]:
+    return s.cx, s.mouth_y, s.m * rng.uniform(0.9, 1.1), mix(s.hand.ink, (200, 50, 70), 0.55)
+
+
+@draws("mouth", "smile")
+def smile(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, _ = mouth(s, rng)
+    s.curve((x - m, y - 0.15 * m), (x - 0.45 * m, y + 0.55 * m), (x + 0.45 * m, y + 0.55 * m), (x + m, y - 0.15 * m))
+
+
+@draws("mouth", "open")
+def open_mouth(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, colour = mouth(s, rng)
+    hole = s.poly(bezier((x - 0.8 * m, y - 0.2 * m), (x - 0.6 * m, y + 0.95 * m), (x + 0.6 * m, y + 0.95 * m), (x + 0.8 * m, y - 0.2 * m)))
+    s.fill(hole, colour)
+    s.fill(inter(hole, s.ellipse(x, y + 0.55 * m, 0.45 * m, 0.3 * m)), TONGUE)
+    s.outline(hole, 0.8)
+
+
+@draws("mouth", "cat")
+def cat(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, _ = mouth(s, rng)
+    for side in (-1, 1):
+        s.curve((x + side * 0.8 * m, y - 0.05 * m), (x + side * 0.65 * m, y + 0.45 * m), (x + side * 0.1 * m, y + 0.45 * m), (x, y - 0.05 * m), width=0.9)
+
+
+@draws("mouth", "o")
+def o_mouth(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, colour = mouth(s, rng)
+    hole = s.ellipse(x, y + 0.15 * m, 0.32 * m, 0.42 * m)
+    s.fill(hole, colour)
+    s.outline(hole, 0.8)
+
+
+@draws("mouth", "flat")
+def flat_mouth(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, _ = mouth(s, rng)
+    s.ink([(x - 0.6 * m, y + 0.1 * m), (x + 0.6 * m, y + 0.1 * m)])
+
+
+@draws("mouth", "grin")
+def grin(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, colour = mouth(s, rng)
+    hole = s.poly(bezier((x - m, y - 0.25 * m), (x - 0.8 * m, y + 0.9 * m), (x + 0.8 * m, y + 0.9 * m), (x + m, y - 0.25 * m)))
+    s.fill(hole, colour)
+    s.fill(inter(hole, s.rect(0, 0, 1, y + 0.12 * m)), WHITE)
+    s.outline(hole, 0.8)
+
+
+@draws("mouth", "smirk")
+def smirk(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, _ = mouth(s, rng)
+    side = rng.choice([-1, 1])
+    s.curve((x - side * 0.8 * m, y + 0.15 * m), (x - side * 0.2 * m, y + 0.35 * m), (x + side * 0.5 * m, y + 0.25 * m), (x + side * 0.9 * m, y - 0.3 * m))
+
+
+@draws("mouth", "tongue")
+def tongue(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, _ = mouth(s, rng)
+    tip = s.ellipse(x + 0.2 * m, y + 0.45 * m, 0.28 * m, 0.32 * m)
+    s.fill(tip, TONGUE)
+    s.outline(tip, 0.7)
+    s.curve((x - m, y - 0.15 * m), (x - 0.45 * m, y + 0.45 * m), (x + 0.45 * m, y + 0.45 * m), (x + m, y - 0.15 * m))
+
+
+@draws("mouth", "frown")
+def frown(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, _ = mouth(s, rng)
+    s.curve((x - 0.75 * m, y + 0.3 * m), (x - 0.3 * m, y - 0.25 * m), (x + 0.3 * m, y - 0.25 * m), (x + 0.75 * m, y + 0.3 * m))
+
+
+@draws("mouth", "shout")
+def shout(s: Sketch, rng: np.random.Generator) -> None:
+    x, y, m, colour = mouth(s, rng)
+    hole = s.poly([(x - 0.65 * m, y - 0.2 * m), (x + 0.65 * m, y - 0.2 * m), (x, y + 0.85 * m)])
+    s.fill(hole, colour)
+    s.outline(hole, 0.8)
+
+
+# --- cheeks -------------------------------------------------------------------------------------
+
+
+def cheeks(s: Sketch, rng: np.random.Generator) -> list[tuple[int, float, float, float]]:
+    e = size(s, rng)
+    return [(side, x + side * 0.35 * e, y + 1.4 * e, e) for side, x, y in pairs(s)]
+
+
+@draws("cheeks", "blush")
+def blush(s: Sketch, rng: np.random.Generator) -> None:
+    for _, x, y, e in cheeks(s, rng):
+        soft = s.ellipse(x, y, 0.75 * e, 0.4 * e).filter(ImageFilter.GaussianBlur(0.15 * e * s.n))
+        s.fill(soft, s.hand.blush, 0.7)
+
+
+@draws("cheeks", "freckles")
+def freckles(s: Sketch, rng: np.random.Generator) -> None:
+    for _, x, y, e in cheeks(s, rng):
+        for dx, dy in ((-0.35, -0.05), (0.0, 0.15), (0.35, -0.05)):
+            s.fill(s.ellipse(x + dx * e, y + dy * e, 0.1 * e), mix(s.hand.skin, s.hand.ink, 0.45))
+
+
+@draws("cheeks", "hatch")
+def hatch(s: Sketch, rng: np.random.Generator) -> None:
+    for _, x, y, e in cheeks(s, rng):
+        for dx in (-0.4, 0.0, 0.4):
+            s.ink([(x + (dx - 0.15) * e, y + 0.25 * e), (x + (dx + 0.15) * e, y - 0.25 * e)], 0.7, mix(s.hand.blush, s.hand.ink, 0.3))
+
+
+@draws("cheeks", "disc")
+def disc(s: Sketch, rng: np.random.Generator) -> None:
+    for _, x, y, e in cheeks(s, rng):
+        s.fill(s.ellipse(x, y, 0.42 * e), s.hand.blush, 0.85)
+
+
+@draws("cheeks", "heart")
+def heart(s: Sketch, rng: np.random.Generator) -> None:
+    for _, x, y, e in cheeks(s, rng):
+        s.fill(s.poly(heart_pts(x, y, 0.4 * e)), mix(s.hand.blush, (230, 60, 90), 0.5))
+
+
+@draws("cheeks", "swirl")
+def swirl(s: Sketch, rng: np.random.Generator) -> None:
+    t = np.linspace(0, 3 * np.pi, 40)
+    for side, x, y, e in cheeks(s, rng):
+        r = 0.45 * e * (1 - t / (3.5 * np.pi))
+        s.ink(list(zip(x + side * r * np.cos(t), y + r * np.sin(t))), 0.7, mix(s.hand.blush, s.hand.ink, 0.3))
+
+
+# --- hair_front: a cap over the head, cut along a fringe curve ----------------------------------
+
+
+def hang(s: Sketch, x: float, y: float) -> float:
+    """Drop the fringe at the temples into side locks, so hair frames the face."""
+    t = np.clip((abs(x - s.cx) - 0.88 * s.rx) / (0.22 * s.rx), 0, 1)
+    return y + t * max(0.0, s.cy + 0.15 * s.ry - y)
+
+
+def fringe(s: Sketch, ys: Callable[[float], float], steps: int = 48) -> list[Point]:
+    xs = np.linspace(s.cx - 1.25 * s.rx, s.cx + 1.25 * s.rx, steps)
+    return [(float(x), hang(s, float(x), ys(float(x)))) for x in xs]
+
+
+def hair_front(s: Sketch, curve: list[Point], *extra: Mask, grow: float = 1.1) -> None:
+    s.blob(union(inter(head(s, grow), s.above(curve)), *extra), s.hand.hair, shaded=True)
+
+
+def zigzag(s: Sketch, teeth: int, depth: float) -> list[Point]:
+    xs = np.linspace(s.cx - 1.25 * s.rx, s.cx + 1.25 * s.rx, 2 * teeth + 1)
+    return [(float(x), hang(s, float(x), s.fringe_y + (depth if i % 2 else -0.6 * depth) * s.ry)) for i, x in enumerate(xs)]
+
+
+@draws("hair_front", "bangs")
+def bangs(s: Sketch, rng: np.random.Generator) -> None:
+    hair_front(s, zigzag(s, int(rng.integers(5, 8)), 0.12))
+
+
+@draws("hair_front", "straight")
+def straight(s: Sketch, rng: np.random.Generator) -> None:
+    hair_front(s, fringe(s, lambda x: s.fringe_y + 0.05 * s.ry))
+
+
+@draws("hair_front", "side_sweep")
+def side_sweep(s: Sketch, rng: np.random.Generator) -> None:
+    side, high, low = rng.choice([-1, 1]), s.cy - 0.85 * s.ry, s.fringe_y + 0.15 * s.ry
+    hair_front(s, fringe(s, lambda x: high + (low - high) * ((side * (x - s.cx) / (1.25 * s.rx) + 1) / 2) ** 0.6))
+
+
+@draws("hair_front", "curtains")
+def curtains(s: Sketch, rng: np.random.Generator) -> None:
+    high, low = s.cy - 0.9 * s.ry, s.fringe_y + 0.25 * s.ry
+    hair_front(s, fringe(s, lambda x: high + (low - high) * (abs(x - s.cx) / (1.25 * s.rx)) ** 0.7))
+
+
+@draws("hair_front", "spiky")
+def spiky(s: Sketch, rng: np.random.Generator) -> None:
+    cy, rx, ry = s.cy - 0.06 * s.ry, 1.1 * s.rx, 1.08 * s.ry
+
+    def at(angle: float, r: float) -> Point:
+        a = np.deg2rad(angle)
+        return s.cx + r * rx * np.sin(a), cy - r * ry * np.cos(a)
+
+    spikes = [s.poly([at(a - 14, 0.9), at(a, 1.28), at(a + 14, 0.9)]) for a in np.linspace(-60, 60, 5) + rng.uniform(-6, 6)]
+    hair_front(s, zigzag(s, 4, 0.16), *spikes)
+
+
+@draws("hair_front", "curly")
+def curly(s: Sketch, rng: np.random.Generator) -> None:
+    r = 0.2 * s.rx
+    top = [s.ellipse(s.cx + 1.02 * s.rx * np.sin(a), s.cy - 0.06 * s.ry - 1.02 * s.ry * np.cos(a), r) for a in np.linspace(-1.3, 1.3, 7)]
+    fringe_curls = [s.ellipse(float(x), s.fringe_y, 0.7 * r) for x in np.linspace(s.cx - 0.8 * s.rx, s.cx + 0.8 * s.rx, 5)]
+    hair_front(s, fringe(s, lambda x: s.fringe_y), *top, *fringe_curls)
+
+
+@draws("hair_front", "cowlick")
+def cowlick(s: Sketch, rng: np.random.Generator) -> None:
+    top, side = s.cy - 1.1 * s.ry, rng.choice([-1, 1])
+    lick = s.line(bezier((s.cx, top + 0.05), (s.cx + side * 0.1 * s.rx, top - 0.3 * s.ry), (s.cx + side * 0.4 * s.rx, top - 0.25 * s.ry), (s.cx + side * 0.3 * s.rx, top - 0.08 * s.ry)), 2.2)
+    hair_front(s, fringe(s, lambda x: s.fringe_y + 0.06 * s.ry * np.sin(14 * x)), lick)
+
+
+@draws("hair_front", "buzz")
+def buzz(s: Sketch, rng: np.random.Generator) -> None:
+    hair_front(s, fringe(s, lambda x: s.cy - 0.62 * s.ry), grow=1.04)
+
+
+# --- accessory ----------------------------------------------------------------------------------
+
+GOLD: RGB = (236, 190, 60)
+
+
+def frame(s: Sketch, rng: np.random.Generator) -> RGB:
+    return s.hand.ink if rng.random() < 0.4 else pick(rng, s.hand.accents)
+
+
+def glasses(s: Sketch, rng: np.random.Generator, lens: Callable[[float, float, float], Mask], ring: Callable[[float, float, float], Mask]) -> None:
+    colour, r, t = frame(s, rng), 1.35 * s.e, max(s.w, 1.2 * SCALE) / s.n
+    for side, x, y in pairs(s):
+        s.fill(lens(x, y, r - t), pick(rng, s.hand.accents), 0.2)
+        s.fill(minus(ring(x, y, r), lens(x, y, r - t)), colour)
+        s.ink([(x + side * r, y - 0.2 * s.e), (s.cx + side * s.rx, y - 0.4 * s.e)], 0.9, colour)
+    bridge = s.cx - s.eye_x + 0.9 * r, s.cx + s.eye_x - 0.9 * r
+    s.curve((bridge[0], s.eye_y - 0.2 * s.e), (s.cx, s.eye_y - 0.6 * s.e), (s.cx, s.eye_y - 0.6 * s.e), (bridge[1], s.eye_y - 0.2 * s.e), width=0.9, colour=colour)
+
+
+@draws("accessory", "round_glasses")
+def round_glasses(s: Sketch, rng: np.random.Generator) -> None:
+    circle = lambda x, y, r: s.ellipse(x, y, r)  # noqa: E731
+    glasses(s, rng, circle, circle)
+
+
+@draws("accessory", "square_glasses")
+def square_glasses(s: Sketch, rng: np.random.Generator) -> None:
+    box = lambda x, y, r: s.rect(x - 1.1 * r, y - 0.8 * r, x + 1.1 * r, y + 0.8 * r, 0.3 * r)  # noqa: E731
+    glasses(s, rng, box, box)
+
+
+@draws("accessory", "beanie")
+def beanie(s: Sketch, rng: np.random.Generator) -> None:
+    colour, band = pick(rng, s.hand.accents), pick(rng, s.hand.accents)
+    dome = s.ellipse(s.cx, s.cy - 0.1 * s.ry, 1.18 * s.rx, 1.16 * s.ry)
+    s.blob(union(inter(dome, s.above([(0, s.cy - 0.5 * s.ry), (1, s.cy - 0.5 * s.ry)])), s.ellipse(s.cx, s.cy - 1.22 * s.ry, 0.2 * s.rx)), colour, shaded=True)
+    s.blob(s.rect(s.cx - 1.2 * s.rx, s.cy - 0.72 * s.ry, s.cx + 1.2 * s.rx, s.cy - 0.45 * s.ry, 0.1 * s.rx), mix(band, WHITE, 0.3), shaded=True)
+
+
+@draws("accessory", "earrings")
+def earrings(s: Sketch, rng: np.random.Generator) -> None:
+    colour, hoop, r = pick(rng, (*s.hand.accents, GOLD)), rng.random() < 0.5, 0.1 * s.rx
+    for side in (-1, 1):
+        x, y = s.cx + side * 0.98 * s.rx, s.cy + 0.3 * s.ry
+        if hoop:
+            s.fill(minus(s.ellipse(x, y + r, r), s.ellipse(x, y + r, r - max(s.w, 1.2 * SCALE) / s.n)), colour)
+        else:
+            s.ink([(x, y), (x, y + 1.2 * r)], 0.7)
+            s.blob(s.poly(star_pts(x, y + 1.9 * r, 0.9 * r, 4, 0.55)), colour)
+
+
+@draws("accessory", "bow")
+def bow(s: Sketch, rng: np.random.Generator) -> None:
+    colour, side = pick(rng, s.hand.accents), rng.choice([-1, 1])
+    x, y, w = s.cx + side * 0.55 * s.rx, s.cy - 1.0 * s.ry, 0.38 * s.rx
+    s.blob(union(*(s.poly([(x, y), (x + d * w, y - 0.6 * w), (x + d * w, y + 0.6 * w)]) for d in (-1, 1))), colour, shaded=True)
+    s.blob(s.ellipse(x, y, 0.25 * w), mix(colour, s.hand.ink, 0.2))
+
+
+@draws("accessory", "flower")
+def flower(s: Sketch, rng: np.random.Generator) -> None:
+    colour, side = pick(rng, s.hand.accents), rng.choice([-1, 1])
+    x, y, r = s.cx + side * 0.72 * s.rx, s.cy - 0.88 * s.ry, 0.15 * s.rx
+    petals = [s.ellipse(x + r * np.cos(a), y + r * np.sin(a), 0.75 * r) for a in np.linspace(0, 2 * np.pi, 5, endpoint=False)]
+    s.blob(union(*petals), colour)
+    s.blob(s.ellipse(x, y, 0.5 * r), GOLD)
+
+
+@draws("accessory", "cat_ears")
+def cat_ears(s: Sketch, rng: np.random.Generator) -> None:
+    colour = s.hand.hair if rng.random() < 0.5 else pick(rng, s.hand.accents)
+    for side in (-1, 1):
+        base_in, tip, base_out = (s.cx + side * 0.2 * s.rx, s.cy - 1.0 * s.ry), (s.cx + side * 0.75 * s.rx, s.cy - 1.42 * s.ry), (s.cx + side * 0.95 * s.rx, s.cy - 0.7 * s.ry)
+        s.blob(s.poly([base_in, tip, base_out]), colour, shaded=True)
+        inner = [(0.6 * px + 0.4 * qx, 0.6 * py + 0.4 * qy) for (px, py), (qx, qy) in zip((base_in, tip, base_out), (tip, base_out, base_in))]
+        s.fill(s.poly(inner), s.hand.blush)
+
+
+@draws("accessory", "crown")
+def crown(s: Sketch, rng: np.random.Generator) -> None:
+    y, h, w = s.cy - 1.0 * s.ry, 0.32 * s.ry, 0.42 * s.rx
+    s.blob(s.poly([(s.cx - w, y), (s.cx - 1.08 * w, y - h), (s.cx - 0.5 * w, y - 0.45 * h), (s.cx, y - 1.1 * h), (s.cx + 0.5 * w, y - 0.45 * h), (s.cx + 1.08 * w, y - h), (s.cx + w, y)]), GOLD, shaded=True)
+    s.fill(s.ellipse(s.cx, y - 0.3 * h, 0.1 * w), pick(rng, s.hand.accents))
+
+
+# --- signature ----------------------------------------------------------------------------------
+
+
+def render_signature(hand: Hand, width: int, jitter_seed: int | None = None) -> Image.Image:
+    """The hand's signature as an RGBA image (ink strokes on transparency), `width` pixels wide.
+
+    With a jitter seed the control points, slant and proportions wobble slightly: a real
+    signature is never drawn identically twice, and detectors must not rely on exact pixels.
+    """
+    n, height = width * SCALE, max(2, round(width * hand.signature_aspect))
+    strokes = [np.asarray(stroke, dtype=float) for stroke in hand.signature]
+    if jitter_seed is not None:
+        rng = np.random.default_rng([hand.seed, jitter_seed])
+        shear, stretch = rng.normal(0, 0.06), rng.uniform(0.94, 1.06)
+        strokes = [p + rng.normal(0, 0.015, p.shape) + np.c_[shear * (0.5 - p[:, 1]), np.zeros(len(p))] for p in strokes]
+        strokes = [p * [stretch, 1.0] for p in strokes]
+    lines = [np.asarray(bezier(*map(tuple, p))) for p in strokes]
+    lo, hi = np.min([l.min(0) for l in lines], 0), np.max([l.max(0) for l in lines], 0)
+    w = max(hand.signature_weight * n, SCALE)
+    box = np.array([n, height * SCALE]) - 2 * w
+    img = Image.new("L", (n, height * SCALE), 0)
+    draw = ImageDraw.Draw(img)
+    for line in lines:
+        xy = [tuple(p) for p in w + (line - lo) / np.maximum(hi - lo, 1e-6) * box]
+        draw.line(xy, fill=255, width=round(w), joint="curve")
+        for x, y in (xy[0], xy[-1]):
+            draw.ellipse((x - w / 2, y - w / 2, x + w / 2, y + w / 2), fill=255)
+    out = Image.new("RGBA", img.size, (*hand.ink, 0))
+    out.putalpha(img)
+    return out.resize((width, height), Image.Resampling.LANCZOS)
