@@ -4,6 +4,7 @@ Kinds written to the store (all boxes are normalised [x0, y0, x1, y1]):
   hash   binary  perceptual hashes of the whole (border-trimmed) image
   style  float   hand-crafted style features of the whole image
   patch  float   descriptors of part-sized windows (region evidence)
+  kp     float   RootSIFT keypoint descriptors on the working canvas (box = the point)
   clip   float   CLIP embedding of the whole image, when weights are available
   sig    float   signature samples (owned by signatures, not works)
 """
@@ -13,11 +14,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+import cv2
 import imagehash
 import numpy as np
 from PIL import Image
 
-from detector import hashes, regions, signatures, style
+from detector import hashes, local, regions, signatures, style
 from detector.clip import ClipEmbedder, ClipUnavailable
 from index.store import KindSpec
 
@@ -30,6 +32,8 @@ BASE_SPECS = (
     KindSpec("style", {"embedder": "style", "version": 1, "size": style.SIZE}, style.DIM),
     KindSpec("patch", {"embedder": "patch", "version": 1, "patch": regions.PATCH,
                        "windows": "0.5/0.25+0.333/0.167"}, regions.DIM),
+    KindSpec("kp", {"embedder": "rootsift", "version": 1, "canvas": local.CANVAS, "features": local.N_FEATURES,
+                    "opencv": cv2.__version__}, 128),
     KindSpec("sig", {"embedder": "signature", "version": 1, "shape": list(signatures.SHAPE)},
              signatures.DIM, owner="signature"),
 )
@@ -63,20 +67,24 @@ class Embedders:
         extra = [KindSpec("clip", self.clip.descriptor, self.clip.dim)] if self.clip else []
         return list(BASE_SPECS) + extra
 
-    def describe_works(self, images: list[Image.Image]) -> list[Vectors]:
-        """Vectors to store for registered works (or generated outputs)."""
+    def describe_works(self, images: list[Image.Image]) -> list[tuple[Vectors, bytes]]:
+        """(vectors, thumbnail PNG) to store for registered works (or generated outputs)."""
         out = [{"hash": [(FULL, hashes.hash_bits(hashes.autocrop(im)))],
                 "style": [(FULL, style.style_vector(im))],
-                "patch": regions.describe(im, regions.WORK_WINDOWS)} for im in images]
+                "patch": regions.describe(im, regions.WORK_WINDOWS),
+                "kp": _points(local.canvas(im))} for im in images]
         self._add_clip(images, out)
-        return out
+        return [(vecs, thumbnail(im)) for vecs, im in zip(out, images)]
 
     def describe_query(self, img: Image.Image) -> Vectors:
-        """Vectors of an image to score: hashes of all 8 flips/rotations, denser windows."""
+        """Vectors of an image to score: hashes of all 8 flips/rotations, denser windows,
+        keypoints of the image and of its mirror (SIFT is not mirror-invariant)."""
         core = hashes.autocrop(img)
+        can = local.canvas(img)
         out: Vectors = {"hash": [(FULL, hashes.hash_bits(v)) for v in hashes.dihedral(core)],
                         "style": [(FULL, style.style_vector(img))],
-                        "patch": regions.describe(img, regions.QUERY_WINDOWS)}
+                        "patch": regions.describe(img, regions.QUERY_WINDOWS),
+                        "kp": _points(can), "kp_flip": _points(np.ascontiguousarray(can[:, ::-1]))}
         self._add_clip([img], [out])
         return out
 
@@ -89,3 +97,24 @@ class Embedders:
         for vecs, emb in zip(out, self.clip.embed(images)):
             vecs["clip"] = [(FULL, emb)]
 
+
+
+THUMB = 256
+
+
+def thumbnail(img: Image.Image) -> bytes:
+    """The work as kept in the store: PNG, longer side at most THUMB (icons stay full size)."""
+    import io
+    if max(img.size) > THUMB:
+        s = THUMB / max(img.size)
+        img = img.resize((max(1, round(img.width * s)), max(1, round(img.height * s))), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+def _points(can: np.ndarray) -> list:
+    """Keypoints as (normalised point-box, descriptor) pairs."""
+    pts, desc = local.keypoints(can)
+    h, w = can.shape[:2]
+    return [((float(x) / w, float(y) / h, float(x) / w, float(y) / h), d) for (x, y), d in zip(pts, desc)]

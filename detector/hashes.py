@@ -14,18 +14,23 @@ from PIL import Image
 HASH_BITS = 64 * 3 + 48  # phash, dhash, whash, colorhash (42 bits, padded to 48)
 
 
-def autocrop(img: Image.Image, tol: int = 12) -> Image.Image:
-    """Trim uniform borders (padding, letterboxing) so a padded copy hashes like its source."""
+def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
+    """The box inside uniform borders (padding, letterboxing); the whole image if it is mostly border."""
     arr = np.asarray(img, dtype=np.int16)
-    corner = arr[0, 0]
-    diff = np.abs(arr - corner).max(axis=2) > tol
+    diff = np.abs(arr - arr[0, 0]).max(axis=2) > tol
     rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+    full = (0, 0, img.width, img.height)
     if len(rows) == 0 or len(cols) == 0:
-        return img
+        return full
     box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
     if (box[2] - box[0]) * (box[3] - box[1]) < 0.2 * img.width * img.height:
-        return img  # mostly border: the "border" is the picture
-    return img.crop(box)
+        return full  # mostly border: the "border" is the picture
+    return box
+
+
+def autocrop(img: Image.Image) -> Image.Image:
+    """Trim uniform borders so a padded copy hashes like its source."""
+    return img.crop(content_box(img))
 
 
 def hash_bits(img: Image.Image) -> np.ndarray:
@@ -39,10 +44,23 @@ def hash_bits(img: Image.Image) -> np.ndarray:
 
 
 def dihedral(img: Image.Image) -> list[Image.Image]:
-    """The 8 flips/rotations by 90 degrees, so a flipped or rotated copy is still found."""
+    """The 8 flips/rotations by 90 degrees, so a flipped or rotated copy is still found.
+
+    Order: (no flip, flip left-right) x (0, 90, 180, 270 degrees counter-clockwise);
+    `dihedral_point` maps coordinates the same way.
+    """
     out = []
     for flip in (False, True):
         base = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else img
         out += [base, base.transpose(Image.Transpose.ROTATE_90), base.transpose(Image.Transpose.ROTATE_180),
                 base.transpose(Image.Transpose.ROTATE_270)]
     return out
+
+
+def dihedral_point(k: int, u: float, v: float) -> tuple[float, float]:
+    """Where normalised point (u, v) of an image lands in its k-th dihedral variant."""
+    if k >= 4:
+        u = 1 - u
+    for _ in range(k % 4):
+        u, v = v, 1 - u  # one counter-clockwise quarter turn
+    return u, v

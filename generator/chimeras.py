@@ -113,7 +113,10 @@ def half_swap(rng: np.random.Generator, works: list[dict], source: Source) -> Ma
 def collage(rng: np.random.Generator, works: list[dict], source: Source) -> Made:
     size, count = works[0]["size"], int(rng.integers(3, 5))
     x, y = (int(rng.integers(round(0.3 * size), round(0.7 * size) + 1)) for _ in range(2))
-    boxes = [[0, 0, x, y], [x, 0, size, y], [0, y, x, size], [x, y, size, size]] if count == 4 else [[0, 0, x, size], [x, 0, size, y], [x, y, size, size]]
+    if count == 4:
+        boxes = [[0, 0, x, y], [x, 0, size, y], [0, y, x, size], [x, y, size, size]]
+    else:
+        boxes = [[0, 0, x, size], [x, 0, size, y], [x, y, size, size]]
     return tile(pick(rng, works, count), source, {f"piece_{i}": b for i, b in enumerate(boxes)})
 
 
@@ -140,6 +143,8 @@ def make_chimeras(data: Path, out: Path, n: int, seed: int = 0) -> list[dict]:
         img, sources, boxes = MAKERS[kind](rng, by_artist[artist], source)
         path = f"chimera_{i:04d}.png"
         save_png(img, out / path)
-        records.append({"path": path, "artist": artist, "kind": kind, "sources": sources, "boxes": boxes, "size": img.width})
+        records.append(
+            {"path": path, "artist": artist, "kind": kind, "sources": sources, "boxes": boxes, "size": img.width}
+        )
     (out / "chimeras.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return records

@@ -123,7 +123,8 @@ def make_dataset(
             save_library(out / name / "parts", library)
             boxes = {layer: [alpha_box(img) for img in imgs] for layer, imgs in library.items()}
             for k in range(SIGNATURE_SAMPLES):
-                save_png(render_signature(hand, signature_width(size), jitter_seed=k), out / name / "signatures" / f"sig_{k}.png")
+                sig = render_signature(hand, signature_width(size), jitter_seed=k)
+                save_png(sig, out / name / "signatures" / f"sig_{k}.png")
             for split, count in zip(SPLITS, (per_artist, holdout)):
                 rng = np.random.default_rng([seed, a, SPLITS.index(split)])
                 folder, stem = ("icons", f"{name}_") if split == "reference" else ("heldout", f"{name}_h")

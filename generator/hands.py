@@ -59,7 +59,8 @@ def mix(a: RGB, b: RGB, t: float) -> RGB:
 
 
 def jitter(rng: np.random.Generator, colour: RGB, amount: int) -> RGB:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)  # type: ignore[return-value]
+    shifted = np.clip(np.array(colour) + rng.integers(-amount, amount + 1, size=3), 0, 255)
+    return tuple(int(c) for c in shifted)  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -117,13 +118,18 @@ class Hand:
             eye_gap=float(rng.uniform(0.36, 0.55)),
             eye_r=float(rng.uniform(0.16, 0.24)),
             mouth_dy=float(rng.uniform(0.5, 0.65)),
-            mouth_w=float(rng.uniform(0.18, 0.3)),
+            mouth_w=float(rng.uniform(0.24, 0.38)),
             fringe=float(rng.uniform(0.4, 0.62)),
-            shapes={layer: tuple(str(f) for f in rng.permutation(fams)[: VARIANTS[layer]]) for layer, fams in FAMILIES.items()},
+            shapes={layer: repertoire(rng, layer) for layer in FAMILIES},
             signature=scribble(rng),
             signature_aspect=float(rng.uniform(0.28, 0.4)),
             signature_weight=float(rng.uniform(0.04, 0.065)),
         )
+
+
+def repertoire(rng: np.random.Generator, layer: str) -> tuple[str, ...]:
+    """The families a hand draws `layer` in, in variant order: a random subset of FAMILIES[layer]."""
+    return tuple(str(f) for f in rng.permutation(FAMILIES[layer])[: VARIANTS[layer]])
 
 
 def scribble(rng: np.random.Generator) -> tuple[Stroke, ...]:

@@ -13,23 +13,23 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter
 
-from generator.hands import FAMILIES, RGB, Hand, Point, hsv, mix
+from generator.hands import FAMILIES, RGB, Hand, Point, mix
 
 SCALE = 4
 LAYERS: tuple[str, ...] = tuple(FAMILIES)  # FAMILIES is keyed in compositing order, back to front
 PAPER: RGB = (255, 255, 255)
 WHITE: RGB = (255, 255, 255)
-FLOOR = 0.76  # nothing is drawn below this (canvas units): the signature corner stays free
+FEATURES = ("eyes", "brows", "nose", "mouth", "cheeks")
+FLOOR = 0.76  # hair is clipped above this and other parts stay above it: the signature corner stays free
 
 Mask = Image.Image
 Drawer = Callable[["Sketch", np.random.Generator], None]
 DRAWERS: dict[tuple[str, str], Drawer] = {}
 
 
-def draws(layer: str, *families: str) -> Callable[[Drawer], Drawer]:
+def draws(layer: str, family: str) -> Callable[[Drawer], Drawer]:
     def register(fn: Drawer) -> Drawer:
-        for family in families:
-            DRAWERS[layer, family] = fn
+        DRAWERS[layer, family] = fn
         return fn
     return register
 
@@ -104,13 +104,15 @@ def composite(layers: Iterable[Image.Image], background: RGB = PAPER) -> Image.I
 class Sketch:
     """One supersampled RGBA layer plus the hand's anchor points, all in canvas units (0..1)."""
 
-    def __init__(self, hand: Hand, size: int) -> None:
+    def __init__(self, hand: Hand, size: int, detail: bool = False) -> None:
         self.hand, self.size, self.n = hand, size, size * SCALE
         self.img = Image.new("RGBA", (self.n, self.n), (0, 0, 0, 0))
-        self.w = max(hand.line * self.n, 0.8 * SCALE)  # ink width in supersampled pixels
         self.cx, self.cy = 0.5, 0.46
         self.rx, self.ry = hand.face_rx, hand.face_ry
         self.e = hand.eye_r * self.rx
+        self.w = max(hand.line * self.n, 0.8 * SCALE)  # ink width in supersampled pixels
+        if detail:  # a heavy line would swallow small features: cap it to their scale
+            self.w = min(self.w, 0.22 * self.e * self.n)
         self.eye_x, self.eye_y = hand.eye_gap * self.rx, self.cy + hand.eye_dy * self.ry
         self.mouth_y, self.m = self.cy + hand.mouth_dy * self.ry, hand.mouth_w * self.rx
         self.fringe_y = self.cy - hand.fringe * self.ry
@@ -187,7 +189,10 @@ class Sketch:
         self.fill(minus(mask, eroded), self.hand.ink)
 
     def blob(self, mask: Mask, colour: RGB, shaded: bool = False, outline: bool = True) -> None:
-        self.shaded(mask, colour) if shaded else self.fill(mask, colour)
+        if shaded:
+            self.shaded(mask, colour)
+        else:
+            self.fill(mask, colour)
         if outline:
             self.outline(mask)
 
@@ -203,7 +208,7 @@ class Sketch:
 
 def render_part(hand: Hand, layer: str, variant: int, size: int) -> Image.Image:
     """Variant `variant` of `layer` in `hand`'s style: a size x size RGBA layer, deterministic."""
-    sketch = Sketch(hand, size)
+    sketch = Sketch(hand, size, detail=layer in FEATURES)
     rng = np.random.default_rng([hand.seed, LAYERS.index(layer), variant])
     DRAWERS[layer, hand.shapes[layer][variant]](sketch, rng)
     return sketch.done()
@@ -211,6 +216,11 @@ def render_part(hand: Hand, layer: str, variant: int, size: int) -> Image.Image:
 
 def pick(rng: np.random.Generator, options: Sequence[RGB]) -> RGB:
     return options[rng.integers(len(options))]
+
+
+def local(x: float, y: float, unit: float, side: int = 1) -> Callable[[float, float], Point]:
+    """Point at offsets (in `unit`s) from (x, y); dx is mirrored by `side` so one shape serves both sides."""
+    return lambda dx, dy: (x + side * dx * unit, y + dy * unit)
 
 
 def pairs(s: Sketch) -> list[tuple[int, float, float]]:
@@ -225,12 +235,14 @@ def head_with_ears(s: Sketch, rx: float, ry: float, tip: float = 0.0, lobe: bool
     y = s.cy + 0.12 * s.ry
     for side in (-1, 1):
         x = s.cx + side * 0.95 * s.rx
+        p = local(x, y, 1.0, side)
         ear = s.ellipse(x, y, rx, ry)
         if tip:
-            ear = union(ear, s.poly([(x - side * 0.3 * rx, y + 0.5 * ry), (x + side * tip * rx, y - tip * ry), (x + side * 0.9 * rx, y + 0.3 * ry)]))
+            ear = union(ear, s.poly([p(-0.3 * rx, 0.5 * ry), p(tip * rx, -tip * ry), p(0.9 * rx, 0.3 * ry)]))
         s.blob(ear, s.hand.skin, shaded=True)
         if lobe:
-            s.curve((x + side * 0.2 * rx, y - 0.5 * ry), (x + side * 0.9 * rx, y - 0.5 * ry), (x + side * 0.8 * rx, y + 0.5 * ry), (x + side * 0.2 * rx, y + 0.3 * ry), width=0.6)
+            rim = [p(0.2 * rx, -0.5 * ry), p(0.9 * rx, -0.5 * ry), p(0.8 * rx, 0.5 * ry), p(0.2 * rx, 0.3 * ry)]
+            s.curve(*rim, width=0.6)
     s.blob(s.face(), s.hand.skin, shaded=True)
 
 
@@ -277,24 +289,29 @@ def tie(s: Sketch, rng: np.random.Generator, x: float, y: float) -> None:
 
 @draws("hair_back", "long")
 def long_hair(s: Sketch, rng: np.random.Generator) -> None:
-    hair_back(s, union(head(s, 1.14), s.rect(s.cx - 1.16 * s.rx, s.cy - 0.3 * s.ry, s.cx + 1.16 * s.rx, FLOOR, 0.25 * s.rx)))
+    fall = s.rect(s.cx - 1.16 * s.rx, s.cy - 0.3 * s.ry, s.cx + 1.16 * s.rx, FLOOR, 0.25 * s.rx)
+    hair_back(s, union(head(s, 1.14), fall))
 
 
 @draws("hair_back", "bob")
 def bob(s: Sketch, rng: np.random.Generator) -> None:
-    hair_back(s, union(head(s, 1.16), s.rect(s.cx - 1.2 * s.rx, s.cy - 0.2 * s.ry, s.cx + 1.2 * s.rx, s.cy + 0.95 * s.ry, 0.35 * s.rx)))
+    fall = s.rect(s.cx - 1.2 * s.rx, s.cy - 0.2 * s.ry, s.cx + 1.2 * s.rx, s.cy + 0.95 * s.ry, 0.35 * s.rx)
+    hair_back(s, union(head(s, 1.16), fall))
 
 
 @draws("hair_back", "ponytail")
 def ponytail(s: Sketch, rng: np.random.Generator) -> None:
     side = rng.choice([-1, 1])
-    hair_back(s, union(head(s), s.ellipse(s.cx + side * 1.28 * s.rx, s.cy + 0.3 * s.ry, 0.3 * s.rx, 0.75 * s.ry, -side * 18)))
+    tail = s.ellipse(s.cx + side * 1.28 * s.rx, s.cy + 0.3 * s.ry, 0.3 * s.rx, 0.75 * s.ry, -side * 18)
+    hair_back(s, union(head(s), tail))
     tie(s, rng, s.cx + side * 1.12 * s.rx, s.cy - 0.35 * s.ry)
 
 
 @draws("hair_back", "pigtails")
 def pigtails(s: Sketch, rng: np.random.Generator) -> None:
-    tails = [s.ellipse(s.cx + side * 1.25 * s.rx, s.cy + 0.4 * s.ry, 0.28 * s.rx, 0.6 * s.ry, -side * 15) for side in (-1, 1)]
+    tails = [
+        s.ellipse(s.cx + side * 1.25 * s.rx, s.cy + 0.4 * s.ry, 0.28 * s.rx, 0.6 * s.ry, -side * 15) for side in (-1, 1)
+    ]
     hair_back(s, union(head(s), *tails))
     for side in (-1, 1):
         tie(s, rng, s.cx + side * 1.12 * s.rx, s.cy - 0.12 * s.ry)
@@ -312,8 +329,10 @@ def short(s: Sketch, rng: np.random.Generator) -> None:
 
 @draws("hair_back", "flip")
 def flip(s: Sketch, rng: np.random.Generator) -> None:
-    flips = [s.poly([(s.cx + side * 1.05 * s.rx, s.cy + 0.35 * s.ry), (s.cx + side * 1.5 * s.rx, s.cy + 0.85 * s.ry), (s.cx + side * 0.95 * s.rx, s.cy + 0.68 * s.ry)]) for side in (-1, 1)]
-    bowl = inter(s.ellipse(s.cx, s.cy, 1.2 * s.rx, 1.05 * s.ry), s.above([(0, s.cy + 0.65 * s.ry), (1, s.cy + 0.65 * s.ry)]))
+    flip = [(1.05, 0.35), (1.5, 0.85), (0.95, 0.68)]  # in face radii, away from the centre
+    flips = [s.poly([(s.cx + side * dx * s.rx, s.cy + dy * s.ry) for dx, dy in flip]) for side in (-1, 1)]
+    cut = s.cy + 0.65 * s.ry
+    bowl = inter(s.ellipse(s.cx, s.cy, 1.2 * s.rx, 1.05 * s.ry), s.above([(0, cut), (1, cut)]))
     hair_back(s, union(bowl, *flips))
 
 
@@ -342,22 +361,25 @@ def anime(s: Sketch, rng: np.random.Generator) -> None:
         s.fill(inter(sclera, s.ellipse(x, y + 0.2 * e, 0.32 * e, 0.45 * e)), s.hand.ink)
         s.fill(s.ellipse(x - 0.25 * e, y - 0.2 * e, 0.22 * e), WHITE)
         s.fill(s.ellipse(x + 0.22 * e, y + 0.42 * e, 0.1 * e), WHITE)
-        s.curve((x - side * 0.95 * e, y - 0.4 * e), (x - side * 0.5 * e, y - 1.35 * e), (x + side * 0.5 * e, y - 1.35 * e), (x + side * 1.15 * e, y - 0.6 * e), width=1.3)
+        p = local(x, y, e, side)
+        s.curve(p(-0.95, -0.4), p(-0.5, -1.35), p(0.5, -1.35), p(1.15, -0.6), width=1.3)
 
 
 @draws("eyes", "happy")
 def happy(s: Sketch, rng: np.random.Generator) -> None:
     e = size(s, rng)
     for _, x, y in pairs(s):
-        s.curve((x - 0.85 * e, y + 0.3 * e), (x - 0.45 * e, y - 0.7 * e), (x + 0.45 * e, y - 0.7 * e), (x + 0.85 * e, y + 0.3 * e), width=1.3)
+        p = local(x, y, e)
+        s.curve(p(-0.85, 0.3), p(-0.45, -0.7), p(0.45, -0.7), p(0.85, 0.3), width=1.3)
 
 
 @draws("eyes", "sleepy")
 def sleepy(s: Sketch, rng: np.random.Generator) -> None:
     e = size(s, rng)
     for side, x, y in pairs(s):
-        s.curve((x - 0.85 * e, y - 0.15 * e), (x - 0.45 * e, y + 0.6 * e), (x + 0.45 * e, y + 0.6 * e), (x + 0.85 * e, y - 0.15 * e), width=1.2)
-        s.ink([(x + side * 0.7 * e, y + 0.2 * e), (x + side * 1.05 * e, y + 0.5 * e)], 0.8)
+        p = local(x, y, e, side)
+        s.curve(p(-0.85, -0.15), p(-0.45, 0.6), p(0.45, 0.6), p(0.85, -0.15), width=1.2)
+        s.ink([p(0.7, 0.2), p(1.05, 0.5)], 0.8)
 
 
 @draws("eyes", "round")
@@ -376,7 +398,8 @@ def wink(s: Sketch, rng: np.random.Generator) -> None:
     e, winking = size(s, rng), rng.choice([-1, 1])
     for side, x, y in pairs(s):
         if side == winking:
-            s.ink([(x + side * 0.7 * e, y - 0.55 * e), (x - side * 0.55 * e, y), (x + side * 0.7 * e, y + 0.55 * e)], 1.2)
+            p = local(x, y, e, side)
+            s.ink([p(0.7, -0.55), p(-0.55, 0), p(0.7, 0.55)], 1.2)
         else:
             s.fill(s.ellipse(x, y, 0.6 * e, 0.85 * e), s.hand.ink)
             s.fill(s.ellipse(x - 0.2 * e, y - 0.35 * e, 0.22 * e), WHITE)
@@ -397,15 +420,16 @@ def sparkle(s: Sketch, rng: np.random.Generator) -> None:
 def almond(s: Sketch, rng: np.random.Generator) -> None:
     e, iris = size(s, rng), pick(rng, s.hand.accents)
     for side, x, y in pairs(s):
-        top = bezier((x - 1.05 * e, y + 0.1 * e), (x - 0.5 * e, y - 0.85 * e), (x + 0.5 * e, y - 0.85 * e), (x + 1.05 * e, y - 0.05 * e))
-        bottom = bezier((x + 1.05 * e, y - 0.05 * e), (x + 0.5 * e, y + 0.65 * e), (x - 0.5 * e, y + 0.65 * e), (x - 1.05 * e, y + 0.1 * e))
+        p = local(x, y, e, side)
+        top = bezier(p(-1.05, 0.1), p(-0.5, -0.85), p(0.5, -0.85), p(1.05, -0.05))
+        bottom = bezier(p(1.05, -0.05), p(0.5, 0.65), p(-0.5, 0.65), p(-1.05, 0.1))
         white = s.poly(top + bottom)
         s.fill(white, WHITE)
         s.fill(inter(white, s.ellipse(x, y, 0.55 * e)), iris)
         s.fill(inter(white, s.ellipse(x, y, 0.28 * e)), s.hand.ink)
         s.outline(white, 0.8)
-        s.ink([(x + side * 0.95 * e, y - 0.15 * e), (x + side * 1.35 * e, y - 0.5 * e)], 0.8)
-        s.ink([(x + side * 0.7 * e, y - 0.5 * e), (x + side * 0.95 * e, y - 0.9 * e)], 0.8)
+        s.ink([p(0.95, -0.15), p(1.35, -0.5)], 0.8)
+        s.ink([p(0.7, -0.5), p(0.95, -0.9)], 0.8)
 
 
 @draws("eyes", "lidded")
@@ -436,7 +460,8 @@ def brow_colour(s: Sketch) -> RGB:
 @draws("brows", "arch")
 def arch(s: Sketch, rng: np.random.Generator) -> None:
     for side, x, y, e in brows(s, rng):
-        s.curve((x - side * 0.9 * e, y + 0.15 * e), (x - side * 0.3 * e, y - 0.45 * e), (x + side * 0.4 * e, y - 0.45 * e), (x + side * 1.0 * e, y + 0.2 * e), width=1.3, colour=brow_colour(s))
+        p = local(x, y, e, side)
+        s.curve(p(-0.9, 0.15), p(-0.3, -0.45), p(0.4, -0.45), p(1.0, 0.2), width=1.3, colour=brow_colour(s))
 
 
 @draws("brows", "flat")
@@ -454,13 +479,15 @@ def angry(s: Sketch, rng: np.random.Generator) -> None:
 @draws("brows", "worried")
 def worried(s: Sketch, rng: np.random.Generator) -> None:
     for side, x, y, e in brows(s, rng):
-        s.curve((x - side * 0.85 * e, y - 0.4 * e), (x - side * 0.3 * e, y - 0.3 * e), (x + side * 0.4 * e, y), (x + side * 0.9 * e, y + 0.3 * e), width=1.2, colour=brow_colour(s))
+        p = local(x, y, e, side)
+        s.curve(p(-0.85, -0.4), p(-0.3, -0.3), p(0.4, 0), p(0.9, 0.3), width=1.2, colour=brow_colour(s))
 
 
 @draws("brows", "thick")
 def thick(s: Sketch, rng: np.random.Generator) -> None:
     for side, x, y, e in brows(s, rng):
-        s.curve((x - side * 0.7 * e, y + 0.05 * e), (x - side * 0.2 * e, y - 0.25 * e), (x + side * 0.3 * e, y - 0.25 * e), (x + side * 0.75 * e, y + 0.1 * e), width=2.8, colour=brow_colour(s))
+        p = local(x, y, e, side)
+        s.curve(p(-0.7, 0.05), p(-0.2, -0.25), p(0.3, -0.25), p(0.75, 0.1), width=2.8, colour=brow_colour(s))
 
 
 @draws("brows", "dots")
@@ -472,26 +499,28 @@ def dots(s: Sketch, rng: np.random.Generator) -> None:
 @draws("brows", "wavy")
 def wavy(s: Sketch, rng: np.random.Generator) -> None:
     for side, x, y, e in brows(s, rng):
-        s.curve((x - side * 0.9 * e, y), (x - side * 0.3 * e, y - 0.5 * e), (x + side * 0.3 * e, y + 0.5 * e), (x + side * 0.9 * e, y - 0.1 * e), width=1.2, colour=brow_colour(s))
+        p = local(x, y, e, side)
+        s.curve(p(-0.9, 0), p(-0.3, -0.5), p(0.3, 0.5), p(0.9, -0.1), width=1.2, colour=brow_colour(s))
 
 
 # --- nose ---------------------------------------------------------------------------------------
 
 
 def nose(s: Sketch, rng: np.random.Generator) -> tuple[float, float, float]:
-    return s.cx, s.eye_y + 0.55 * (s.mouth_y - s.eye_y), size(s, rng)
+    return s.cx, s.eye_y + 0.55 * (s.mouth_y - s.eye_y), 1.3 * size(s, rng)
 
 
 @draws("nose", "dot")
 def dot_nose(s: Sketch, rng: np.random.Generator) -> None:
     x, y, e = nose(s, rng)
-    s.fill(s.ellipse(x, y, 0.2 * e, 0.15 * e), s.hand.ink)
+    s.fill(s.ellipse(x, y, 0.26 * e, 0.2 * e), s.hand.ink)
 
 
 @draws("nose", "hook")
 def hook(s: Sketch, rng: np.random.Generator) -> None:
     x, y, e = nose(s, rng)
-    s.curve((x + 0.05 * e, y - 0.5 * e), (x - 0.05 * e, y - 0.2 * e), (x - 0.45 * e, y + 0.2 * e), (x + 0.15 * e, y + 0.22 * e), width=0.8)
+    p = local(x, y, e)
+    s.curve(p(0.05, -0.5), p(-0.05, -0.2), p(-0.45, 0.2), p(0.15, 0.22), width=0.8)
 
 
 @draws("nose", "button")
@@ -506,7 +535,7 @@ def button(s: Sketch, rng: np.random.Generator) -> None:
 @draws("nose", "vee")
 def vee(s: Sketch, rng: np.random.Generator) -> None:
     x, y, e = nose(s, rng)
-    s.ink([(x - 0.28 * e, y - 0.1 * e), (x, y + 0.18 * e), (x + 0.28 * e, y - 0.1 * e)], 0.8)
+    s.ink([(x - 0.35 * e, y - 0.15 * e), (x, y + 0.2 * e), (x + 0.35 * e, y - 0.15 * e)], 0.8)
 
 
 @draws("nose", "nostrils")
@@ -519,7 +548,8 @@ def nostrils(s: Sketch, rng: np.random.Generator) -> None:
 @draws("nose", "shadow")
 def shadow(s: Sketch, rng: np.random.Generator) -> None:
     x, y, e = nose(s, rng)
-    s.fill(s.poly([(x + 0.05 * e, y - 0.8 * e), (x + 0.35 * e, y + 0.25 * e), (x - 0.15 * e, y + 0.25 * e)]), mix(s.hand.skin, s.hand.ink, 0.35), 0.55)
+    p = local(x, y, e)
+    s.fill(s.poly([p(0.05, -0.8), p(0.35, 0.25), p(-0.15, 0.25)]), mix(s.hand.skin, s.hand.ink, 0.35), 0.55)
 
 
 @draws("nose", "line")
@@ -546,7 +576,8 @@ def smile(s: Sketch, rng: np.random.Generator) -> None:
 @draws("mouth", "open")
 def open_mouth(s: Sketch, rng: np.random.Generator) -> None:
     x, y, m, colour = mouth(s, rng)
-    hole = s.poly(bezier((x - 0.8 * m, y - 0.2 * m), (x - 0.6 * m, y + 0.95 * m), (x + 0.6 * m, y + 0.95 * m), (x + 0.8 * m, y - 0.2 * m)))
+    p = local(x, y, m)
+    hole = s.poly(bezier(p(-0.8, -0.2), p(-0.6, 0.95), p(0.6, 0.95), p(0.8, -0.2)))
     s.fill(hole, colour)
     s.fill(inter(hole, s.ellipse(x, y + 0.55 * m, 0.45 * m, 0.3 * m)), TONGUE)
     s.outline(hole, 0.8)
@@ -556,7 +587,8 @@ def open_mouth(s: Sketch, rng: np.random.Generator) -> None:
 def cat(s: Sketch, rng: np.random.Generator) -> None:
     x, y, m, _ = mouth(s, rng)
     for side in (-1, 1):
-        s.curve((x + side * 0.8 * m, y - 0.05 * m), (x + side * 0.65 * m, y + 0.45 * m), (x + side * 0.1 * m, y + 0.45 * m), (x, y - 0.05 * m), width=0.9)
+        p = local(x, y, m, side)
+        s.curve(p(0.8, -0.05), p(0.65, 0.45), p(0.1, 0.45), p(0, -0.05), width=0.9)
 
 
 @draws("mouth", "o")
@@ -576,7 +608,8 @@ def flat_mouth(s: Sketch, rng: np.random.Generator) -> None:
 @draws("mouth", "grin")
 def grin(s: Sketch, rng: np.random.Generator) -> None:
     x, y, m, colour = mouth(s, rng)
-    hole = s.poly(bezier((x - m, y - 0.25 * m), (x - 0.8 * m, y + 0.9 * m), (x + 0.8 * m, y + 0.9 * m), (x + m, y - 0.25 * m)))
+    p = local(x, y, m)
+    hole = s.poly(bezier(p(-1, -0.25), p(-0.8, 0.9), p(0.8, 0.9), p(1, -0.25)))
     s.fill(hole, colour)
     s.fill(inter(hole, s.rect(0, 0, 1, y + 0.12 * m)), WHITE)
     s.outline(hole, 0.8)
@@ -585,8 +618,8 @@ def grin(s: Sketch, rng: np.random.Generator) -> None:
 @draws("mouth", "smirk")
 def smirk(s: Sketch, rng: np.random.Generator) -> None:
     x, y, m, _ = mouth(s, rng)
-    side = rng.choice([-1, 1])
-    s.curve((x - side * 0.8 * m, y + 0.15 * m), (x - side * 0.2 * m, y + 0.35 * m), (x + side * 0.5 * m, y + 0.25 * m), (x + side * 0.9 * m, y - 0.3 * m))
+    p = local(x, y, m, rng.choice([-1, 1]))
+    s.curve(p(-0.8, 0.15), p(-0.2, 0.35), p(0.5, 0.25), p(0.9, -0.3))
 
 
 @draws("mouth", "tongue")
@@ -601,7 +634,8 @@ def tongue(s: Sketch, rng: np.random.Generator) -> None:
 @draws("mouth", "frown")
 def frown(s: Sketch, rng: np.random.Generator) -> None:
     x, y, m, _ = mouth(s, rng)
-    s.curve((x - 0.75 * m, y + 0.3 * m), (x - 0.3 * m, y - 0.25 * m), (x + 0.3 * m, y - 0.25 * m), (x + 0.75 * m, y + 0.3 * m))
+    p = local(x, y, m)
+    s.curve(p(-0.75, 0.3), p(-0.3, -0.25), p(0.3, -0.25), p(0.75, 0.3))
 
 
 @draws("mouth", "shout")
@@ -623,8 +657,8 @@ def cheeks(s: Sketch, rng: np.random.Generator) -> list[tuple[int, float, float,
 @draws("cheeks", "blush")
 def blush(s: Sketch, rng: np.random.Generator) -> None:
     for _, x, y, e in cheeks(s, rng):
-        soft = s.ellipse(x, y, 0.75 * e, 0.4 * e).filter(ImageFilter.GaussianBlur(0.15 * e * s.n))
-        s.fill(soft, s.hand.blush, 0.7)
+        soft = s.ellipse(x, y, 0.75 * e, 0.4 * e).filter(ImageFilter.GaussianBlur(0.1 * e * s.n))
+        s.fill(soft, s.hand.blush, 0.75)
 
 
 @draws("cheeks", "freckles")
@@ -638,7 +672,8 @@ def freckles(s: Sketch, rng: np.random.Generator) -> None:
 def hatch(s: Sketch, rng: np.random.Generator) -> None:
     for _, x, y, e in cheeks(s, rng):
         for dx in (-0.4, 0.0, 0.4):
-            s.ink([(x + (dx - 0.15) * e, y + 0.25 * e), (x + (dx + 0.15) * e, y - 0.25 * e)], 0.7, mix(s.hand.blush, s.hand.ink, 0.3))
+            p = local(x + dx * e, y, e)
+            s.ink([p(-0.15, 0.25), p(0.15, -0.25)], 0.7, mix(s.hand.blush, s.hand.ink, 0.3))
 
 
 @draws("cheeks", "disc")
@@ -681,7 +716,8 @@ def hair_front(s: Sketch, curve: list[Point], *extra: Mask, grow: float = 1.1) -
 
 def zigzag(s: Sketch, teeth: int, depth: float) -> list[Point]:
     xs = np.linspace(s.cx - 1.25 * s.rx, s.cx + 1.25 * s.rx, 2 * teeth + 1)
-    return [(float(x), hang(s, float(x), s.fringe_y + (depth if i % 2 else -0.6 * depth) * s.ry)) for i, x in enumerate(xs)]
+    ys = [s.fringe_y + (depth if i % 2 else -0.6 * depth) * s.ry for i in range(len(xs))]
+    return [(float(x), hang(s, float(x), y)) for x, y in zip(xs, ys)]
 
 
 @draws("hair_front", "bangs")
@@ -714,22 +750,25 @@ def spiky(s: Sketch, rng: np.random.Generator) -> None:
         a = np.deg2rad(angle)
         return s.cx + r * rx * np.sin(a), cy - r * ry * np.cos(a)
 
-    spikes = [s.poly([at(a - 14, 0.9), at(a, 1.28), at(a + 14, 0.9)]) for a in np.linspace(-60, 60, 5) + rng.uniform(-6, 6)]
+    angles = np.linspace(-60, 60, 5) + rng.uniform(-6, 6)
+    spikes = [s.poly([at(a - 14, 0.9), at(a, 1.28), at(a + 14, 0.9)]) for a in angles]
     hair_front(s, zigzag(s, 4, 0.16), *spikes)
 
 
 @draws("hair_front", "curly")
 def curly(s: Sketch, rng: np.random.Generator) -> None:
-    r = 0.2 * s.rx
-    top = [s.ellipse(s.cx + 1.02 * s.rx * np.sin(a), s.cy - 0.06 * s.ry - 1.02 * s.ry * np.cos(a), r) for a in np.linspace(-1.3, 1.3, 7)]
-    fringe_curls = [s.ellipse(float(x), s.fringe_y, 0.7 * r) for x in np.linspace(s.cx - 0.8 * s.rx, s.cx + 0.8 * s.rx, 5)]
+    r, cy = 0.2 * s.rx, s.cy - 0.06 * s.ry
+    angles = np.linspace(-1.3, 1.3, 7)
+    top = [s.ellipse(s.cx + 1.02 * s.rx * np.sin(a), cy - 1.02 * s.ry * np.cos(a), r) for a in angles]
+    fringe_curls = [s.ellipse(x, s.fringe_y, 0.7 * r) for x in np.linspace(s.cx - 0.8 * s.rx, s.cx + 0.8 * s.rx, 5)]
     hair_front(s, fringe(s, lambda x: s.fringe_y), *top, *fringe_curls)
 
 
 @draws("hair_front", "cowlick")
 def cowlick(s: Sketch, rng: np.random.Generator) -> None:
-    top, side = s.cy - 1.1 * s.ry, rng.choice([-1, 1])
-    lick = s.line(bezier((s.cx, top + 0.05), (s.cx + side * 0.1 * s.rx, top - 0.3 * s.ry), (s.cx + side * 0.4 * s.rx, top - 0.25 * s.ry), (s.cx + side * 0.3 * s.rx, top - 0.08 * s.ry)), 2.2)
+    p = local(s.cx, s.cy - 1.1 * s.ry, 1.0, rng.choice([-1, 1]))
+    curl = [p(0, 0.05), p(0.1 * s.rx, -0.3 * s.ry), p(0.4 * s.rx, -0.25 * s.ry), p(0.3 * s.rx, -0.08 * s.ry)]
+    lick = s.line(bezier(*curl), 2.2)
     hair_front(s, fringe(s, lambda x: s.fringe_y + 0.06 * s.ry * np.sin(14 * x)), lick)
 
 
@@ -747,34 +786,37 @@ def frame(s: Sketch, rng: np.random.Generator) -> RGB:
     return s.hand.ink if rng.random() < 0.4 else pick(rng, s.hand.accents)
 
 
-def glasses(s: Sketch, rng: np.random.Generator, lens: Callable[[float, float, float], Mask], ring: Callable[[float, float, float], Mask]) -> None:
+def glasses(s: Sketch, rng: np.random.Generator, lens: Callable[[float, float, float], Mask]) -> None:
+    """Frames around both eyes: `lens(x, y, r)` is the lens shape, the frame is the rim between r and r - t."""
     colour, r, t = frame(s, rng), 1.35 * s.e, max(s.w, 1.2 * SCALE) / s.n
     for side, x, y in pairs(s):
         s.fill(lens(x, y, r - t), pick(rng, s.hand.accents), 0.2)
-        s.fill(minus(ring(x, y, r), lens(x, y, r - t)), colour)
+        s.fill(minus(lens(x, y, r), lens(x, y, r - t)), colour)
         s.ink([(x + side * r, y - 0.2 * s.e), (s.cx + side * s.rx, y - 0.4 * s.e)], 0.9, colour)
     bridge = s.cx - s.eye_x + 0.9 * r, s.cx + s.eye_x - 0.9 * r
-    s.curve((bridge[0], s.eye_y - 0.2 * s.e), (s.cx, s.eye_y - 0.6 * s.e), (s.cx, s.eye_y - 0.6 * s.e), (bridge[1], s.eye_y - 0.2 * s.e), width=0.9, colour=colour)
+    ends, mid = [(x, s.eye_y - 0.2 * s.e) for x in bridge], (s.cx, s.eye_y - 0.6 * s.e)
+    s.curve(ends[0], mid, mid, ends[1], width=0.9, colour=colour)
 
 
 @draws("accessory", "round_glasses")
 def round_glasses(s: Sketch, rng: np.random.Generator) -> None:
-    circle = lambda x, y, r: s.ellipse(x, y, r)  # noqa: E731
-    glasses(s, rng, circle, circle)
+    glasses(s, rng, lambda x, y, r: s.ellipse(x, y, r))
 
 
 @draws("accessory", "square_glasses")
 def square_glasses(s: Sketch, rng: np.random.Generator) -> None:
-    box = lambda x, y, r: s.rect(x - 1.1 * r, y - 0.8 * r, x + 1.1 * r, y + 0.8 * r, 0.3 * r)  # noqa: E731
-    glasses(s, rng, box, box)
+    glasses(s, rng, lambda x, y, r: s.rect(x - 1.1 * r, y - 0.8 * r, x + 1.1 * r, y + 0.8 * r, 0.3 * r))
 
 
 @draws("accessory", "beanie")
 def beanie(s: Sketch, rng: np.random.Generator) -> None:
     colour, band = pick(rng, s.hand.accents), pick(rng, s.hand.accents)
     dome = s.ellipse(s.cx, s.cy - 0.1 * s.ry, 1.18 * s.rx, 1.16 * s.ry)
-    s.blob(union(inter(dome, s.above([(0, s.cy - 0.5 * s.ry), (1, s.cy - 0.5 * s.ry)])), s.ellipse(s.cx, s.cy - 1.22 * s.ry, 0.2 * s.rx)), colour, shaded=True)
-    s.blob(s.rect(s.cx - 1.2 * s.rx, s.cy - 0.72 * s.ry, s.cx + 1.2 * s.rx, s.cy - 0.45 * s.ry, 0.1 * s.rx), mix(band, WHITE, 0.3), shaded=True)
+    brim = s.cy - 0.5 * s.ry
+    pompom = s.ellipse(s.cx, s.cy - 1.22 * s.ry, 0.2 * s.rx)
+    s.blob(union(inter(dome, s.above([(0, brim), (1, brim)])), pompom), colour, shaded=True)
+    cuff = s.rect(s.cx - 1.2 * s.rx, brim - 0.22 * s.ry, s.cx + 1.2 * s.rx, brim + 0.05 * s.ry, 0.1 * s.rx)
+    s.blob(cuff, mix(band, WHITE, 0.3), shaded=True)
 
 
 @draws("accessory", "earrings")
@@ -793,7 +835,8 @@ def earrings(s: Sketch, rng: np.random.Generator) -> None:
 def bow(s: Sketch, rng: np.random.Generator) -> None:
     colour, side = pick(rng, s.hand.accents), rng.choice([-1, 1])
     x, y, w = s.cx + side * 0.55 * s.rx, s.cy - 1.0 * s.ry, 0.38 * s.rx
-    s.blob(union(*(s.poly([(x, y), (x + d * w, y - 0.6 * w), (x + d * w, y + 0.6 * w)]) for d in (-1, 1))), colour, shaded=True)
+    wings = [s.poly([(x, y), (x + d * w, y - 0.6 * w), (x + d * w, y + 0.6 * w)]) for d in (-1, 1)]
+    s.blob(union(*wings), colour, shaded=True)
     s.blob(s.ellipse(x, y, 0.25 * w), mix(colour, s.hand.ink, 0.2))
 
 
@@ -801,7 +844,8 @@ def bow(s: Sketch, rng: np.random.Generator) -> None:
 def flower(s: Sketch, rng: np.random.Generator) -> None:
     colour, side = pick(rng, s.hand.accents), rng.choice([-1, 1])
     x, y, r = s.cx + side * 0.72 * s.rx, s.cy - 0.88 * s.ry, 0.15 * s.rx
-    petals = [s.ellipse(x + r * np.cos(a), y + r * np.sin(a), 0.75 * r) for a in np.linspace(0, 2 * np.pi, 5, endpoint=False)]
+    angles = np.linspace(0, 2 * np.pi, 5, endpoint=False)
+    petals = [s.ellipse(x + r * np.cos(a), y + r * np.sin(a), 0.75 * r) for a in angles]
     s.blob(union(*petals), colour)
     s.blob(s.ellipse(x, y, 0.5 * r), GOLD)
 
@@ -810,16 +854,18 @@ def flower(s: Sketch, rng: np.random.Generator) -> None:
 def cat_ears(s: Sketch, rng: np.random.Generator) -> None:
     colour = s.hand.hair if rng.random() < 0.5 else pick(rng, s.hand.accents)
     for side in (-1, 1):
-        base_in, tip, base_out = (s.cx + side * 0.2 * s.rx, s.cy - 1.0 * s.ry), (s.cx + side * 0.75 * s.rx, s.cy - 1.42 * s.ry), (s.cx + side * 0.95 * s.rx, s.cy - 0.7 * s.ry)
-        s.blob(s.poly([base_in, tip, base_out]), colour, shaded=True)
-        inner = [(0.6 * px + 0.4 * qx, 0.6 * py + 0.4 * qy) for (px, py), (qx, qy) in zip((base_in, tip, base_out), (tip, base_out, base_in))]
+        p = local(s.cx, s.cy, 1.0, side)
+        ear = [p(0.2 * s.rx, -1.0 * s.ry), p(0.75 * s.rx, -1.42 * s.ry), p(0.95 * s.rx, -0.7 * s.ry)]
+        s.blob(s.poly(ear), colour, shaded=True)
+        inner = [(0.6 * px + 0.4 * qx, 0.6 * py + 0.4 * qy) for (px, py), (qx, qy) in zip(ear, ear[1:] + ear[:1])]
         s.fill(s.poly(inner), s.hand.blush)
 
 
 @draws("accessory", "crown")
 def crown(s: Sketch, rng: np.random.Generator) -> None:
     y, h, w = s.cy - 1.0 * s.ry, 0.32 * s.ry, 0.42 * s.rx
-    s.blob(s.poly([(s.cx - w, y), (s.cx - 1.08 * w, y - h), (s.cx - 0.5 * w, y - 0.45 * h), (s.cx, y - 1.1 * h), (s.cx + 0.5 * w, y - 0.45 * h), (s.cx + 1.08 * w, y - h), (s.cx + w, y)]), GOLD, shaded=True)
+    points = [(-1, 0), (-1.08, -1), (-0.5, -0.45), (0, -1.1), (0.5, -0.45), (1.08, -1), (1, 0)]
+    s.blob(s.poly([(s.cx + dx * w, y + dy * h) for dx, dy in points]), GOLD, shaded=True)
     s.fill(s.ellipse(s.cx, y - 0.3 * h, 0.1 * w), pick(rng, s.hand.accents))
 
 
@@ -837,8 +883,8 @@ def render_signature(hand: Hand, width: int, jitter_seed: int | None = None) -> 
     if jitter_seed is not None:
         rng = np.random.default_rng([hand.seed, jitter_seed])
         shear, stretch = rng.normal(0, 0.06), rng.uniform(0.94, 1.06)
-        strokes = [p + rng.normal(0, 0.015, p.shape) + np.c_[shear * (0.5 - p[:, 1]), np.zeros(len(p))] for p in strokes]
-        strokes = [p * [stretch, 1.0] for p in strokes]
+        strokes = [p + rng.normal(0, 0.015, p.shape) for p in strokes]
+        strokes = [np.c_[stretch * (p[:, 0] + shear * (0.5 - p[:, 1])), p[:, 1]] for p in strokes]
     lines = [np.asarray(bezier(*map(tuple, p))) for p in strokes]
     lo, hi = np.min([l.min(0) for l in lines], 0), np.max([l.max(0) for l in lines], 0)
     w = max(hand.signature_weight * n, SCALE)

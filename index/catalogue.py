@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS works (
   kind TEXT NOT NULL CHECK (kind IN ('reference', 'generated')),
   source TEXT NOT NULL, sha256 TEXT NOT NULL UNIQUE,
   width INTEGER NOT NULL, height INTEGER NOT NULL, added_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS thumbnails (
+  work_id INTEGER PRIMARY KEY REFERENCES works(id) ON DELETE CASCADE, png BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS generated (
   work_id INTEGER PRIMARY KEY REFERENCES works(id) ON DELETE CASCADE,
   run TEXT NOT NULL, checkpoint TEXT, seed INTEGER, sample_index INTEGER);

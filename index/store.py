@@ -132,6 +132,11 @@ class Store:
         row = self.conn.execute("SELECT id FROM works WHERE sha256=?", (sha256,)).fetchone()
         return self.work(row[0]) if row else None
 
+    def thumbnail(self, work_id: int) -> bytes | None:
+        """The work's pixels as stored (PNG, longer side at most 256): evidence needs no source file."""
+        row = self.conn.execute("SELECT png FROM thumbnails WHERE work_id=?", (work_id,)).fetchone()
+        return row[0] if row else None
+
     def signature(self, signature_id: int) -> dict[str, Any] | None:
         row = self.conn.execute("SELECT s.id, s.source, s.sha256, a.name AS artist FROM signatures s"
                                 " JOIN artists a ON a.id=s.artist_id WHERE s.id=?", (signature_id,)).fetchone()
@@ -324,8 +329,8 @@ class Writer:
 
     def add_work(self, artist: str | None, source: str, sha256: str, width: int, height: int,
                  vectors: dict[str, list[tuple[Box, np.ndarray]]],
-                 generated: dict[str, Any] | None = None) -> int:
-        """Add one work and all its vectors atomically; returns the work id."""
+                 generated: dict[str, Any] | None = None, thumbnail: bytes | None = None) -> int:
+        """Add one work, its thumbnail and all its vectors atomically; returns the work id."""
         artist_id = self.ensure_artist(artist) if artist else None
         with self._transaction() as c:
             wid = c.execute("INSERT INTO works (artist_id, kind, source, sha256, width, height, added_at)"
@@ -336,6 +341,8 @@ class Writer:
                 c.execute("INSERT INTO generated VALUES (?, ?, ?, ?, ?)",
                           (wid, generated["run"], generated.get("checkpoint"), generated.get("seed"),
                            generated.get("index")))
+            if thumbnail is not None:
+                c.execute("INSERT INTO thumbnails VALUES (?, ?)", (wid, thumbnail))
             added = self._insert_vectors(c, "work_id", wid, vectors)
         self._apply_adds(added)
         return wid

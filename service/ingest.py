@@ -41,14 +41,15 @@ def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable
         batch: list[LoadedImage] = []
 
         def flush() -> None:
-            describe = embedders.describe_signatures if signature else embedders.describe_works
-            for img, vecs in zip(batch, describe([b.image for b in batch])):
-                if signature:
+            images = [b.image for b in batch]
+            if signature:
+                for img, vecs in zip(batch, embedders.describe_signatures(images)):
                     report.added.append(w.add_signature(artist, img.source, img.sha256, img.width, img.height,
                                                         vecs))
-                else:
+            else:
+                for img, (vecs, thumb) in zip(batch, embedders.describe_works(images)):
                     report.added.append(w.add_work(artist, img.source, img.sha256, img.width, img.height, vecs,
-                                                   generated=(generated or {}).get(img.source)))
+                                                   generated=(generated or {}).get(img.source), thumbnail=thumb))
             bar.update(len(batch))
             batch.clear()
 

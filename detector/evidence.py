@@ -1,0 +1,159 @@
+"""Gather and verify evidence that pieces of registered works appear in a query.
+
+Three cheap searches *propose* placements of registered works on the query:
+  - perceptual hashes of the query's 8 flips/rotations (whole-image copies, even
+    when too degraded for keypoints),
+  - RootSIFT keypoints of the query and its mirror, with a RANSAC similarity
+    transform (crops, rescales, rotations, flips, moved pieces),
+  - part-sized window descriptors (pieces that stayed in place).
+Every proposal is then *verified* by warping the work onto the query and
+measuring which query detail it explains (local.align). Only verified evidence
+reaches the scores.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from detector import hashes, local
+from index.store import Store
+
+HASH_PROPOSE = 0.62  # hash similarity worth verifying
+KP_MATCH = 0.75  # RootSIFT cosine for a tentative keypoint pair
+PATCH_PROPOSE = 0.9
+MAX_WORKS = 8  # works verified per proposal source
+
+
+@dataclass
+class WorkCanvas:
+    gray: np.ndarray
+    size: tuple[int, int]  # canvas (w, h)
+    content: tuple[float, float, float, float]  # content box in canvas pixels
+
+
+class WorkCanvases:
+    """Registered works on the working canvas, decoded from their stored thumbnails (LRU cache)."""
+
+    def __init__(self, store: Store, capacity: int = 2048):
+        self.store = store
+        self.capacity = capacity
+        self._cache: OrderedDict[int, WorkCanvas | None] = OrderedDict()
+
+    def get(self, work_id: int) -> WorkCanvas | None:
+        if work_id in self._cache:
+            self._cache.move_to_end(work_id)
+            return self._cache[work_id]
+        png = self.store.thumbnail(work_id)
+        wc = None
+        if png is not None:
+            img = Image.open(io.BytesIO(png)).convert("RGB")
+            can = local.canvas(img)
+            s = can.shape[1] / img.width
+            box = hashes.content_box(img)
+            wc = WorkCanvas(local.gray(can), (can.shape[1], can.shape[0]), tuple(c * s for c in box))
+        self._cache[work_id] = wc
+        if len(self._cache) > self.capacity:
+            self._cache.popitem(last=False)
+        return wc
+
+
+def _box_to_box(src: tuple, dst: tuple, k: int = 0) -> np.ndarray:
+    """Affine matrix taking box `src` onto box `dst` through dihedral variant k."""
+    corners = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
+    s = np.float32([(src[0] + u * (src[2] - src[0]), src[1] + v * (src[3] - src[1])) for u, v in corners])
+    d = []
+    for u, v in corners:
+        uu, vv = hashes.dihedral_point(k, u, v)
+        d.append((dst[0] + uu * (dst[2] - dst[0]), dst[1] + vv * (dst[3] - dst[1])))
+    return cv2.getAffineTransform(s, np.float32(d))
+
+
+def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
+            q_content: tuple) -> dict[int, list[tuple[np.ndarray, int]]]:
+    """work id -> candidate placements (2x3 matrix query canvas -> work canvas, support)."""
+    out: dict[int, list[tuple[np.ndarray, int]]] = defaultdict(list)
+    bits = len(q["hash"][0][1]) * 8
+    best_hash: dict[int, tuple[float, int]] = {}
+    for k, hits in enumerate(store.search("hash", np.stack([v for _, v in q["hash"]]), 5)):
+        for hit in hits:
+            sim = 1 - hit.score / bits
+            if sim >= HASH_PROPOSE and sim > best_hash.get(hit.work_id, (0, 0))[0]:
+                best_hash[hit.work_id] = (sim, k)
+    for wid, (_, k) in sorted(best_hash.items(), key=lambda kv: -kv[1][0])[:MAX_WORKS]:
+        wc = works.get(wid)
+        if wc:
+            out[wid].append((_box_to_box(q_content, wc.content, k), 0))
+    for kind, flipped in (("kp", False), ("kp_flip", True)):
+        items = q.get(kind) or []
+        if len(items) < 3:
+            continue
+        pts = np.float32([(b[0] * q_size[0], b[1] * q_size[1]) for b, _ in items])
+        pairs: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for i, hits in enumerate(store.search("kp", np.stack([d for _, d in items]), 4)):
+            for hit in hits:
+                if hit.score >= KP_MATCH and hit.work_id is not None:
+                    pairs[hit.work_id].append((i, hit.vector_id))
+        ranked = sorted(pairs.items(), key=lambda kv: -len(kv[1]))[:MAX_WORKS]
+        boxes = store.resolve([v for _, ps in ranked for _, v in ps])
+        for wid, ps in ranked:
+            wc = works.get(wid)
+            if wc is None or len(ps) < 4:
+                continue
+            qp = pts[[i for i, _ in ps]]
+            wp = np.float32([(boxes[v][2][0] * wc.size[0], boxes[v][2][1] * wc.size[1]) for _, v in ps])
+            m, inl = local.fit(qp, wp, tol=0.03 * local.CANVAS)
+            if m is None or inl.sum() < 4:
+                continue
+            if flipped:  # points were on the mirrored canvas: compose with the mirror
+                m = m @ np.float32([[-1, 0, q_size[0]], [0, 1, 0], [0, 0, 1]])
+            out[wid].append((m.astype(np.float32), int(inl.sum())))
+    votes: dict[int, int] = defaultdict(int)
+    if q.get("patch"):
+        for hits in store.search("patch", np.stack([v for _, v in q["patch"]]), 3):
+            for hit in hits:
+                if hit.score >= PATCH_PROPOSE and hit.work_id is not None:
+                    votes[hit.work_id] += 1
+    for wid, _ in sorted(votes.items(), key=lambda kv: -kv[1])[:MAX_WORKS]:
+        wc = works.get(wid)
+        if wc:
+            out[wid].append((_box_to_box((0, 0, *q_size), (0, 0, *wc.size)), 0))
+    return out
+
+
+def verify(works: WorkCanvases, proposals: dict[int, list[tuple[np.ndarray, int]]], q_gray: np.ndarray,
+           q_detail: np.ndarray) -> dict[int, local.Alignment]:
+    """Best verified placement per work (by forward x backward agreement)."""
+    best: dict[int, local.Alignment] = {}
+    for wid, placements in proposals.items():
+        wc = works.get(wid)
+        if wc is None:
+            continue
+        for matrix, support in placements:
+            a = local.align(wid, q_gray, q_detail, wc.gray, matrix, support)
+            if wid not in best or a.forward * a.backward > best[wid].forward * best[wid].backward:
+                best[wid] = a
+    return best
+
+
+def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: float = 0.06,
+          max_pieces: int = 6) -> tuple[list[tuple[local.Alignment, np.ndarray]], float]:
+    """Greedy set cover of the query's detail by verified pieces: [(alignment, its new pixels)], coverage."""
+    total = max(int(q_detail.sum()), 1)
+    covered = np.zeros_like(q_detail)
+    pieces = []
+    pool = list(alignments)
+    while pool and len(pieces) < max_pieces:
+        gains = [int((a.explained & ~covered).sum()) for a in pool]
+        i = int(np.argmax(gains))
+        if gains[i] < min_gain * total:
+            break
+        new = pool[i].explained & ~covered
+        pieces.append((pool.pop(i), new))
+        covered |= new
+    return pieces, float(covered.sum()) / total
