@@ -62,17 +62,20 @@ def emoji_corpus(data: Path) -> list[ArtistData]:
 
 
 def synthetic_corpus(data: Path, artists: int, per_artist: int, holdout: int, seed: int) -> list[ArtistData]:
-    from generator.dataset import make_dataset
-    from PIL import Image
+    from generator.dataset import artist_seed, make_dataset
+    from generator.hands import Hand
+    from generator.parts import render_signature
     out = data / f"synthetic-{artists}x{per_artist}-{seed}"
     if not (out / "manifest.jsonl").exists():
         make_dataset(out, artists=artists, per_artist=per_artist, size=64, seed=seed, holdout=holdout)
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     corpus = []
-    for name in sorted({r["artist"] for r in rows}):
+    for i, name in enumerate(sorted({r["artist"] for r in rows})):
         refs = [out / r["path"] for r in rows if r["artist"] == name and r.get("split") == "reference"]
         held = [out / r["path"] for r in rows if r["artist"] == name and r.get("split") == "heldout"]
-        sigs = [Image.open(p) for p in sorted((out / name / "signatures").glob("*.png"))]
+        # signature samples as an artist would submit them: a scan at a readable size, each drawn anew
+        hand = Hand.from_seed(artist_seed(seed, i))
+        sigs = [render_signature(hand, 160, jitter_seed=1000 + k) for k in range(8)]
         corpus.append(ArtistData(name, refs, held, sigs))
     return corpus
 

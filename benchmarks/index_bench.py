@@ -171,9 +171,9 @@ def bench_one(factory: str, database: np.ndarray, queries: np.ndarray, latency_q
     latency = single_query_latency(index, latency_queries, args.k)
     log(f"N={n:,} {factory}: batched search of {len(queries)} queries")
     ids, qps = batched(index, queries, args.k)
-    truth = ids if truth is None else truth
+    reference = ids if truth is None else truth  # the baseline is its own reference
     return Result(n, factory, params, build_s, size, latency, qps,
-                  recall_at_k(ids, truth), recall_at_k(ids_defaults, truth)), ids
+                  recall_at_k(ids, reference), recall_at_k(ids_defaults, reference)), ids
 
 
 # -------------------------------------------------------------- reporting
@@ -211,6 +211,16 @@ def other_cpu_share(before: tuple[float, float, float], after: tuple[float, floa
     return max(0.0, busy - own) / total if total > 0 else 0.0
 
 
+def header(args: argparse.Namespace, other_share: float) -> list[str]:
+    """Markdown bullets: machine, data, and how busy the machine was (latencies depend on it)."""
+    return [*(f"- {line}" for line in machine()),
+            f"- data: {args.centres} Gaussian centres N(0,1) in {args.latent}-d, noise std {args.noise},"
+            f" random linear map to {args.dim}-d plus {args.ambient:g} relative isotropic noise, seed {args.seed};"
+            f" {args.queries} queries ({args.latency_queries} timed singly), k={args.k}",
+            f"- total run time {time.perf_counter() - _START:.0f}s;"
+            f" other processes used {other_share:.0%} of the machine's CPU time meanwhile"]
+
+
 def table(results: Sequence[Result], k: int) -> list[str]:
     """One markdown row per (N, factory)."""
     rows = [f"| N | factory | search params | build s | index MiB | 1-query mean ms | p50 ms | p99 ms"
@@ -240,6 +250,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noise", type=float, default=1.0, help="latent std around a centre (centres are N(0, 1))")
     p.add_argument("--ambient", type=float, default=0.1, help="isotropic noise, relative to the signal std")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int,
+                   help="FAISS OpenMP threads (default: FAISS's, one per core); 1 avoids stalls on a busy machine")
     p.add_argument("--quick", action="store_true", help="smoke run: N=20k, 200 queries, 50 timed singly")
     args = p.parse_args(argv)
     args.sizes = args.sizes or (QUICK_SIZES if args.quick else DEFAULT_SIZES)
@@ -251,6 +263,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads:
+        faiss.omp_set_num_threads(args.threads)
     cpu_before = cpu_seconds()
     log(f"generating {max(args.sizes):,} + {args.queries} vectors, dim {args.dim}")
     database, queries = make_data(args)
@@ -261,12 +275,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             result, ids = bench_one(factory, database[:n], queries, queries[:args.latency_queries], truth, args)
             truth = ids if truth is None else truth
             results.append(result)
-    print("\n".join([*(f"- {line}" for line in machine()),
-                     f"- data: {args.centres} Gaussian centres N(0,1) in {args.latent}-d, noise std {args.noise},"
-                     f" random linear map to {args.dim}-d plus {args.ambient:g} relative isotropic noise,"
-                     f" seed {args.seed}; {args.queries} queries ({args.latency_queries} timed singly), k={args.k}",
-                     f"- total run time {time.perf_counter() - _START:.0f}s; other processes used"
-                     f" {other_cpu_share(cpu_before, cpu_seconds()):.0%} of the machine's CPU time meanwhile", "", *table(results, args.k)]))
+    print("\n".join([*header(args, other_cpu_share(cpu_before, cpu_seconds())), "", *table(results, args.k)]))
 
 
 if __name__ == "__main__":

@@ -31,9 +31,9 @@ BASE_SPECS = (
                       "recipe": "phash64+dhash64+whash64+colorhash3, border-trimmed"}, hashes.HASH_BITS, True),
     KindSpec("style", {"embedder": "style", "version": 1, "size": style.SIZE}, style.DIM),
     KindSpec("patch", {"embedder": "patch", "version": 1, "patch": regions.PATCH,
-                       "windows": "0.5/0.25+0.333/0.167"}, regions.DIM),
+                       "windows": "0.5/0.25+0.333/0.167"}, regions.DIM, factory="HNSW32"),
     KindSpec("kp", {"embedder": "rootsift", "version": 1, "canvas": local.CANVAS, "features": local.N_FEATURES,
-                    "opencv": cv2.__version__}, 128),
+                    "opencv": cv2.__version__}, 128, factory="HNSW32"),
     KindSpec("sig", {"embedder": "signature", "version": 1, "shape": list(signatures.SHAPE)},
              signatures.DIM, owner="signature"),
 )

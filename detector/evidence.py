@@ -32,9 +32,12 @@ MAX_WORKS = 8  # works verified per proposal source
 
 @dataclass
 class WorkCanvas:
-    gray: np.ndarray
-    size: tuple[int, int]  # canvas (w, h)
+    canvas: local.Canvas
     content: tuple[float, float, float, float]  # content box in canvas pixels
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.canvas.size
 
 
 class WorkCanvases:
@@ -56,7 +59,7 @@ class WorkCanvases:
             can = local.canvas(img)
             s = can.shape[1] / img.width
             box = hashes.content_box(img)
-            wc = WorkCanvas(local.gray(can), (can.shape[1], can.shape[0]), tuple(c * s for c in box))
+            wc = WorkCanvas(local.Canvas.of(can), tuple(c * s for c in box))
         self._cache[work_id] = wc
         if len(self._cache) > self.capacity:
             self._cache.popitem(last=False)
@@ -126,8 +129,8 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
     return out
 
 
-def verify(works: WorkCanvases, proposals: dict[int, list[tuple[np.ndarray, int]]], q_gray: np.ndarray,
-           q_detail: np.ndarray) -> dict[int, local.Alignment]:
+def verify(works: WorkCanvases, proposals: dict[int, list[tuple[np.ndarray, int]]],
+           q: local.Canvas) -> dict[int, local.Alignment]:
     """Best verified placement per work (by forward x backward agreement)."""
     best: dict[int, local.Alignment] = {}
     for wid, placements in proposals.items():
@@ -135,7 +138,7 @@ def verify(works: WorkCanvases, proposals: dict[int, list[tuple[np.ndarray, int]
         if wc is None:
             continue
         for matrix, support in placements:
-            a = local.align(wid, q_gray, q_detail, wc.gray, matrix, support)
+            a = local.align(wid, q, wc.canvas, matrix, support)
             if wid not in best or a.forward * a.backward > best[wid].forward * best[wid].backward:
                 best[wid] = a
     return best
@@ -143,17 +146,21 @@ def verify(works: WorkCanvases, proposals: dict[int, list[tuple[np.ndarray, int]
 
 def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: float = 0.06,
           max_pieces: int = 6) -> tuple[list[tuple[local.Alignment, np.ndarray]], float]:
-    """Greedy set cover of the query's detail by verified pieces: [(alignment, its new pixels)], coverage."""
+    """Greedy set cover of the query's detail by exact pieces: [(alignment, its new pixels)], coverage.
+
+    Exact agreement, not mere resemblance: sibling icons that share an outline
+    resemble each other everywhere but reproduce each other only where truly shared.
+    """
     total = max(int(q_detail.sum()), 1)
     covered = np.zeros_like(q_detail)
     pieces = []
     pool = list(alignments)
     while pool and len(pieces) < max_pieces:
-        gains = [int((a.explained & ~covered).sum()) for a in pool]
+        gains = [int((a.exact & ~covered).sum()) for a in pool]
         i = int(np.argmax(gains))
         if gains[i] < min_gain * total:
             break
-        new = pool[i].explained & ~covered
+        new = pool[i].exact & ~covered
         pieces.append((pool.pop(i), new))
         covered |= new
     return pieces, float(covered.sum()) / total

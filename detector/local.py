@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 CANVAS = 256  # working scale: the longer side of every image, so 64 px icons have room for keypoints
-N_FEATURES = 400
+N_FEATURES = 250
 EDGE_TOL = 2  # pixels (at CANVAS scale) an edge may move and still count as explained
 
 
@@ -53,17 +53,18 @@ def keypoints(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 WIN = 15  # ZNCC window side, canvas pixels
 DETAIL = 60.0  # grey variance inside a window above which it holds detail worth explaining
-AGREE = 0.75  # ZNCC above which two windows show the same thing
+AGREE = 0.75  # ZNCC above which two windows show the same thing (copies survive blur, JPEG, recolouring)
+EXACT = 0.93  # ZNCC above which (with equal tone and contrast) a window is a cut-out of the work
 
 
-def _local_stats(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-pixel window variances of a and b and their zero-normalised cross-correlation."""
+def _local_stats(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per-pixel window variances of a and b, their zero-normalised cross-correlation, and means."""
     box = lambda x: cv2.boxFilter(x, cv2.CV_32F, (WIN, WIN), borderType=cv2.BORDER_REFLECT)  # noqa: E731
     ma, mb = box(a), box(b)
     va = np.maximum(box(a * a) - ma * ma, 0)
     vb = np.maximum(box(b * b) - mb * mb, 0)
     cov = box(a * b) - ma * mb
-    return va, vb, cov / np.sqrt(va * vb + 1e-6)
+    return va, vb, cov / np.sqrt(va * vb + 1e-6), ma, mb
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Alignment:
     matrix: np.ndarray  # 2x3, query canvas -> work canvas
     support: int  # RANSAC inliers (0 for a hash-proposed placement)
     explained: np.ndarray  # bool over the query canvas: query detail this work accounts for
+    exact: np.ndarray  # the part of `explained` reproduced as is (same tones, same contrast): a cut-out piece
     forward: float  # share of the query's detail inside the work's footprint that it explains
     backward: float  # share of the work's own detail (on the query) found in the query
     footprint: float  # share of the query's detail that lies inside the work's footprint
@@ -90,27 +92,52 @@ def fit(q_pts: np.ndarray, w_pts: np.ndarray, tol: float) -> tuple[np.ndarray | 
     return m, inl.ravel().astype(bool)
 
 
-def detail(q_gray: np.ndarray) -> np.ndarray:
-    """Where the query has detail (non-flat windows): what any explanation has to account for."""
-    g = q_gray.astype(np.float32)
-    va, _, _ = _local_stats(g, g)
-    return va > DETAIL
+SMOOTH = 3.0  # Gaussian sigma (canvas px) before resemblance is measured: blur and JPEG stop mattering
 
 
-def align(work_id: int, q_gray: np.ndarray, q_detail: np.ndarray, w_gray: np.ndarray, matrix: np.ndarray,
-          support: int = 0) -> Alignment:
-    """Warp the work onto the query and measure, window by window, what it explains."""
-    h, w = q_gray.shape
-    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpAffine(w_gray.astype(np.float32), matrix, (w, h), flags=flags, borderValue=0)
-    inside = cv2.warpAffine(np.ones(w_gray.shape, np.uint8), matrix, (w, h), flags=cv2.INTER_NEAREST
-                            | cv2.WARP_INVERSE_MAP, borderValue=0) > 0
-    inside = cv2.erode(inside.astype(np.uint8), np.ones((WIN, WIN), np.uint8)) > 0
-    vq, vw, zncc = _local_stats(q_gray.astype(np.float32), warped)
-    w_detail = (vw > DETAIL) & inside
-    explained = q_detail & inside & (zncc > AGREE)
-    q_in = q_detail & inside
+def smooth(gray_img: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(gray_img.astype(np.float32), (0, 0), SMOOTH)
+
+
+@dataclass
+class Canvas:
+    """An image on the working canvas, with what alignment needs precomputed once."""
+
+    gray: np.ndarray  # float32
+    smooth: np.ndarray
+    detail: np.ndarray  # bool: windows with detail worth explaining
+
+    @classmethod
+    def of(cls, rgb: np.ndarray) -> "Canvas":
+        g = gray(rgb).astype(np.float32)
+        return cls(g, smooth(g), _local_stats(g, g)[0] > DETAIL)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.gray.shape[1], self.gray.shape[0]
+
+
+def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int = 0) -> Alignment:
+    """Warp the work onto the query and measure, window by window, what it explains.
+
+    Resemblance (copies: survives blur, JPEG, recolouring) is measured on smoothed
+    images; exactness (cut-out pieces) on the raw ones.
+    """
+    size = q.size
+    inv = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = cv2.warpAffine(w.gray, matrix, size, flags=inv, borderValue=0)
+    warped_s = cv2.warpAffine(w.smooth, matrix, size, flags=inv, borderValue=0)
+    inside = cv2.warpAffine(np.ones(w.gray.shape, np.uint8), matrix, size,
+                            flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
+    inside = cv2.erode(inside, np.ones((WIN, WIN), np.uint8)) > 0
+    _, vw, zs, _, _ = _local_stats(q.smooth, warped_s)
+    vq, vw_raw, z, mq, mw = _local_stats(q.gray, warped)
+    w_detail = (vw_raw > DETAIL) & inside
+    q_in = q.detail & inside
+    explained = q_in & (zs > AGREE)
+    contrast = np.sqrt((vq + 1) / (vw_raw + 1))
+    exact = q_in & (z > EXACT) & (np.abs(mq - mw) < 12) & (contrast > 0.8) & (contrast < 1.25)
     forward = explained.sum() / max(q_in.sum(), 1)
-    backward = (w_detail & (zncc > AGREE)).sum() / max(w_detail.sum(), 1)
-    footprint = q_in.sum() / max(q_detail.sum(), 1)
-    return Alignment(work_id, matrix, support, explained, float(forward), float(backward), float(footprint))
+    backward = (w_detail & (zs > AGREE)).sum() / max(w_detail.sum(), 1)
+    footprint = q_in.sum() / max(q.detail.sum(), 1)
+    return Alignment(work_id, matrix, support, explained, exact, float(forward), float(backward), float(footprint))

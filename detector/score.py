@@ -81,14 +81,11 @@ class Scorer:
                                                               (artist,)).fetchone():
             raise ValueError(f"no artist named {artist!r} in the store")
         q = self.embedders.describe_query(img.image)
-        can = local.canvas(img.image)
-        q_gray = local.gray(can)
-        q_detail = local.detail(q_gray)
-        q_size = (can.shape[1], can.shape[0])
-        s = q_size[0] / img.width
+        qc = local.Canvas.of(local.canvas(img.image))
+        q_detail = qc.detail
+        s = qc.size[0] / img.width
         q_content = tuple(c * s for c in hashes.content_box(img.image))
-        aligned = evidence.verify(self.works, evidence.propose(self.store, self.works, q, q_size, q_content),
-                                  q_gray, q_detail)
+        aligned = evidence.verify(self.works, evidence.propose(self.store, self.works, q, qc.size, q_content), qc)
         info = {wid: self.store.work(wid) for wid in aligned}
         info = {k: v for k, v in info.items() if v}
 
@@ -141,10 +138,16 @@ class Scorer:
 
     @staticmethod
     def _verdict(artists: list[dict[str, Any]]) -> dict[str, Any]:
-        for label, key in (("copy", "copy"), ("derivative", "derivative"), ("style_match", "style")):
-            best = max(artists, key=lambda a: a[key], default=None)
-            if best and best[key] >= 0.5:
-                return {"label": label, "artist": best["artist"], "confidence": best[key]}
+        """The strongest of copy and derivative evidence wins (a part swap of near-identical siblings is
+        mostly one work, but it is assembled from two); then style; else unrelated."""
+        evidence_ = [(a[key], label, a["artist"]) for a in artists for key, label in
+                     (("copy", "copy"), ("derivative", "derivative"))]
+        best = max(evidence_, default=(0.0, "", None))
+        if best[0] >= 0.5:
+            return {"label": best[1], "artist": best[2], "confidence": best[0]}
+        top = max(artists, key=lambda a: a["style"], default=None)
+        if top and top["style"] >= 0.5:
+            return {"label": "style_match", "artist": top["artist"], "confidence": top["style"]}
         top = max((a["style"] for a in artists), default=0.0)
         return {"label": "unrelated", "artist": None, "confidence": round(1.0 - top, 4)}
 

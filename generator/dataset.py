@@ -10,7 +10,7 @@ Layout under `out/`:
     artist_XX/signatures/sig_K.png                   jittered signature samples (RGBA)
 
 An artist's icons are distinct points of the Cartesian product of its part variants, like an
-illustrator re-using a part library. Eyes and mouth keep a few variants back (HELDOUT) that only
+illustrator re-using a part library. Eyes, mouth, front hair and accessory keep a few variants back (HELDOUT) that only
 held-out icons use, so "new original by the same hand" is a well-defined evaluation split.
 """
 
@@ -27,7 +27,7 @@ from tqdm import tqdm
 from generator.hands import VARIANTS, Hand
 from generator.parts import LAYERS, alpha_box, composite, render_part, render_signature
 
-HELDOUT: dict[str, int] = {"eyes": 2, "mouth": 2}  # trailing variants reserved for held-out icons
+HELDOUT: dict[str, int] = {"eyes": 2, "mouth": 2, "hair_front": 2, "accessory": 2}  # reserved for held-out icons
 SPLITS = ("reference", "heldout")
 SIGNATURE_SAMPLES = 3
 PROGRESS_ABOVE = 500  # icons; smaller datasets are made silently

@@ -50,6 +50,7 @@ class KindSpec:
     dim: int
     binary: bool = False
     owner: str = "work"
+    factory: str | None = None  # default FAISS factory for this kind (e.g. HNSW for many keypoints)
 
     @property
     def dtype(self) -> np.dtype:
@@ -319,6 +320,9 @@ class Writer:
                 c.executemany("INSERT INTO embedders VALUES (?, ?, ?, ?, ?)",
                               [(sp.kind, cat.canonical(sp.descriptor), sp.dim, int(sp.binary), sp.owner)
                                for sp in new])
+                for sp in new:
+                    if sp.factory:
+                        cat.set_meta(c, f"factory:{sp.kind}", sp.factory)
 
     def ensure_artist(self, name: str) -> int:
         row = self.conn.execute("SELECT id FROM artists WHERE name=?", (name,)).fetchone()
