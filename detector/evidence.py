@@ -5,7 +5,7 @@ Three cheap searches *propose* placements of registered works on the query:
     when too degraded for keypoints),
   - RootSIFT keypoints of the query and its mirror, with a RANSAC similarity
     transform (crops, rescales, rotations, flips, moved pieces),
-  - part-sized window descriptors (pieces that stayed in place).
+  - part-sized window descriptors (pieces that stayed in place or moved as a block).
 Every proposal is then *verified* by warping the work onto the query and
 measuring which query detail it explains (local.align). Only verified evidence
 reaches the scores.
@@ -116,16 +116,19 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
             if flipped:  # points were on the mirrored canvas: compose with the mirror
                 m = m @ np.float32([[-1, 0, q_size[0]], [0, 1, 0], [0, 0, 1]])
             out[wid].append((m.astype(np.float32), int(inl.sum())))
-    votes: dict[int, int] = defaultdict(int)
+    # windows: each near-identical window pair votes for (work, shift); pieces moved as a block agree
+    votes: dict[tuple[int, float, float], int] = defaultdict(int)
     if q.get("patch"):
-        for hits in store.search("patch", np.stack([v for _, v in q["patch"]]), 3):
+        for (qbox, _), hits in zip(q["patch"], store.search("patch", np.stack([v for _, v in q["patch"]]), 3)):
             for hit in hits:
                 if hit.score >= PATCH_PROPOSE and hit.work_id is not None:
-                    votes[hit.work_id] += 1
-    for wid, _ in sorted(votes.items(), key=lambda kv: -kv[1])[:MAX_WORKS]:
+                    dx, dy = round((qbox[0] - hit.box[0]) * 16) / 16, round((qbox[1] - hit.box[1]) * 16) / 16
+                    votes[(hit.work_id, dx, dy)] += 1
+    for (wid, dx, dy), _ in sorted(votes.items(), key=lambda kv: -kv[1])[:2 * MAX_WORKS]:
         wc = works.get(wid)
         if wc:
-            out[wid].append((_box_to_box((0, 0, *q_size), (0, 0, *wc.size)), 0))
+            shifted = (dx * q_size[0], dy * q_size[1], (1 + dx) * q_size[0], (1 + dy) * q_size[1])
+            out[wid].append((_box_to_box(shifted, (0, 0, *wc.size)), 0))
     return out
 
 
@@ -163,4 +166,8 @@ def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: flo
         new = pool[i].exact & ~covered
         pieces.append((pool.pop(i), new))
         covered |= new
+    if len(pieces) >= 2:  # the cut between two pieces belongs to neither; it is not unexplained content
+        kernel = np.ones((local.WIN, local.WIN), np.uint8)
+        near = sum((cv2.dilate(new.astype(np.uint8), kernel) > 0).astype(np.uint8) for _, new in pieces)
+        total = max(total - int((q_detail & ~covered & (near >= 2)).sum()), 1)
     return pieces, float(covered.sum()) / total

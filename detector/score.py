@@ -23,7 +23,8 @@ RESULT_VERSION = "1.0"
 COPY_AT = 0.72  # forward x backward agreement where copy probability is 0.5
 DERIVATIVE_AT = 0.80  # share of the query's detail explained by >= 2 registered pieces, at 0.5
 SIG_MATCH = 0.80  # signature-shape cosine above which a mark is that artist's signature
-MARK_MIN = 0.55  # signature-likeness above which an unmatched mark is still reported
+MARK_MATCHED = 0.5  # signature-likeness a mark needs when it matches a registered signature
+MARK_MIN = 0.8  # ...and when it matches nobody (still reported: garbled signatures are a diffusion artefact)
 
 
 def _sigmoid(x: float) -> float:
@@ -162,7 +163,7 @@ class Scorer:
         for (box, likeness, _), hits in zip(marks, hits_all):
             sim = float(hits[0].score) if hits else 0.0
             signer = (self.store.signature(hits[0].signature_id) or {}).get("artist") if sim >= SIG_MATCH else None
-            if signer is None and likeness < MARK_MIN:
+            if likeness < (MARK_MATCHED if signer else MARK_MIN):
                 continue
             forged = False
             if signer is not None:  # A's mark on what is not A's registered work: made by A's hand?

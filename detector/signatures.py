@@ -8,6 +8,11 @@ against an artist's registered signature samples (jitter-tolerant: blurred shape
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -15,12 +20,26 @@ SHAPE = (16, 48)  # (h, w) of the normalised ink image
 DIM = SHAPE[0] * SHAPE[1]
 
 
-def ink_mask(rgb: np.ndarray, tol: int = 40) -> np.ndarray:
-    """Pixels that differ clearly from the image's border colour (white paper, transparent)."""
+WORK = 128  # marks are looked for with the image's longer side at this many pixels
+
+
+def ink_mask(rgb: np.ndarray) -> np.ndarray:
+    """Thin strokes darker than their surroundings (morphological black-hat).
+
+    Pen strokes survive, filled shapes and flat colour do not, so a signature written
+    over the artwork separates from it; for a sample on white paper it is the ink.
+    """
     rgb = np.asarray(rgb)[..., :3]
-    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    bg = np.median(border, axis=0)
-    return np.abs(rgb.astype(np.int16) - bg).max(axis=2) > tol
+    scale = WORK / max(rgb.shape[:2])
+    if abs(scale - 1) > 1e-3:
+        rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))),
+                         interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
+    g = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+    bh = cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    return bh > INK
+
+
+INK = 40  # black-hat response (grey levels) of a pen stroke
 
 
 def descriptor(mask: np.ndarray) -> np.ndarray:
@@ -43,47 +62,71 @@ def descriptor(mask: np.ndarray) -> np.ndarray:
     return (small / max(float(np.linalg.norm(small)), 1e-6)).astype(np.float32)
 
 
-def _stroke_width(component: np.ndarray) -> float:
-    dist = cv2.distanceTransform(component.astype(np.uint8), cv2.DIST_L2, 3)
-    return 2.0 * float(dist[component].mean()) if component.any() else 0.0
+FEATURES = ("aspect", "strokes", "density", "width", "path", "edge", "bw", "bh", "dark", "isolation")
+MODEL_PATH = Path(__file__).with_name("marks_model.json")
 
 
-def find_marks(rgb: np.ndarray, max_marks: int = 4) -> list[tuple[tuple[int, int, int, int], float, np.ndarray]]:
-    """Candidate signature regions as (pixel box, signature-likeness in [0,1], ink mask crop).
+@dataclass(frozen=True)
+class Candidate:
+    box: tuple[int, int, int, int]  # pixels of the input image
+    ink: np.ndarray  # bool crop of the stroke mask
+    features: np.ndarray  # FEATURES, in order
 
-    Strokes are grouped by a small dilation (letters of one name join), the largest
-    group is taken as the subject and never reported.
+
+def candidates(rgb: np.ndarray) -> list[Candidate]:
+    """Groups of thin strokes that could be a signature, with the features that say how much.
+
+    Letters of one name are joined by a short horizontal dilation. Features: shape
+    (wide, short), stroke count, ink density, stroke width, ink path length per box
+    diagonal (writing folds a long path into a small box; an outline does not),
+    distance to the nearest edge, size, darkness of the ink and how isolated it is.
     """
     h, w = rgb.shape[:2]
     ink = ink_mask(rgb)
-    if not ink.any():
-        return []
-    k = max(1, round(min(h, w) / 48))
-    grouped = cv2.dilate(ink.astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8))
+    H, W = ink.shape
+    gray = cv2.cvtColor(cv2.resize(np.ascontiguousarray(rgb[..., :3]), (W, H), interpolation=cv2.INTER_AREA),
+                        cv2.COLOR_RGB2GRAY)
+    grouped = cv2.dilate(ink.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (7, 3)))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
-    if n <= 2:
-        return []
-    subject = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     out = []
     for i in range(1, n):
-        if i == subject:
-            continue
         x, y, bw, bh, _ = stats[i]
-        comp = (labels == i) & ink
-        npx = int(comp.sum())
-        if npx < max(6, h * w // 4000) or bw > 0.6 * w or bh > 0.35 * h or bw < 0.06 * w:
+        if bw < 0.08 * W or bw > 0.6 * W or bh > 0.3 * H or bh < 3:
             continue
-        aspect = bw / max(bh, 1)
-        density = npx / float(bw * bh)
-        width = _stroke_width(comp) / min(h, w)
-        cx, cy = (x + bw / 2) / w, (y + bh / 2) / h
-        edge = min(cx, 1 - cx, cy, 1 - cy)  # 0 at the border, 0.5 in the centre
-        score = (_ramp(aspect, 1.0, 2.2) * 0.35 + (1 - _ramp(density, 0.35, 0.7)) * 0.25
-                 + (1 - _ramp(width, 0.025, 0.06)) * 0.2 + (1 - _ramp(edge, 0.12, 0.35)) * 0.2)
-        out.append(((int(x), int(y), int(x + bw), int(y + bh)), float(score), comp[y:y + bh, x:x + bw]))
-    out.sort(key=lambda m: -m[1])
-    return out[:max_marks]
+        comp = (labels[y:y + bh, x:x + bw] == i) & ink[y:y + bh, x:x + bw]
+        strokes = cv2.connectedComponents(comp.astype(np.uint8), connectivity=8)[0] - 1
+        padded = np.pad(comp, 1).astype(np.uint8)
+        width = 2 * float(cv2.distanceTransform(padded, cv2.DIST_L2, 3)[padded > 0].mean())
+        cx, cy = (x + bw / 2) / W, (y + bh / 2) / H
+        x0, y0, x1, y1 = max(0, x - 6), max(0, y - 6), min(W, x + bw + 6), min(H, y + bh + 6)
+        ring = ink[y0:y1, x0:x1].sum() - comp.sum()
+        ring_area = (x1 - x0) * (y1 - y0) - bw * bh
+        feats = [bw / max(bh, 1), strokes, comp.sum() / float(bw * bh), width,
+                 comp.sum() / max(width, 1) / np.hypot(bw, bh), min(cx, 1 - cx, cy, 1 - cy), bw / W, bh / H,
+                 1 - gray[y:y + bh, x:x + bw][comp].mean() / 255, ring / max(ring_area, 1)]
+        box = (int(x * w / W), int(y * h / H), int(np.ceil((x + bw) * w / W)), int(np.ceil((y + bh) * h / H)))
+        out.append(Candidate(box, comp, np.array(feats, np.float32)))
+    return out
 
 
-def _ramp(v: float, lo: float, hi: float) -> float:
-    return float(np.clip((v - lo) / (hi - lo), 0.0, 1.0))
+@lru_cache(maxsize=1)
+def _model() -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    m = json.loads(MODEL_PATH.read_text())
+    assert tuple(m["features"]) == FEATURES, "marks_model.json was fitted on other features"
+    return np.array(m["mean"]), np.array(m["scale"]), np.array(m["coef"]), float(m["intercept"])
+
+
+def likeness(features: np.ndarray) -> float:
+    """Signature-likeness in [0, 1] from the logistic model in marks_model.json (detector/train_marks.py)."""
+    mean, scale, coef, intercept = _model()
+    z = float(((features - mean) / scale) @ coef + intercept)
+    return 1 / (1 + np.exp(-z))
+
+
+def find_marks(rgb: np.ndarray, max_marks: int = 3) -> list[tuple[tuple[int, int, int, int], float, np.ndarray]]:
+    """Candidate signature regions as (pixel box, signature-likeness, ink mask crop), likeliest first."""
+    marks = [(c.box, likeness(c.features), c.ink) for c in candidates(rgb)]
+    marks.sort(key=lambda m: -m[1])
+    return marks[:max_marks]
+
+

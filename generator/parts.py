@@ -733,7 +733,8 @@ def straight(s: Sketch, rng: np.random.Generator) -> None:
 @draws("hair_front", "side_sweep")
 def side_sweep(s: Sketch, rng: np.random.Generator) -> None:
     side, high, low = rng.choice([-1, 1]), s.cy - 0.85 * s.ry, s.fringe_y + 0.15 * s.ry
-    hair_front(s, fringe(s, lambda x: high + (low - high) * ((side * (x - s.cx) / (1.25 * s.rx) + 1) / 2) ** 0.6))
+    hair_front(s, fringe(s, lambda x: high + (low - high)
+                         * max(0.0, (side * (x - s.cx) / (1.25 * s.rx) + 1) / 2) ** 0.6))
 
 
 @draws("hair_front", "curtains")
