@@ -34,7 +34,7 @@ BASE_SPECS = (
                        "windows": "0.5/0.25+0.333/0.167"}, regions.DIM, factory="HNSW32"),
     KindSpec("kp", {"embedder": "rootsift", "version": 1, "canvas": local.CANVAS, "features": local.N_FEATURES,
                     "opencv": cv2.__version__}, 128, factory="HNSW32"),
-    KindSpec("sig", {"embedder": "signature", "version": 1, "shape": list(signatures.SHAPE)},
+    KindSpec("sig", {"embedder": "signature", "version": 2, "shape": list(signatures.SHAPE)},
              signatures.DIM, owner="signature"),
 )
 
@@ -89,7 +89,7 @@ class Embedders:
         return out
 
     def describe_signatures(self, images: list[Image.Image]) -> list[Vectors]:
-        return [{"sig": [(FULL, signatures.descriptor(signatures.ink_mask(np.asarray(im))))]} for im in images]
+        return [{"sig": [(FULL, signatures.descriptor(signatures.paper_ink(np.asarray(im))))]} for im in images]
 
     def _add_clip(self, images: list[Image.Image], out: list[Vectors]) -> None:
         if self.clip is None:

@@ -22,7 +22,8 @@ from index.vectors import normalise
 RESULT_VERSION = "1.0"
 COPY_AT = 0.72  # forward x backward agreement where copy probability is 0.5
 DERIVATIVE_AT = 0.80  # share of the query's detail explained by >= 2 registered pieces, at 0.5
-SIG_MATCH = 0.80  # signature-shape cosine above which a mark is that artist's signature
+SIG_MATCH = 0.60  # signature-shape cosine above which a mark may be that artist's signature...
+SIG_MARGIN = 0.06  # ...when it is also this much closer to that artist's samples than to anyone else's
 MARK_MATCHED = 0.5  # signature-likeness a mark needs when it matches a registered signature
 MARK_MIN = 0.8  # ...and when it matches nobody (still reported: garbled signatures are a diffusion artefact)
 
@@ -156,13 +157,20 @@ class Scorer:
         marks = signatures.find_marks(np.asarray(img.image))
         if not marks:
             return []
-        hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 3)
+        hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 24)
         by_name = {a["artist"]: a for a in artists}
         style_top = artists[0]["artist"] if artists and artists[0]["style"] >= 0.5 else None
         out = []
         for (box, likeness, _), hits in zip(marks, hits_all):
-            sim = float(hits[0].score) if hits else 0.0
-            signer = (self.store.signature(hits[0].signature_id) or {}).get("artist") if sim >= SIG_MATCH else None
+            best: dict[str, float] = {}
+            for hit in hits:
+                name = (self.store.signature(hit.signature_id) or {}).get("artist")
+                if name and hit.score > best.get(name, -1.0):
+                    best[name] = hit.score
+            ranked = sorted(best.items(), key=lambda kv: -kv[1]) + [(None, 0.0)] * 2
+            (signer, sim), (_, runner_up) = ranked[0], ranked[1]
+            if sim < SIG_MATCH or sim - runner_up < SIG_MARGIN:
+                signer = None
             if likeness < (MARK_MATCHED if signer else MARK_MIN):
                 continue
             forged = False
@@ -170,5 +178,5 @@ class Scorer:
                 a = by_name.get(signer, {"copy": 0.0, "derivative": 0.0})
                 forged = a["copy"] < 0.5 and (style_top != signer or a["derivative"] >= 0.5)
             out.append({"box": list(box), "score": round(likeness, 4), "artist": signer,
-                        "similarity": round(sim, 4), "forged": forged})
+                        "similarity": round(float(sim), 4), "forged": forged})
         return out

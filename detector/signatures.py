@@ -42,6 +42,17 @@ def ink_mask(rgb: np.ndarray) -> np.ndarray:
 INK = 40  # black-hat response (grey levels) of a pen stroke
 
 
+def paper_ink(rgb: np.ndarray, tol: int = 40) -> np.ndarray:
+    """Ink of a signature *sample* on paper: whatever differs clearly from the border colour.
+
+    Samples may be written with a thick pen, which the black-hat (made for thin strokes
+    over artwork) would hollow out.
+    """
+    rgb = np.asarray(rgb)[..., :3].astype(np.int16)
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    return np.abs(rgb - np.median(border, axis=0)).max(axis=2) > tol
+
+
 def descriptor(mask: np.ndarray) -> np.ndarray:
     """Scale- and position-free shape of the ink: cropped, letterboxed to 1:3, blurred, centred."""
     ys, xs = np.nonzero(mask)
