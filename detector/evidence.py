@@ -147,7 +147,7 @@ def verify(works: WorkCanvases, proposals: dict[int, list[tuple[np.ndarray, int]
     return best
 
 
-def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: float = 0.06,
+def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: float = 0.03,
           max_pieces: int = 6) -> tuple[list[tuple[local.Alignment, np.ndarray]], float]:
     """Greedy set cover of the query's detail by exact pieces: [(alignment, its new pixels)], coverage.
 
@@ -156,16 +156,19 @@ def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: flo
     """
     total = max(int(q_detail.sum()), 1)
     covered = np.zeros_like(q_detail)
+    allowed = np.ones_like(q_detail)
     pieces = []
     pool = list(alignments)
     while pool and len(pieces) < max_pieces:
-        gains = [int((a.exact & ~covered).sum()) for a in pool]
+        gains = [int((a.exact & ~covered & allowed).sum()) for a in pool]
         i = int(np.argmax(gains))
         if gains[i] < min_gain * total:
             break
-        new = pool[i].exact & ~covered
+        new = pool[i].exact & ~covered & allowed
         pieces.append((pool.pop(i), new))
         covered |= new
+        if len(pieces) == 1:  # later pieces must replace what the main work contradicts, or lie beyond it
+            allowed = pieces[0][0].conflict | ~pieces[0][0].inside
     if len(pieces) >= 2:  # the cut between two pieces belongs to neither; it is not unexplained content
         kernel = np.ones((local.WIN, local.WIN), np.uint8)
         near = sum((cv2.dilate(new.astype(np.uint8), kernel) > 0).astype(np.uint8) for _, new in pieces)

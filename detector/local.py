@@ -76,6 +76,8 @@ class Alignment:
     support: int  # RANSAC inliers (0 for a hash-proposed placement)
     explained: np.ndarray  # bool over the query canvas: query detail this work accounts for
     exact: np.ndarray  # the part of `explained` reproduced as is (same tones, same contrast): a cut-out piece
+    conflict: np.ndarray  # query detail inside the footprint that the work does not reproduce exactly
+    inside: np.ndarray  # the work's footprint on the query
     forward: float  # share of the query's detail inside the work's footprint that it explains
     backward: float  # share of the work's own detail (on the query) found in the query
     footprint: float  # share of the query's detail that lies inside the work's footprint
@@ -117,6 +119,24 @@ class Canvas:
         return self.gray.shape[1], self.gray.shape[0]
 
 
+def refine(q: Canvas, w: Canvas, matrix: np.ndarray) -> np.ndarray:
+    """Sub-pixel registration (ECC on the smoothed images) of a coarse placement.
+
+    Proposals from hashes and keypoints can be a pixel or two off, which is enough
+    to make an exact cut-out look inexact; a placement that does not converge is kept.
+    """
+    warp = matrix.astype(np.float32).copy()
+    try:
+        _, warp = cv2.findTransformECC(q.smooth, w.smooth, warp, cv2.MOTION_AFFINE,
+                                       (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4), None, 1)
+    except cv2.error:
+        return matrix
+    step = np.abs(warp - matrix)
+    if step[:, :2].max() > 0.1 or step[:, 2].max() > 0.03 * CANVAS:  # wandered off: not a refinement
+        return matrix
+    return warp
+
+
 def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int = 0) -> Alignment:
     """Warp the work onto the query and measure, window by window, what it explains.
 
@@ -124,6 +144,7 @@ def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int =
     images; exactness (cut-out pieces) on the raw ones.
     """
     size = q.size
+    matrix = refine(q, w, matrix)
     inv = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(w.gray, matrix, size, flags=inv, borderValue=0)
     warped_s = cv2.warpAffine(w.smooth, matrix, size, flags=inv, borderValue=0)
@@ -140,4 +161,5 @@ def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int =
     forward = explained.sum() / max(q_in.sum(), 1)
     backward = (w_detail & (zs > AGREE)).sum() / max(w_detail.sum(), 1)
     footprint = q_in.sum() / max(q.detail.sum(), 1)
-    return Alignment(work_id, matrix, support, explained, exact, float(forward), float(backward), float(footprint))
+    return Alignment(work_id, matrix, support, explained, exact, q_in & ~exact, inside, float(forward),
+                     float(backward), float(footprint))

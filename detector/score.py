@@ -140,13 +140,13 @@ class Scorer:
 
     @staticmethod
     def _verdict(artists: list[dict[str, Any]]) -> dict[str, Any]:
-        """The strongest of copy and derivative evidence wins (a part swap of near-identical siblings is
-        mostly one work, but it is assembled from two); then style; else unrelated."""
-        evidence_ = [(a[key], label, a["artist"]) for a in artists for key, label in
-                     (("copy", "copy"), ("derivative", "derivative"))]
-        best = max(evidence_, default=(0.0, "", None))
-        if best[0] >= 0.5:
-            return {"label": best[1], "artist": best[2], "confidence": best[0]}
+        """Derivative evidence first: it needs exact pieces of two or more works, which edited copies
+        lack and part swaps of near-identical siblings have (though one work alone nearly explains
+        them); then copy, then style; else unrelated."""
+        for label in ("derivative", "copy"):
+            best = max(artists, key=lambda a: a[label], default=None)
+            if best and best[label] >= 0.5:
+                return {"label": label, "artist": best["artist"], "confidence": best[label]}
         top = max(artists, key=lambda a: a["style"], default=None)
         if top and top["style"] >= 0.5:
             return {"label": "style_match", "artist": top["artist"], "confidence": top["style"]}

@@ -30,6 +30,7 @@ from generator.parts import LAYERS, alpha_box, composite, render_part, render_si
 HELDOUT: dict[str, int] = {"eyes": 2, "mouth": 2, "hair_front": 2, "accessory": 2}  # reserved for held-out icons
 SPLITS = ("reference", "heldout")
 SIGNATURE_SAMPLES = 3
+SAMPLE_WIDTH = 160  # pixels: signature samples are written at this width, whatever the icon size
 PROGRESS_ABOVE = 500  # icons; smaller datasets are made silently
 
 
@@ -122,8 +123,8 @@ def make_dataset(
             library = part_library(hand, size)
             save_library(out / name / "parts", library)
             boxes = {layer: [alpha_box(img) for img in imgs] for layer, imgs in library.items()}
-            for k in range(SIGNATURE_SAMPLES):
-                sig = render_signature(hand, signature_width(size), jitter_seed=k)
+            for k in range(SIGNATURE_SAMPLES):  # samples as an artist submits them: a readable scan
+                sig = render_signature(hand, SAMPLE_WIDTH, jitter_seed=k)
                 save_png(sig, out / name / "signatures" / f"sig_{k}.png")
             for split, count in zip(SPLITS, (per_artist, holdout)):
                 rng = np.random.default_rng([seed, a, SPLITS.index(split)])

@@ -95,9 +95,14 @@ def html_row(r: dict[str, Any]) -> str:
             f"<td data-v='{v['confidence']}'>{v['confidence']:.2f}</td><td>{near}</td><td>{sigs}</td></tr>\n")
 
 
-def write_html(results: list[dict[str, Any]], out: Path, summary: str) -> None:
-    flagged = [r for r in results if r.get("error") or (r["verdict"]["label"] in ("copy", "derivative"))
-               or any(s["forged"] for s in r["signatures"])]
+def is_flagged(r: dict[str, Any]) -> bool:
+    return bool(r.get("error")) or r["verdict"]["label"] in ("copy", "derivative") or any(
+        s["forged"] for s in r["signatures"])
+
+
+def write_html(results: list[dict[str, Any]], out: Path, summary: str, flagged_only: bool = True) -> None:
+    """A self-contained report (thumbnails inlined) that opens from disk without a server."""
+    flagged = [r for r in results if is_flagged(r) or not flagged_only]
     with open(out, "w") as f:
         f.write(HTML_HEAD % html.escape(summary))
         for r in flagged:

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from generator.chimeras import KINDS, make_chimeras
-from generator.dataset import HELDOUT, SIGNATURE_SAMPLES, load_manifest, make_dataset
+from generator.dataset import SAMPLE_WIDTH, HELDOUT, SIGNATURE_SAMPLES, load_manifest, make_dataset
 from generator.hands import VARIANTS, Hand
 from generator.parts import LAYERS, PAPER, composite, render_part, render_signature
 
@@ -193,7 +193,7 @@ def test_signatures_exist_and_jitter_between_samples(data: Path) -> None:
     for a in range(ARTISTS):
         for k in range(SIGNATURE_SAMPLES):
             with Image.open(data / f"artist_{a:02d}" / "signatures" / f"sig_{k}.png") as sig:
-                assert sig.mode == "RGBA" and sig.width == SIZE // 3
+                assert sig.mode == "RGBA" and sig.width == SAMPLE_WIDTH  # a readable scan, not icon-sized
                 alpha = np.asarray(sig.getchannel("A"))
                 assert 0.05 < (alpha > 128).mean() < 0.7  # ink strokes on transparency
                 samples.append(np.asarray(sig, dtype=int))
