@@ -128,10 +128,15 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from service.scan import scan
+    from service.scan import FORMATS
     root = Path(args.dir)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
+    if Path(args.out).suffix.lower() not in FORMATS:
+        raise UserError(f"--out must end in one of {', '.join(FORMATS)} (got {Path(args.out).name})")
     with _open(args) as store:
+        if args.artist and not any(a["name"] == args.artist for a in store.artists()):
+            raise UserError(f"no artist named {args.artist!r} in the store")
         summary = scan(store, _embedders(args), root, Path(args.out), artist=args.artist,
                        progress=sys.stderr.isatty())
     print(summary)
@@ -145,6 +150,23 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     except (ClipUnavailable, OSError, RuntimeError) as e:
         raise UserError(f"cannot fetch CLIP weights: {str(e).splitlines()[0]}") from None
     print(f"cached at {path}")
+    return 0
+
+
+def cmd_dataset_make(args: argparse.Namespace) -> int:
+    from generator.dataset import make_dataset
+    rows = make_dataset(Path(args.out), artists=args.artists, per_artist=args.per_artist, size=args.size,
+                        seed=args.seed, signed=args.signed, holdout=args.holdout)
+    print(f"wrote {len(rows)} icons of {args.artists} artists to {args.out} (manifest.jsonl)")
+    return 0
+
+
+def cmd_dataset_chimeras(args: argparse.Namespace) -> int:
+    from generator.chimeras import make_chimeras
+    if not (Path(args.data) / "manifest.jsonl").exists():
+        raise UserError(f"{args.data} is not a dataset (no manifest.jsonl; make one with `chimera dataset make`)")
+    rows = make_chimeras(Path(args.data), Path(args.out), n=args.n, seed=args.seed)
+    print(f"wrote {len(rows)} chimeras with ground truth to {args.out} (chimeras.jsonl)")
     return 0
 
 
@@ -197,6 +219,22 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="model weights", description="Model weights.")
     msub = m.add_subparsers(dest="models_command", required=True, parser_class=Parser)
     cmd(msub, "fetch", cmd_models_fetch, "download the CLIP weights into the local cache (needs the hub)")
+
+    ds = sub.add_parser("dataset", help="synthetic layered artists", description="Synthetic layered artists.")
+    dsub = ds.add_subparsers(dest="dataset_command", required=True, parser_class=Parser)
+    mk = cmd(dsub, "make", cmd_dataset_make, "draw procedural artists as layered face icons (Cartesian product of parts)")
+    mk.add_argument("out")
+    mk.add_argument("--artists", type=int, default=4)
+    mk.add_argument("--per-artist", type=int, default=200)
+    mk.add_argument("--size", type=int, default=64)
+    mk.add_argument("--seed", type=int, default=0)
+    mk.add_argument("--holdout", type=int, default=0, help="also draw this many held-out originals per artist")
+    mk.add_argument("--signed", action="store_true", help="sign every icon in its bottom-right corner")
+    ch = cmd(dsub, "chimeras", cmd_dataset_chimeras, "recombine a dataset's icons, with the source of every part")
+    ch.add_argument("data")
+    ch.add_argument("out")
+    ch.add_argument("--n", type=int, default=40)
+    ch.add_argument("--seed", type=int, default=0)
 
     d = cmd(sub, "demo", cmd_demo, "make a synthetic reference set, index it, score a copy and a collage")
     d.add_argument("--out", default="chimera-demo")

@@ -1,0 +1,157 @@
+"""Detection on a small synthetic world the tests draw themselves (generator), offline and fast."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detector import augment, evaluate
+from detector.embedders import Embedders
+from detector.images import load
+from detector.score import Scorer
+from generator.chimeras import make_chimeras
+from generator.dataset import make_dataset
+from index.store import Store
+from service.ingest import add_images
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """Two artists, 40 registered icons each, held-out originals and signature samples, in a store."""
+    root = tmp_path_factory.mktemp("world")
+    manifest = make_dataset(root / "data", artists=2, per_artist=40, size=64, seed=3, holdout=8)
+    emb = Embedders(None, "unavailable: disabled in tests")
+    store = Store.open(root / "store", create=True)
+    corpus = []
+    for name in ("artist_00", "artist_01"):
+        refs = [root / "data" / r["path"] for r in manifest if r["artist"] == name and r["split"] == "reference"]
+        held = [root / "data" / r["path"] for r in manifest if r["artist"] == name and r["split"] == "heldout"]
+        sigs = sorted((root / "data" / name / "signatures").glob("*.png"))
+        add_images(store, emb, name, [load(p) for p in refs])
+        add_images(store, emb, name, [load(p) for p in sigs], signature=True)
+        corpus.append(evaluate.ArtistData(name, refs, held, [Image.open(p) for p in sigs]))
+    yield {"root": root, "store": store, "scorer": Scorer(store, emb), "corpus": corpus, "emb": emb}
+    store.close()
+
+
+def score(world, img: Image.Image, name: str = "query.png") -> dict:
+    path = world["root"] / name
+    img.save(path)
+    return world["scorer"].score(load(path))
+
+
+def test_result_object_follows_the_contract(world):
+    r = score(world, load(world["corpus"][0].heldout[0]).image)
+    assert set(r) == {"version", "path", "sha256", "width", "height", "artists", "matches", "signatures",
+                      "verdict", "embedders", "error"}
+    assert r["error"] is None and (r["width"], r["height"]) == (64, 64) and len(r["sha256"]) == 64
+    assert [a["artist"] for a in r["artists"]] == sorted(
+        (a["artist"] for a in r["artists"]), key=lambda n: -next(x["style"] for x in r["artists"] if x["artist"] == n))
+    for a in r["artists"]:
+        assert set(a) == {"artist", "style", "derivative", "copy"}
+        assert all(0.0 <= a[k] <= 1.0 for k in ("style", "derivative", "copy"))
+    assert r["verdict"]["label"] in {"copy", "derivative", "style_match", "unrelated"}
+    assert r["embedders"]["clip"].startswith("unavailable")
+    json.dumps(r)  # plain JSON all the way down
+
+
+@pytest.mark.parametrize("edit", ["crop", "rotate", "rotate90", "flip", "jpeg", "pad", "recolour", "text",
+                                  "blur", "downscale"])
+def test_edited_copies_are_copies_of_their_source(world, edit):
+    src = world["corpus"][1].refs[5]
+    img = augment.copy_edits(load(src).image, random.Random(1))[edit]
+    r = score(world, img, f"copy-{edit}.png")
+    assert r["verdict"]["label"] == "copy" and r["verdict"]["artist"] == "artist_01"
+    assert Path(r["matches"][0]["source"]) == src
+
+
+def test_collage_of_registered_works_is_a_derivative_with_its_sources(world):
+    a, b = world["corpus"][0].refs[2], world["corpus"][0].refs[11]
+    img, boxes = augment.half_swap(load(a).image, load(b).image)
+    r = score(world, img, "collage.png")
+    assert r["verdict"] == {**r["verdict"], "label": "derivative", "artist": "artist_00"}
+    sources = {Path(m["source"]): m["box"] for m in r["matches"]}
+    assert a in sources and b in sources
+    assert sources[a][0] < 32 <= sources[b][2]  # a's piece is on the left, b's reaches the right half
+
+
+def test_part_swap_chimera_is_a_derivative(world):
+    chimeras = make_chimeras(world["root"] / "data", world["root"] / "chimeras", n=8, seed=0)
+    swaps = [c for c in chimeras if c["kind"] in ("part_swap", "half_swap", "collage")]
+    labels = [score(world, Image.open(world["root"] / "chimeras" / c["path"]), c["path"])["verdict"]["label"]
+              for c in swaps]
+    assert labels.count("derivative") >= len(labels) - 1, labels
+
+
+def test_new_originals_and_their_collages_are_style_matches_not_derivatives(world):
+    held = world["corpus"][1].heldout
+    for img in (load(held[0]).image, augment.half_swap(load(held[1]).image, load(held[2]).image)[0]):
+        r = score(world, img)
+        assert r["verdict"]["label"] == "style_match" and r["verdict"]["artist"] == "artist_01"
+        mine = next(a for a in r["artists"] if a["artist"] == "artist_01")
+        assert mine["derivative"] < 0.5 and mine["copy"] < 0.5 and mine["style"] > 0.5
+
+
+def test_signatures_are_found_matched_and_forgeries_flagged(world):
+    rng = random.Random(4)
+    held = world["corpus"][0].heldout
+    own = Image.open(world["root"] / "data" / "artist_00" / "signatures" / "sig_1.png")
+    other = Image.open(world["root"] / "data" / "artist_01" / "signatures" / "sig_2.png")
+    img, box = augment.paste_signature(load(held[3]).image, own, rng)
+    marks = score(world, img)["signatures"]
+    assert any(evaluate.iou(m["box"], box) >= 0.3 and m["artist"] == "artist_00" and not m["forged"] for m in marks)
+    img, box = augment.paste_signature(load(held[4]).image, other, rng)
+    marks = score(world, img)["signatures"]
+    assert any(evaluate.iou(m["box"], box) >= 0.3 and m["artist"] == "artist_01" and m["forged"] for m in marks)
+    assert score(world, load(held[5]).image)["signatures"] == []
+
+
+def test_generated_outputs_trace_back_to_their_run(world, tmp_path):
+    from generator.hands import Hand
+    from generator.parts import LAYERS, composite, render_part
+    img = composite([render_part(Hand.from_seed(777), layer, 1, 64) for layer in LAYERS])
+    path = tmp_path / "sample_0001.png"
+    img.save(path)
+    store, emb = world["store"], world["emb"]
+    add_images(store, emb, None, [load(path)], generated={str(path): {"run": "run-42", "checkpoint": "ckpt-3.pt",
+                                                                      "seed": 7, "index": 1}})
+    r = Scorer(store, emb).score(load(path))
+    top = r["matches"][0]
+    assert (top["run"], top["checkpoint"], top["seed"]) == ("run-42", "ckpt-3.pt", 7)
+    assert store.generated_count() == 1
+
+
+def test_small_benchmark_meets_its_bars(world):
+    m = evaluate.run(world["corpus"], [], world["emb"], seed=5, per_kind=6)
+    assert m["attribution_top1"] >= 0.95
+    assert m["copy_micro_ap"] >= 0.9
+    assert m["derivative_auc"] >= 0.9
+    assert m["signature_recall"] >= 0.6 and m["false_region_rate"] <= 0.1
+    assert m["signer_accuracy"] >= 0.6
+
+
+def test_scan_writes_every_format_and_survives_bad_files(world, tmp_path):
+    from service.scan import scan
+    folder = tmp_path / "incoming" / "nested"
+    folder.mkdir(parents=True)
+    Image.open(world["corpus"][0].refs[0]).save(folder / "copy.JPG")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    load(world["corpus"][1].heldout[0]).image.save(folder / "original.webp")
+    for suffix in (".jsonl", ".csv", ".html"):
+        out = tmp_path / f"scan{suffix}"
+        summary = scan(world["store"], world["emb"], tmp_path / "incoming", out)
+        assert "scanned 3 files" in summary and "1 copy" in summary and "1 error" in summary
+    rows = [json.loads(line) for line in (tmp_path / "scan.jsonl").read_text().splitlines()]
+    assert {Path(r["path"]).name: (r["error"] is not None) for r in rows} == {
+        "broken.png": True, "copy.JPG": False, "original.webp": False}
+    with open(tmp_path / "scan.csv") as f:
+        assert {r["verdict"] for r in csv.DictReader(f)} == {"copy", "style_match", ""}
+    html = (tmp_path / "scan.html").read_text()
+    assert "copy.JPG" in html and "broken.png" in html and "original.webp" not in html  # flagged rows only
+    assert "data:image/png;base64," in html
