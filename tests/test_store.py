@@ -155,11 +155,15 @@ def test_sigkill_during_adds_never_corrupts_the_store(icons, store_dir, tmp_path
         cursor += 5
         proc = _spawn(store_dir, batch)
         assert proc.stdout.readline().strip() == "ready"
-        time.sleep(rng.uniform(0.0, 0.6))
+        # let a random number of adds commit, then kill at a random instant of the next one,
+        # so kills land in every phase (decode, transaction, index save) whatever the machine's speed
+        seen = [proc.stdout.readline() for _ in range(2 * rng.randint(0, 3))]
+        time.sleep(rng.uniform(0.0, 0.15))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
-        committed |= {line.split()[1] for line in out.splitlines() if line.startswith("committed")}
-        begun = {line.split()[1] for line in out.splitlines() if line.startswith("begin")}
+        lines = [*seen, *out.splitlines()]
+        committed |= {line.split()[1] for line in lines if line.startswith("committed")}
+        begun = {line.split()[1] for line in lines if line.startswith("begin")}
         with Store.open(store_dir) as s:
             assert s.check() == [], f"attempt {attempt}"
             held = {r[0] for r in s.conn.execute("SELECT sha256 FROM works")}
@@ -171,7 +175,7 @@ def test_sigkill_during_adds_never_corrupts_the_store(icons, store_dir, tmp_path
             if held:  # the store answers searches over exactly what it holds
                 ids, vecs = s.vectors("style")
                 assert len(s.search("style", vecs[:1], 500)[0]) == len(held)
-    assert len(committed) > 10
+    assert len(committed) >= 22  # about 1.5 commits per attempt were let through
 
 
 def test_readers_work_while_a_writer_writes_and_second_writer_fails_clearly(icons, store_dir, chimera):
