@@ -114,19 +114,27 @@ class Scorer:
 
     def _matches(self, aligned: dict[int, local.Alignment], info: dict, pieces: list, q_detail: np.ndarray,
                  to_px: float, artist: str | None) -> list[dict[str, Any]]:
-        """Registered works in evidence: copies first, then the pieces a collage is made of."""
+        """Registered works in evidence: copies, the pieces a collage is made of, and works that
+        reproduce a piece just as exactly (icons sharing a part are equally likely sources)."""
         total = max(int(q_detail.sum()), 1)
-        piece_of = {a.work_id: new for a, new in pieces}
+        region: dict[int, tuple[float, np.ndarray]] = {}  # work -> (strength, query region it explains)
+        for a, new in pieces:
+            share, size = float(new.sum()) / total, max(int(new.sum()), 1)
+            region[a.work_id] = (share, new)
+            for wid, b in aligned.items():
+                same = wid != a.work_id and info.get(wid, {}).get("artist") == info.get(a.work_id, {}).get("artist")
+                overlap = float((b.exact & new).sum()) / size
+                if same and overlap >= 0.9 and share * overlap > region.get(wid, (0.0, None))[0]:
+                    region[wid] = (0.99 * share * overlap, new)
         out = []
         for wid, a in aligned.items():
             if wid not in info or (artist is not None and info[wid]["artist"] != artist):
                 continue
             copy = copy_probability(a)
-            share = float(piece_of[wid].sum()) / total if wid in piece_of else 0.0
+            share, piece = region.get(wid, (0.0, None))
             if copy < 0.2 and share == 0.0:
                 continue
-            region = piece_of.get(wid, a.explained) if copy < 0.5 else a.explained
-            ys, xs = np.nonzero(region)
+            ys, xs = np.nonzero(a.explained if copy >= 0.5 or piece is None else piece)
             box = ([int(xs.min() * to_px), int(ys.min() * to_px), int(math.ceil((xs.max() + 1) * to_px)),
                     int(math.ceil((ys.max() + 1) * to_px))] if len(xs) else [0, 0, 0, 0])
             entry = {"artist": info[wid]["artist"], "work": wid, "source": info[wid]["source"],

@@ -10,7 +10,10 @@ over brows are explained by the layers in front, not counted against the eyes.
 A fitted part is *recognised* when, over its visible footprint (its alpha times what the layers
 in front leave visible), it explains the sample well in absolute terms (weighted RMS <= TAU),
 clearly better than leaving the layer out (<= RHO x that error), and better than the runner-up
-variant by a clear margin (the sample lies nearer the chosen variant than MARGIN of the way).
+variant by a clear margin (MARGIN, see `Explainer.margin`), where the runner-up would look
+visibly different (MIN_GAP): two variants that render alike in this context cannot be told apart.
+The constants were set on degraded copies of training icons (`generator.calibrate`), before any
+diffusion sample was analysed.
 """
 
 from __future__ import annotations
@@ -24,10 +27,10 @@ from PIL import Image
 
 from generator.parts import LAYERS
 
-TAU = 0.1  # RMS over the footprint, colours in [0, 1]
+TAU = 0.15  # RMS over the footprint, colours in [0, 1]
 RHO = 0.5  # the part's error must be at most half the error of leaving it out
 MARGIN = 0.2  # (d2^2 - d1^2) / |C2 - C1|^2 for runner-up variant 2: 0 = halfway, 1 = exactly variant 1
-MIN_GAP = 1.0  # squared difference the runner-up variant must make (a third of one pixel fully changed)
+MIN_GAP = 0.3  # summed squared difference the runner-up must make, else the variant is ambiguous here
 MIN_MASS = 1.0  # visible alpha summed over pixels; below it a part is hidden, neither recognised nor not
 ROUNDS = 3
 SHIFT_PRIOR = 1e-6  # SSE per squared pixel of shift: among equal fits, the undisplaced one
@@ -120,11 +123,11 @@ class Part:
     def hidden(self) -> bool:
         return self.variant is not None and self.mass < MIN_MASS
 
-    def as_dict(self, tau: float = TAU) -> dict:
+    def as_dict(self) -> dict:
         return {
             "variant": self.variant, "offset": list(self.offset), "mass": round(self.mass, 2),
             "error": round(self.error, 4), "absent_error": round(self.absent_error, 4),
-            "margin": round(self.margin, 3), "recognised": self.recognised(tau), "hidden": self.hidden(),
+            "margin": round(self.margin, 3), "recognised": self.recognised(), "hidden": self.hidden(),
         }
 
 

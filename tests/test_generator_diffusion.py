@@ -1,0 +1,189 @@
+"""The chimera diffusion setup: training lowers the loss, resumes exactly, samples carry provenance,
+and the analysis metrics say the right thing about planted copies, part swaps and noise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from generator.analyze import analyze, as_array, explain_image, load_reference
+from generator.dataset import make_dataset
+from generator.diffusion import PRESETS
+from generator.parts import LAYERS, composite
+from generator.sample import read_provenance, sample
+from generator.train import dataset_digest, train, training_set
+
+# a Unet small enough to train for a few steps in about a second
+TINY = dict(
+    dim=8, dim_mults=(1, 2), image_size=16, batch_size=8, lr=2e-3, timesteps=100, sampling_timesteps=4,
+    ema_after=5, sample_every=15, checkpoint_every=15, grid=4, grid_sampling_steps=2,
+)
+STEPS = 30
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine threads cost a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    make_dataset(out, 1, 10, size=32, seed=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(data, out, "small", steps=STEPS, device="cpu", seed=0, **TINY)
+    return out
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+# --- training --------------------------------------------------------------------------------------
+
+
+def test_bad_input_is_a_value_error(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="presets: " + ", ".join(PRESETS)):
+        train(data, tmp_path / "r", "huge")
+    with pytest.raises(ValueError, match="no dataset directory"):
+        train(tmp_path / "missing", tmp_path / "r", "small")
+    with pytest.raises(ValueError, match="unknown config knob"):
+        train(data, tmp_path / "r", "small", widht=3)
+    with pytest.raises(ValueError, match="unknown artist"):
+        train(data, tmp_path / "r", "small", artist="artist_99")
+
+
+def test_training_lowers_the_loss_and_writes_a_run(run: Path, data: Path) -> None:
+    info = json.loads((run / "run.json").read_text())
+    ckpt = torch.load(run / "latest.pt", weights_only=True)
+    losses = ckpt["losses"]
+    assert len(losses) == STEPS and ckpt["step"] == STEPS
+    assert np.mean(losses[-10:]) < np.mean(losses[:10])
+    assert (run / f"ckpt-{STEPS}.pt").read_bytes() == (run / "latest.pt").read_bytes()
+    assert (run / "samples-15.png").is_file() and (run / f"samples-{STEPS}.png").is_file()
+    _, files = training_set(data, None)
+    assert info["dataset"]["digest"] == dataset_digest(files) and info["dataset"]["files"] == 10
+    assert info["steps"] == STEPS and info["seed"] == 0 and info["artist"] == "artist_00"
+    assert info["config"]["dim_mults"] == [1, 2] and info["config"]["image_size"] == 16
+    assert info["loss"]["first"] > info["loss"]["last"] and info["code"]
+
+
+def test_resume_continues_the_same_run(run: Path, data: Path, tmp_path: Path) -> None:
+    """Stopping at a checkpoint and resuming ends with the weights of a run that never stopped."""
+    half = train(data, tmp_path, "small", steps=STEPS // 2, device="cpu", seed=0, **TINY)
+    assert half["steps"] == STEPS // 2
+    full = train(data, tmp_path, "small", steps=STEPS, device="cpu", seed=0, **TINY)
+    assert full["steps"] == STEPS and full["run"] == half["run"]
+    resumed, straight = (torch.load(p / "latest.pt", weights_only=True) for p in (tmp_path, run))
+    assert resumed["losses"] == straight["losses"]
+    assert all(torch.equal(resumed["ema"][k], straight["ema"][k]) for k in straight["ema"])
+    with pytest.raises(ValueError, match="holds run"):
+        train(data, tmp_path, "small", steps=STEPS + 1, device="cpu", seed=1, **TINY)
+
+
+# --- sampling --------------------------------------------------------------------------------------
+
+
+def test_samples_carry_provenance_and_reproduce(run: Path, tmp_path: Path) -> None:
+    records = sample(run, 3, tmp_path / "a", steps=3, seed=7, batch=2, device="cpu")
+    info = json.loads((run / "run.json").read_text())
+    assert [r["index"] for r in records] == [0, 1, 2]
+    lines = [json.loads(line) for line in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    assert lines == records
+    for r in records:
+        assert {"path", "run", "checkpoint", "seed", "index"} <= r.keys()
+        assert r["run"] == info["run"] and r["checkpoint"] == f"ckpt-{STEPS}.pt" and r["seed"] == 7
+        back = read_provenance(tmp_path / "a" / r["path"])
+        assert back == {k: v for k, v in r.items() if k != "path"}
+        assert back["dataset"] == info["dataset"]["digest"]
+    again = sample(run, 3, tmp_path / "b", steps=3, seed=7, batch=2, device="cpu")
+    for r, s in zip(records, again):
+        assert np.array_equal(pixels(tmp_path / "a" / r["path"]), pixels(tmp_path / "b" / s["path"]))
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (4, 4)).save(plain)
+    assert read_provenance(plain) is None
+
+
+# --- analysis on planted cases ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference(data: Path):
+    return load_reference(data, "artist_00", 32)
+
+
+def library_composite(data: Path, parts: dict[str, int]) -> np.ndarray:
+    root = data / "artist_00" / "parts"
+    return as_array(composite(Image.open(root / layer / f"{parts[layer]}.png") for layer in LAYERS), 32)
+
+
+def test_a_training_copy_is_memorised(data: Path, reference) -> None:
+    record, _ = explain_image(reference.icons[3], reference)
+    assert record["memorisation"]["memorised"]
+    assert record["memorisation"]["nearest"][0]["path"] == reference.paths[3]
+    assert not record["chimera"] and not record["scrambled"]
+    assert record["recognised_fraction"] >= 0.5
+    assert all(record["parts"][layer]["variant"] == reference.tuples[3][layer] for layer in record["recognised"])
+
+
+def test_a_part_swap_is_a_chimera_of_recognisable_parts(data: Path, reference) -> None:
+    a = reference.tuples[0]
+    b = next(t for t in reference.tuples if t["hair_back"] != a["hair_back"] and t["eyes"] != a["eyes"])
+    swapped = {**a, "hair_back": b["hair_back"], "eyes": b["eyes"]}  # icon a with b's hair and eyes
+    record, _ = explain_image(library_composite(data, swapped), reference)
+    assert record["chimera"] and not record["memorisation"]["memorised"]
+    assert "hair_back" in record["recognised"] and record["recognised_fraction"] >= 0.5
+    assert all(record["parts"][layer]["variant"] == swapped[layer] for layer in record["recognised"])
+    assert len(record["sources"]) >= 2
+
+
+def test_a_moved_part_is_found_displaced(data: Path, reference) -> None:
+    parts = {**reference.tuples[0]}
+    root = data / "artist_00" / "parts"
+    layers = []
+    for layer in LAYERS:
+        img = Image.open(root / layer / f"{parts[layer]}.png")
+        if layer == "hair_front":  # the fringe slid 5 px to the right of where the artist puts it
+            moved = Image.new("RGBA", img.size)
+            moved.paste(img, (5, 0))
+            img = moved
+        layers.append(img)
+    record, _ = explain_image(as_array(composite(layers), 32), reference)
+    assert "hair_front" in record["recognised"] and record["parts"]["hair_front"]["offset"] == [5, 0]
+    assert record["scrambled"]
+
+
+def test_noise_is_neither_memorised_nor_recognisable(reference) -> None:
+    noise = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)
+    record, _ = explain_image(noise, reference)
+    assert not record["memorisation"]["memorised"] and record["recognised"] == [] and not record["chimera"]
+
+
+def test_analyze_writes_metrics_and_report(run: Path, data: Path, tmp_path: Path) -> None:
+    metrics = analyze(run, data, tmp_path / "report", n=4)
+    assert metrics["samples"] == 4 and metrics["run"] == json.loads((run / "run.json").read_text())["run"]
+    for key in ("memorisation", "parts", "layout", "chimera", "novelty"):
+        assert "rule" in metrics[key]
+    assert len(metrics["receptive_field"]["r90_px"]) == len(metrics["receptive_field"]["t"])
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == metrics
+    assert (tmp_path / "report" / "report.html").read_text().count("<section>") == 4
+    assert len(list((tmp_path / "report" / "samples").glob("*.png"))) == 4
+    with pytest.raises(ValueError, match="not the dataset"):
+        other = tmp_path / "other"
+        make_dataset(other, 1, 10, size=32, seed=5)
+        analyze(run, other, tmp_path / "r2", n=1)
