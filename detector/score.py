@@ -24,8 +24,8 @@ COPY_AT = 0.72  # forward x backward agreement where copy probability is 0.5
 DERIVATIVE_AT = 0.80  # share of the query's detail explained by >= 2 registered pieces, at 0.5
 SIG_MATCH = 0.60  # signature-shape cosine above which a mark may be that artist's signature...
 SIG_MARGIN = 0.06  # ...when it is also this much closer to that artist's samples than to anyone else's
-MARK_MATCHED = 0.5  # signature-likeness a mark needs when it matches a registered signature
-MARK_MIN = 0.8  # ...and when it matches nobody (still reported: garbled signatures are a diffusion artefact)
+MARK_MATCHED = 0.6  # signature-likeness a mark needs when it matches a registered signature
+MARK_MIN = 0.9  # ...and when it matches nobody (still reported: garbled signatures are a diffusion artefact)
 
 
 def _sigmoid(x: float) -> float:
