@@ -170,6 +170,12 @@ def cmd_dataset_chimeras(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from service.app import serve
+    serve(args.host, args.port, args.store, threads=args.threads)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
     return run_demo(Path(args.out), clip=not args.no_clip)
@@ -235,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("out")
     ch.add_argument("--n", type=int, default=40)
     ch.add_argument("--seed", type=int, default=0)
+
+    sv = cmd(sub, "serve", cmd_serve, "serve the HTTP API and web page (waitress)")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--threads", type=int, default=8)
 
     d = cmd(sub, "demo", cmd_demo, "make a synthetic reference set, index it, score a copy and a collage")
     d.add_argument("--out", default="chimera-demo")

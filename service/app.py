@@ -1,0 +1,257 @@
+"""The HTTP API and web page: a Flask application factory (`create_app`), served by waitress.
+
+Scoring is open unless configured otherwise; every write needs a bearer token.
+No endpoint takes a server-side path: images arrive as uploads, and works are
+shown from the thumbnails kept in the store. Every error is JSON
+`{"error": code, "message": text}` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any, Callable
+
+from flask import Flask, Response, jsonify, request, send_from_directory
+from werkzeug.exceptions import HTTPException
+
+from detector.embedders import Embedders
+from detector.images import ImageError, decode
+from detector.score import Scorer, error_result
+from index.store import Store, StoreError, default_store_path
+from service.ingest import add_images
+from service.openapi import spec
+
+NAME = re.compile(r"^[^\x00-\x1f/\\]{1,100}$")
+DEFAULTS = {"MAX_CONTENT_LENGTH": 32 * 1024 * 1024, "CHIMERA_MAX_PIXELS": 16 * 1024 * 1024,
+            "CHIMERA_MAX_BATCH": 16, "CHIMERA_REQUEST_TIMEOUT": 30.0, "CHIMERA_SCORE_AUTH": False}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class Service:
+    """What the app shares between requests: embedders (loaded once) and one store per thread."""
+
+    def __init__(self, store_path: Path, embedders: Embedders, workers: int = 4):
+        self.store_path = store_path
+        self.embedders = embedders
+        self.local = threading.local()
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chimera-score")
+
+    def scorer(self) -> Scorer:
+        """A Scorer on this thread's own connection (SQLite connections are not shared across threads)."""
+        if getattr(self.local, "scorer", None) is None:
+            store = Store.open(self.store_path, create=True)
+            self.local.scorer = Scorer(store, self.embedders)
+        return self.local.scorer
+
+
+def create_app(store: Path | str | None = None, config: dict[str, Any] | None = None,
+               embedders: Embedders | None = None) -> Flask:
+    app = Flask(__name__, static_folder=None)
+    app.config.update(DEFAULTS)
+    for key, cast in (("CHIMERA_MAX_PIXELS", int), ("CHIMERA_MAX_BATCH", int),
+                      ("CHIMERA_REQUEST_TIMEOUT", float)):
+        if key in os.environ:
+            app.config[key] = cast(os.environ[key])
+    app.config["CHIMERA_SCORE_AUTH"] = os.environ.get("CHIMERA_SCORE_AUTH", "") in ("1", "true", "yes")
+    tokens = [t.strip() for t in os.environ.get("CHIMERA_API_TOKENS", "").split(",") if t.strip()]
+    app.config["CHIMERA_API_TOKENS"] = tokens
+    app.config.update(config or {})
+    path = Path(store) if store is not None else default_store_path()
+    Store.open(path, create=True).close()
+    svc = Service(path, embedders or Embedders.load())
+    app.extensions["chimera"] = svc
+    static = Path(__file__).with_name("static")
+
+    # ------------------------------------------------------------------ helpers
+    def authorised() -> bool:
+        header = request.headers.get("Authorization", "")
+        given = header[7:].strip().encode() if header.startswith("Bearer ") else b""
+        ok = False
+        for token in app.config["CHIMERA_API_TOKENS"]:  # compare with all: no early exit, constant time each
+            ok |= hmac.compare_digest(given, token.encode())
+        return ok
+
+    def require_token() -> None:
+        if not app.config["CHIMERA_API_TOKENS"]:
+            raise ApiError(403, "writes_disabled", "no API tokens are configured (set CHIMERA_API_TOKENS)")
+        if not authorised():
+            raise ApiError(401, "unauthorized", "this endpoint needs 'Authorization: Bearer <token>'")
+
+    def uploads(field: str) -> list[tuple[str, bytes]]:
+        files = request.files.getlist(field)
+        if not files:
+            raise ApiError(400, "missing_image", f"send the image(s) as multipart form field '{field}'")
+        return [(Path(f.filename or "upload").name, f.read()) for f in files]
+
+    def decoded(name: str, data: bytes):
+        return decode(data, name, max_pixels=app.config["CHIMERA_MAX_PIXELS"])
+
+    def in_time(fn: Callable[[], Any]) -> Any:
+        """Run fn on the scoring pool; give up (503) past the request time limit."""
+        future = svc.pool.submit(fn)
+        try:
+            return future.result(timeout=app.config["CHIMERA_REQUEST_TIMEOUT"])
+        except FutureTimeout:
+            raise ApiError(503, "timeout", f"scoring took longer than {app.config['CHIMERA_REQUEST_TIMEOUT']}s")
+
+    def artist_exists(name: str) -> bool:
+        return any(a["name"] == name for a in svc.scorer().store.artists())
+
+    def store_for_writes() -> Store:
+        return Store.open(svc.store_path, create=True)
+
+    # ------------------------------------------------------------------- errors
+    @app.errorhandler(ApiError)
+    def api_error(e: ApiError):
+        return jsonify(error=e.code, message=e.message), e.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(e: HTTPException):
+        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(e.code or 400, "bad_request")
+        return jsonify(error=code, message=e.description), e.code
+
+    @app.errorhandler(StoreError)
+    def store_error(e: StoreError):
+        return jsonify(error="store_busy" if "busy" in str(e) else "conflict", message=str(e)), 409
+
+    # ------------------------------------------------------------------- routes
+    @app.get("/")
+    def page():
+        return send_from_directory(static, "index.html")
+
+    @app.get("/static/<path:name>")
+    def assets(name: str):
+        return send_from_directory(static, name)
+
+    @app.get("/healthz")
+    def healthz():
+        store = svc.scorer().store
+        return jsonify(status="ok", artists=len(store.artists()), embedders=svc.embedders.status)
+
+    @app.get("/v1/openapi.json")
+    def openapi():
+        return jsonify(spec())
+
+    @app.get("/v1/artists")
+    def artists():
+        store = svc.scorer().store
+        return jsonify(artists=store.artists(), generated=store.generated_count())
+
+    @app.post("/v1/artists")
+    def create_artist():
+        require_token()
+        body = request.get_json(silent=True)
+        name = body.get("name") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not NAME.match(name):
+            raise ApiError(400, "invalid_name", "send JSON {\"name\": \"...\"}: 1-100 characters, no '/' or control")
+        if artist_exists(name):
+            raise ApiError(409, "exists", f"artist {name!r} already exists")
+        with store_for_writes() as store, store.writer() as w:
+            w.ensure_artist(name)
+        return jsonify(name=name, works=0, signatures=0), 201
+
+    def add(name: str, signature: bool):
+        require_token()
+        if not NAME.match(name):
+            raise ApiError(400, "invalid_name", "artist names are 1-100 characters, no '/' or control")
+        images, failed = [], []
+        for fname, data in uploads("images"):
+            try:
+                images.append(decoded(fname, data))
+            except ImageError as e:
+                failed.append({"file": fname, "reason": e.reason})
+        if not images:
+            raise ApiError(400, "invalid_image", "; ".join(f"{f['file']}: {f['reason']}" for f in failed))
+        with store_for_writes() as store:
+            report = add_images(store, svc.embedders, name, images, signature=signature)
+        body = {"added": report.added, "skipped": [{"file": s, "reason": r} for s, r in report.skipped],
+                "failed": failed}
+        return jsonify(body), 201 if report.added else 200
+
+    @app.post("/v1/artists/<name>/works")
+    def add_works(name: str):
+        return add(name, signature=False)
+
+    @app.post("/v1/artists/<name>/signatures")
+    def add_signatures(name: str):
+        return add(name, signature=True)
+
+    @app.delete("/v1/artists/<name>")
+    def delete_artist(name: str):
+        require_token()
+        if not artist_exists(name):
+            raise ApiError(404, "not_found", f"no artist named {name!r}")
+        with store_for_writes() as store, store.writer() as w:
+            removed = w.remove_artist(name)
+        return jsonify(removed=removed)
+
+    @app.delete("/v1/artists/<name>/works/<int:work_id>")
+    def delete_work(name: str, work_id: int):
+        require_token()
+        with store_for_writes() as store, store.writer() as w:
+            try:
+                w.remove_work(name, work_id)
+            except StoreError as e:
+                raise ApiError(404, "not_found", str(e)) from None
+        return jsonify(removed={"work": work_id})
+
+    @app.get("/v1/works/<int:work_id>/thumbnail")
+    def thumbnail(work_id: int):
+        png = svc.scorer().store.thumbnail(work_id)
+        if png is None:
+            raise ApiError(404, "not_found", f"no work {work_id}")
+        return Response(png, mimetype="image/png")
+
+    def score_one(fname: str, data: bytes, artist: str | None) -> dict:
+        try:
+            img = decoded(fname, data)
+        except ImageError as e:
+            return error_result(fname, e.reason)
+        return svc.scorer().score(img, artist)
+
+    def check_score_request() -> str | None:
+        if app.config["CHIMERA_SCORE_AUTH"] and not authorised():
+            raise ApiError(401, "unauthorized", "scoring needs 'Authorization: Bearer <token>' on this server")
+        artist = request.form.get("artist") or None
+        if artist is not None and not artist_exists(artist):
+            raise ApiError(404, "unknown_artist", f"no artist named {artist!r}")
+        return artist
+
+    @app.post("/v1/score")
+    def score():
+        artist = check_score_request()
+        (fname, data), *rest = uploads("image")
+        if rest:
+            raise ApiError(400, "too_many_images", "send one 'image'; use /v1/score/batch for several")
+        result = in_time(lambda: score_one(fname, data, artist))
+        if result["error"]:
+            raise ApiError(400, "invalid_image", f"{fname}: {result['error']}")
+        return jsonify(result)
+
+    @app.post("/v1/score/batch")
+    def score_batch():
+        artist = check_score_request()
+        files = uploads("images")
+        if len(files) > app.config["CHIMERA_MAX_BATCH"]:
+            raise ApiError(400, "batch_too_large", f"at most {app.config['CHIMERA_MAX_BATCH']} images per batch")
+        return jsonify(in_time(lambda: [score_one(f, d, artist) for f, d in files]))
+
+    return app
+
+
+def serve(host: str, port: int, store: Path | str | None, threads: int = 8) -> None:
+    """Run the app on waitress, a production WSGI server (pure Python, no build step)."""
+    import waitress
+    app = create_app(store)
+    print(f"chimera: serving {app.extensions['chimera'].store_path} on http://{host}:{port}/", flush=True)
+    waitress.serve(app, host=host, port=port, threads=threads, ident="chimera")

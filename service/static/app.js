@@ -1,0 +1,89 @@
+// The scoring page: upload -> POST /v1/score -> draw verdict, bars, nearest works and boxes.
+const $ = (id) => document.getElementById(id);
+let file = null;
+
+fetch("/v1/artists").then((r) => r.json()).then((d) => {
+  for (const a of d.artists) $("artist").add(new Option(`${a.name} (${a.works} works)`, a.name));
+});
+
+function pick(f) {
+  file = f;
+  $("go").disabled = !f;
+  $("status").textContent = f ? `${f.name} ready` : "";
+}
+$("file").addEventListener("change", (e) => pick(e.target.files[0]));
+const drop = $("drop");
+["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
+drop.addEventListener("drop", (e) => pick(e.dataTransfer.files[0]));
+
+function el(tag, attrs = {}, text = "") {
+  const n = document.createElement(tag);
+  Object.assign(n, attrs);
+  if (text) n.textContent = text;
+  return n;
+}
+
+function bar(v) {
+  const b = el("span", { className: "bar" });
+  const i = el("i");
+  i.style.width = `${Math.round(v * 100)}%`;
+  b.append(i);
+  const cell = el("td");
+  cell.append(b, document.createTextNode(v.toFixed(2)));
+  return cell;
+}
+
+function drawBoxes(r) {
+  const img = $("preview"), layer = $("boxes");
+  layer.replaceChildren();
+  const sx = img.clientWidth / r.width, sy = img.clientHeight / r.height;
+  const add = (box, cls, title) => {
+    const d = el("div", { className: cls, title });
+    Object.assign(d.style, { left: `${box[0] * sx}px`, top: `${box[1] * sy}px`,
+      width: `${(box[2] - box[0]) * sx}px`, height: `${(box[3] - box[1]) * sy}px` });
+    layer.append(d);
+  };
+  r.matches.slice(0, 3).forEach((m) => add(m.box, "box-match", `work ${m.work} (${m.artist})`));
+  r.signatures.forEach((s) => add(s.box, "box-sig", s.artist ? `signature: ${s.artist}` : "signature-like mark"));
+}
+
+function show(r) {
+  const v = r.verdict;
+  $("verdict").textContent = `${v.label.replace("_", " ")}${v.artist ? ` — ${v.artist}` : ""} (${v.confidence.toFixed(2)})`;
+  $("verdict").className = v.label;
+  const body = $("scores").tBodies[0];
+  body.replaceChildren();
+  for (const a of r.artists) {
+    const tr = el("tr");
+    tr.append(el("td", {}, a.artist), bar(a.style), bar(a.derivative), bar(a.copy));
+    body.append(tr);
+  }
+  $("signatures").replaceChildren(...r.signatures.map((s) => el("li", { className: s.forged ? "forged" : "" },
+    `signature-like mark at [${s.box}] — ${s.artist ?? "no registered signer"}${s.forged ? " — FORGED" : ""}`)));
+  $("matches").replaceChildren(...r.matches.map((m) => {
+    const f = el("figure");
+    f.append(el("img", { src: `/v1/works/${m.work}/thumbnail`, alt: `work ${m.work}` }),
+      el("figcaption", {}, `${m.artist ?? "generated"} #${m.work} · ${m.similarity.toFixed(2)}`));
+    return f;
+  }));
+  $("embedders").textContent = Object.entries(r.embedders).map(([k, v]) => `${k}: ${v}`).join(" · ");
+  $("result").hidden = false;
+  const img = $("preview");
+  if (img.complete && img.naturalWidth) drawBoxes(r); else img.onload = () => drawBoxes(r);
+}
+
+$("form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  if (!file) return;
+  $("status").textContent = "scoring…";
+  $("preview").src = URL.createObjectURL(file);
+  const form = new FormData();
+  form.append("image", file);
+  if ($("artist").value) form.append("artist", $("artist").value);
+  const res = await fetch("/v1/score", { method: "POST", body: form });
+  const body = await res.json();
+  if (!res.ok) { $("status").textContent = `error: ${body.message}`; $("result").hidden = true; return; }
+  $("status").textContent = "";
+  show(body);
+});

@@ -1,0 +1,193 @@
+"""The HTTP API through Flask's test client: every endpoint, auth, limits, errors, OpenAPI truth."""
+
+from __future__ import annotations
+
+import io
+import random
+import re
+
+import pytest
+from jsonschema import Draft202012Validator
+from PIL import Image
+
+from detector.embedders import Embedders
+from service.app import create_app
+from service.openapi import spec
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def png(img: Image.Image) -> io.BytesIO:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    buf.seek(0)
+    return buf
+
+
+def valid(body, schema: str) -> None:
+    doc = spec()
+    Draft202012Validator({"$ref": f"#/components/schemas/{schema}", "components": doc["components"]}).validate(body)
+
+
+@pytest.fixture
+def app(store_dir):
+    return create_app(store_dir, {"CHIMERA_API_TOKENS": [TOKEN], "TESTING": True},
+                      embedders=Embedders(None, "unavailable: disabled in tests"))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def alice(client, icons):
+    folder = icons("alice", 6, (230, 180, 40))
+    files = [(open(p, "rb"), p.name) for p in sorted(folder.iterdir())]
+    r = client.post("/v1/artists/alice/works", headers=AUTH, data={"images": files})
+    assert r.status_code == 201, r.json
+    valid(r.json, "AddReport")
+    return sorted(folder.iterdir())
+
+
+def test_every_route_is_documented_and_every_documented_route_exists(app):
+    routes = set()
+    for rule in app.url_map.iter_rules():
+        if rule.rule in ("/", "/static/<path:name>"):
+            continue
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)
+        routes |= {(path, m.lower()) for m in rule.methods - {"HEAD", "OPTIONS"}}
+    documented = {(p, m) for p, ops in spec()["paths"].items() for m in ops}
+    assert routes == documented
+
+
+def test_health_and_openapi(client):
+    r = client.get("/healthz")
+    assert r.status_code == 200
+    valid(r.json, "Health")
+    assert r.json["embedders"]["clip"].startswith("unavailable")
+    assert client.get("/v1/openapi.json").json["openapi"] == "3.1.0"
+
+
+def test_writes_need_a_valid_token(client, store_dir):
+    assert client.post("/v1/artists", json={"name": "bob"}).status_code == 401
+    r = client.post("/v1/artists", json={"name": "bob"}, headers={"Authorization": "Bearer nope"})
+    assert r.status_code == 401 and r.json["error"] == "unauthorized"
+    valid(r.json, "Error")
+    r = client.post("/v1/artists", json={"name": "bob"}, headers=AUTH)
+    assert r.status_code == 201
+    valid(r.json, "Artist")
+    assert client.post("/v1/artists", json={"name": "bob"}, headers=AUTH).status_code == 409
+    for bad in ({"name": ""}, {"name": "a/b"}, {"nom": "x"}, ["bob"]):
+        assert client.post("/v1/artists", json=bad, headers=AUTH).status_code == 400
+    closed = create_app(store_dir, {"CHIMERA_API_TOKENS": []}, embedders=Embedders(None, "off")).test_client()
+    r = closed.post("/v1/artists", json={"name": "carol"}, headers=AUTH)
+    assert r.status_code == 403 and r.json["error"] == "writes_disabled"
+
+
+def test_add_list_score_delete_round_trip(client, alice):
+    r = client.get("/v1/artists")
+    valid(r.json, "ArtistList")
+    assert r.json["artists"] == [{"name": "alice", "works": 6, "signatures": 0}]
+    again = client.post("/v1/artists/alice/works", headers=AUTH, data={"images": [(open(alice[0], "rb"), "x.png")]})
+    assert again.status_code == 200 and again.json["added"] == [] and len(again.json["skipped"]) == 1
+    copy = Image.open(alice[2]).convert("RGB").rotate(90)
+    r = client.post("/v1/score", data={"image": (png(copy), "suspect.png")})
+    assert r.status_code == 200, r.json
+    valid(r.json, "Result")
+    assert r.json["verdict"]["label"] == "copy" and r.json["verdict"]["artist"] == "alice"
+    work = r.json["matches"][0]["work"]
+    thumb = client.get(f"/v1/works/{work}/thumbnail")
+    assert thumb.status_code == 200 and thumb.mimetype == "image/png"
+    r = client.post("/v1/score", data={"image": (png(copy), "s.png"), "artist": "alice"})
+    assert [a["artist"] for a in r.json["artists"]] == ["alice"]
+    assert client.delete(f"/v1/artists/alice/works/{work}", headers=AUTH).status_code == 200
+    assert client.delete(f"/v1/artists/alice/works/{work}", headers=AUTH).status_code == 404
+    assert client.get(f"/v1/works/{work}/thumbnail").status_code == 404
+    r = client.delete("/v1/artists/alice", headers=AUTH)
+    assert r.status_code == 200 and r.json["removed"] == {"works": 5, "signatures": 0}
+    valid(r.json, "Removed")
+    assert client.delete("/v1/artists/alice", headers=AUTH).status_code == 404
+
+
+def test_signatures_endpoint(client, icons):
+    folder = icons("sig", 2, (0, 0, 0))
+    r = client.post("/v1/artists/alice/signatures", headers=AUTH,
+                    data={"images": [(open(p, "rb"), p.name) for p in sorted(folder.iterdir())]})
+    assert r.status_code == 201 and len(r.json["added"]) == 2
+    assert client.get("/v1/artists").json["artists"][0]["signatures"] == 2
+
+
+def test_batch_scores_in_order_with_per_file_errors(client, alice):
+    files = [(open(alice[0], "rb"), "a.png"), (io.BytesIO(b"garbage"), "b.png"), (open(alice[1], "rb"), "c.png")]
+    r = client.post("/v1/score/batch", data={"images": files})
+    assert r.status_code == 200
+    for item in r.json:
+        valid(item, "Result")
+    assert [x["path"] for x in r.json] == ["a.png", "b.png", "c.png"]
+    assert r.json[1]["error"] and r.json[0]["verdict"]["label"] == "copy"
+
+
+def test_bad_uploads_get_clear_4xx(client, alice, app):
+    cases = [
+        ({}, 400, "missing_image"),
+        ({"image": (io.BytesIO(b"not an image"), "x.png")}, 400, "invalid_image"),
+        ({"image": (io.BytesIO(b""), "x.png")}, 400, "invalid_image"),
+        ({"image": (png(Image.new("RGB", (8, 8))), "x.png"), "artist": "nobody"}, 404, "unknown_artist"),
+    ]
+    for data, status, code in cases:
+        r = client.post("/v1/score", data=data)
+        assert (r.status_code, r.json["error"]) == (status, code), r.json
+        valid(r.json, "Error")
+    app.config["CHIMERA_MAX_PIXELS"] = 1000
+    r = client.post("/v1/score", data={"image": (png(Image.new("RGB", (100, 100))), "big.png")})
+    assert r.status_code == 400 and "decompression bomb" in r.json["message"]
+    app.config["CHIMERA_MAX_BATCH"] = 2
+    r = client.post("/v1/score/batch", data={"images": [(png(Image.new("RGB", (9, 9))), f"{i}.png")
+                                                        for i in range(3)]})
+    assert r.status_code == 400 and r.json["error"] == "batch_too_large"
+    app.config["MAX_CONTENT_LENGTH"] = 2000
+    r = client.post("/v1/score", data={"image": (io.BytesIO(bytes(5000)), "huge.png")})
+    assert r.status_code == 413 and r.json["error"] == "too_large"
+
+
+def test_request_time_limit_answers_503(client, alice, app):
+    app.config["CHIMERA_REQUEST_TIMEOUT"] = 1e-6
+    r = client.post("/v1/score", data={"image": (open(alice[0], "rb"), "a.png")})
+    assert r.status_code == 503 and r.json["error"] == "timeout"
+
+
+def test_scoring_can_require_auth(store_dir, alice):
+    closed = create_app(store_dir, {"CHIMERA_API_TOKENS": [TOKEN], "CHIMERA_SCORE_AUTH": True},
+                        embedders=Embedders(None, "off")).test_client()
+    assert closed.post("/v1/score", data={"image": (open(alice[0], "rb"), "a.png")}).status_code == 401
+    ok = closed.post("/v1/score", headers=AUTH, data={"image": (open(alice[0], "rb"), "a.png")})
+    assert ok.status_code == 200
+
+
+def test_no_input_produces_a_500(client, alice):
+    rng = random.Random(0)
+    added = 0
+    for i in range(40):
+        blob = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 400)))
+        if i % 4 == 0:  # a real PNG header with garbage after it
+            blob = png(Image.new("RGB", (20, 20))).read()[:60] + blob
+        method = rng.choice(["score", "batch", "works", "artists", "delete"])
+        if method == "score":
+            r = client.post("/v1/score", data={"image": (io.BytesIO(blob), "f.png")})
+        elif method == "batch":
+            r = client.post("/v1/score/batch", data={"images": [(io.BytesIO(blob), "f.png")]})
+        elif method == "works":
+            r = client.post("/v1/artists/alice/works", headers=AUTH, data={"images": [(io.BytesIO(blob), "f.png")]})
+            added += len(r.json.get("added", [])) if r.status_code < 400 else 0
+        elif method == "artists":
+            r = client.post("/v1/artists", headers={**AUTH, "Content-Type": "application/json"}, data=blob)
+        else:
+            r = client.delete(f"/v1/artists/{blob.hex()[:12] or 'x'}/works/{rng.randrange(10**6)}", headers=AUTH)
+        assert r.status_code < 500, (method, r.status_code, r.data[:200])
+        assert r.is_json
+        if r.status_code >= 400:
+            assert set(r.json) == {"error", "message"}
+    # nothing was corrupted or lost (a tiny PNG is whole within its first 60 bytes: those are real images)
+    assert client.get("/v1/artists").json["artists"][0]["works"] == 6 + added
