@@ -1,0 +1,89 @@
+"""End to end in a real browser: the real server on loopback, headless Chromium through Playwright."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from detector import augment
+from detector.embedders import Embedders
+from detector.images import load
+from generator.dataset import make_dataset
+from index.store import Store
+from service.ingest import add_images
+
+CHROMIUM = os.environ.get("CHIMERA_CHROMIUM", "/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"no Chromium at {CHROMIUM} (.ci/run installs Debian's chromium)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    rows = make_dataset(tmp_path / "data", artists=2, per_artist=24, size=64, seed=1, holdout=2)
+    store = Store.open(tmp_path / "store", create=True)
+    emb = Embedders(None, "off")
+    for name in ("artist_00", "artist_01"):
+        add_images(store, emb, name, [load(tmp_path / "data" / r["path"]) for r in rows
+                                      if r["artist"] == name and r["split"] == "reference"])
+        add_images(store, emb, name, [load(p) for p in sorted((tmp_path / "data" / name / "signatures").iterdir())],
+                   signature=True)
+    store.close()
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--store", str(tmp_path / "store"), "--no-clip",
+                             "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(url + "/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not start: {proc.stdout.read().decode()[-2000:]}")
+    yield url, tmp_path, rows
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_upload_to_verdict_with_boxes(server):
+    from playwright.sync_api import sync_playwright
+    url, tmp, rows = server
+    refs = [tmp / "data" / r["path"] for r in rows if r["artist"] == "artist_01" and r["split"] == "reference"]
+    collage, _ = augment.half_swap(load(refs[3]).image, load(refs[8]).image)
+    signed, _ = augment.paste_signature(collage, load(tmp / "data" / "artist_00" / "signatures" / "sig_2.png").image,
+                                        __import__("random").Random(0))
+    query = tmp / "suspect.png"
+    signed.save(query)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.wait_for_selector("#artist option:nth-child(3)", state="attached")  # artists loaded from the API
+        page.set_input_files("#file", str(query))
+        page.click("#go")
+        page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+        verdict = page.inner_text("#verdict")
+        assert verdict.startswith("derivative") and "artist_01" in verdict
+        assert page.locator("#scores tbody tr").count() == 2
+        assert page.locator("#boxes .box-match").count() >= 2  # both pieces of the collage are outlined
+        assert page.locator("#boxes .box-sig").count() >= 1  # and the pasted signature
+        assert "FORGED" in page.inner_text("#signatures")
+        assert page.locator("#matches img").count() >= 2
+        page.screenshot(path=str(tmp / "page.png"), full_page=True)
+        browser.close()
