@@ -175,20 +175,25 @@ def rates(verdicts: list[dict[str, Any]], ref: Reference) -> dict[str, float]:
     training = [set(t.items()) for t in ref.tuples]
     combos = {frozenset(v["combination"].items()) for v in verdicts if len(v["combination"]) >= 2}
     novel = [c for c in combos if not any(c <= t for t in training)]
+    recognised = sum(len(v["recognised"]) for v in verdicts)
     return {
         "recognised_fraction": float(np.mean([v["recognised_fraction"] for v in verdicts])),
+        "unseen_variant_rate": sum(len(v["unseen_variants"]) for v in verdicts) / recognised if recognised else 0.0,
         "chimera_rate": float(np.mean([v["chimera"] for v in verdicts])),
         "novelty": len(novel) / len(combos) if combos else 0.0,
     }
 
 
+def mean(values: list) -> float | None:
+    """None for no values: 'no recognised part' is not 'displacement 0'."""
+    return float(np.mean(values)) if len(values) else None
+
+
 def summarize(records: list[dict[str, Any]], explanations: list[Explanation], ref: Reference) -> dict[str, Any]:
-    recognised = sum(len(r["recognised"]) for r in records)
     displacement = [d for r in records for d in r["displacement_px"]]
     relative = [d for r in records if len(r["recognised"]) >= 2 for d in r["relative_displacement_px"]]
     combos = {frozenset(r["combination"].items()) for r in records if len(r["combination"]) >= 2}
     headline = rates(records, ref)
-    mean = lambda xs: float(np.mean(xs)) if len(xs) else None  # noqa: E731
     return {
         "samples": len(records),
         "memorisation": {
@@ -198,9 +203,9 @@ def summarize(records: list[dict[str, Any]], explanations: list[Explanation], re
         },
         "parts": {
             "recognised_fraction": headline["recognised_fraction"],
-            "mean_recognised": recognised / len(records),
+            "mean_recognised": float(np.mean([len(r["recognised"]) for r in records])),
             "per_layer": {layer: mean([layer in r["recognised"] for r in records]) for layer in LAYERS},
-            "unseen_variant_rate": sum(len(r["unseen_variants"]) for r in records) / recognised if recognised else 0.0,
+            "unseen_variant_rate": headline["unseen_variant_rate"],
             "mean_fit_error": mean([r["fit_error"] for r in records]),
             "rule": RULES["parts"], "unseen_variant_rule": RULES["unseen_variant_rate"],
         },

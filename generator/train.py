@@ -261,6 +261,7 @@ def train(
             raise ValueError(f"{out} holds run {ckpt['run']}, not {rid}: use another output folder, "
                              "or the same preset, data, seed, artist and knobs to resume it")
         session.load(ckpt)
+
     def write_manifest() -> None:
         record = manifest(session, rid, preset, artist, data, files, digest, seed)
         (out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
@@ -279,5 +280,6 @@ def train(
             if done % config.checkpoint_every == 0 or done == config.steps:
                 save_checkpoint(session, out, rid)
                 write_manifest()  # after every checkpoint, so a killed run still describes its latest.pt
-    write_manifest()
+    if not (out / RUN_FILE).exists():  # resumed a finished run whose manifest was deleted
+        write_manifest()
     return json.loads((out / RUN_FILE).read_text())

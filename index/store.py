@@ -50,7 +50,7 @@ class KindSpec:
     dim: int
     binary: bool = False
     owner: str = "work"
-    factory: str | None = None  # default FAISS factory for this kind (e.g. HNSW for many keypoints)
+    factory: str | None = None  # approximate factory this kind switches to past AUTO_APPROXIMATE vectors
 
     @property
     def dtype(self) -> np.dtype:
@@ -66,6 +66,9 @@ class Hit:
     work_id: int | None
     signature_id: int | None
     box: Box
+
+
+AUTO_APPROXIMATE = 100_000  # vectors of a kind past which its declared approximate factory is used
 
 
 def default_store_path() -> Path:
@@ -193,8 +196,16 @@ class Store:
         return self.root / "indexes" / f"{kind}.{gen}.faiss"
 
     def factory(self, spec: KindSpec) -> str:
-        default = vx.DEFAULT_BINARY_FACTORY if spec.binary else vx.DEFAULT_FLOAT_FACTORY
-        return cat.get_meta(self.conn, f"factory:{spec.kind}", default) or default
+        """The FAISS factory for a kind: the user's (`index rebuild --index-factory`), else exact search,
+        except for kinds that declare an approximate factory once they outgrow exact search."""
+        chosen = cat.get_meta(self.conn, f"factory:{spec.kind}")
+        if chosen:
+            return chosen
+        auto = cat.get_meta(self.conn, f"auto_factory:{spec.kind}")
+        if auto and self.conn.execute("SELECT COUNT(*) FROM vectors WHERE kind=?",
+                                      (spec.kind,)).fetchone()[0] >= AUTO_APPROXIMATE:
+            return auto
+        return vx.DEFAULT_BINARY_FACTORY if spec.binary else vx.DEFAULT_FLOAT_FACTORY
 
     def _index(self, spec: KindSpec) -> faiss.Index:
         """The search index of a kind at the catalogue's current generation.
@@ -322,7 +333,7 @@ class Writer:
                                for sp in new])
                 for sp in new:
                     if sp.factory:
-                        cat.set_meta(c, f"factory:{sp.kind}", sp.factory)
+                        cat.set_meta(c, f"auto_factory:{sp.kind}", sp.factory)
 
     def ensure_artist(self, name: str) -> int:
         row = self.conn.execute("SELECT id FROM artists WHERE name=?", (name,)).fetchone()

@@ -197,3 +197,30 @@ def test_readers_work_while_a_writer_writes_and_second_writer_fails_clearly(icon
     finally:
         proc.wait(timeout=60)
     assert "carol" not in [a["name"] for a in listing(chimera)["artists"]]
+
+
+def test_exact_by_default_factories_on_request_and_automatic_for_huge_kinds(chimera, icons, store_dir, monkeypatch):
+    import faiss
+
+    import index.store as store_mod
+
+    def inner(s: Store, kind: str) -> str:
+        return type(faiss.downcast_index(s._index(s.specs()[kind]).index)).__name__
+
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 6, (230, 180, 40))))[0] == 0
+    with Store.open(store_dir) as s:
+        assert {inner(s, k) for k in ("style", "kp", "patch")} == {"IndexFlatIP"}
+    monkeypatch.setattr(store_mod, "AUTO_APPROXIMATE", 50)  # keypoints outgrow exact search early here
+    assert chimera("index", "rebuild")[0] == 0
+    with Store.open(store_dir) as s:
+        assert inner(s, "kp") == "IndexHNSWFlat" and inner(s, "style") == "IndexFlatIP"
+        assert faiss.downcast_index(s._index(s.specs()["kp"]).index).hnsw.efSearch == 64
+    code, _, err = chimera("index", "rebuild", "--index-factory", "IVF4,Flat")
+    assert code == 0
+    with Store.open(store_dir) as s:
+        assert inner(s, "style") == "IndexIVFFlat" and faiss.downcast_index(s._index(s.specs()["style"]).index).nprobe == 16
+        ids, vecs = s.vectors("style")
+        assert s.search("style", vecs[:1], 3)[0][0].vector_id == ids[0]
+    code, _, err = chimera("index", "rebuild", "--index-factory", "IVF4096,Flat")
+    assert code == 0 and "needs >= 4096 vectors to train" in err  # too few: exact search, said plainly
+    assert chimera("index", "check")[0] == 0
