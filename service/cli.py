@@ -138,7 +138,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
         if args.artist and not any(a["name"] == args.artist for a in store.artists()):
             raise UserError(f"no artist named {args.artist!r} in the store")
         summary = scan(store, _embedders(args), root, Path(args.out), artist=args.artist,
-                       progress=sys.stderr.isatty())
+                       progress=sys.stderr.isatty(), workers=args.workers, resume=args.resume,
+                       clip={"clip_model": args.clip_model, "clip_weights": args.clip_weights,
+                             "use_clip": not args.no_clip})
     print(summary)
     return 0
 
@@ -220,7 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc = cmd(sub, "scan", cmd_scan, "score every image under a folder")
     sc.add_argument("dir")
     sc.add_argument("--artist")
-    sc.add_argument("--out", required=True, help="result file: .jsonl, .csv or .html")
+    sc.add_argument("--out", required=True, help="result file: .jsonl, .csv or .html (with a .jsonl beside it)")
+    sc.add_argument("--workers", type=int, default=1, help="scoring processes (default 1)")
+    sc.add_argument("--resume", action="store_true", help="skip files already in --out (by sha256)")
 
     m = sub.add_parser("models", help="model weights", description="Model weights.")
     msub = m.add_subparsers(dest="models_command", required=True, parser_class=Parser)

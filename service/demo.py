@@ -86,7 +86,7 @@ def run_demo(out: Path, clip: bool = True) -> int:
     for r in results:
         counts[r["verdict"]["label"]] = counts.get(r["verdict"]["label"], 0) + 1
     summary = f"{len(results)} demo queries: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    write_html(results, out / "report.html", summary, flagged_only=False)
+    write_html(results, out / "report.html", summary, flagged_only=False, work_png=store.thumbnail)
     print(f"4/4 wrote {out / 'results.jsonl'} and {out / 'report.html'} ({summary})")
     store.close()
     return 0

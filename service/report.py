@@ -6,7 +6,7 @@ import base64
 import html
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 CSV_FIELDS = ["path", "sha256", "verdict", "artist", "confidence", "top_style_artist", "top_style",
               "best_match_work", "best_match_source", "best_match_similarity", "signatures", "forged_signatures",
@@ -43,13 +43,13 @@ def csv_row(r: dict[str, Any]) -> dict[str, Any]:
             "forged_signatures": sum(1 for s in r.get("signatures") or [] if s["forged"]), "error": r.get("error")}
 
 
-def thumbnail(path: str, size: int = 96, boxes: list[list[int]] | None = None) -> str:
-    """An inline data-URI thumbnail (so the report opens from disk), boxes drawn when given."""
+def thumbnail(source: str | bytes | None, size: int = 96, boxes: list[list[int]] | None = None) -> str:
+    """An inline data-URI thumbnail (so the report opens from disk) of a file or PNG bytes, with boxes."""
     from PIL import ImageDraw
-    from detector.images import ImageError, load
+    from detector.images import ImageError, decode, load
     try:
-        img = load(path).image
-    except ImageError:
+        img = (decode(source, "thumbnail") if isinstance(source, bytes) else load(source)).image
+    except (ImageError, TypeError):
         return ""
     scale = size / max(img.size)
     img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
@@ -79,14 +79,15 @@ rows.forEach(r=>tb.appendChild(r))});</script>
 """
 
 
-def html_row(r: dict[str, Any]) -> str:
+def html_row(r: dict[str, Any], work_png: Callable[[int], bytes | None] = lambda _: None) -> str:
     e = html.escape
     if r.get("error"):
         return (f"<tr><td></td><td>{e(r['path'])}</td><td>error</td><td data-v='0'></td>"
                 f"<td colspan=2>{e(r['error'])}</td></tr>\n")
     v = r["verdict"]
     boxes = [m["box"] for m in r["matches"][:3]] + [s["box"] for s in r["signatures"]]
-    near = "".join(f"<div><img src='{thumbnail(m['source'], 64)}' title='{e(str(m['source']))}'> "
+    near = "".join(f"<div><img src='{thumbnail(work_png(m['work']) or m['source'], 64)}' "
+                   f"title='{e(str(m['source']))}'> "
                    f"{e(str(m['artist']))} #{m['work']} {m['similarity']:.2f}</div>" for m in r["matches"][:3])
     sigs = "".join(f"<div>{e(str(s['artist'] or 'unknown'))}{' FORGED' if s['forged'] else ''} {s['box']}</div>"
                    for s in r["signatures"])
@@ -100,11 +101,15 @@ def is_flagged(r: dict[str, Any]) -> bool:
         s["forged"] for s in r["signatures"])
 
 
-def write_html(results: list[dict[str, Any]], out: Path, summary: str, flagged_only: bool = True) -> None:
-    """A self-contained report (thumbnails inlined) that opens from disk without a server."""
+def write_html(results: list[dict[str, Any]], out: Path, summary: str, flagged_only: bool = True,
+               work_png: Callable[[int], bytes | None] = lambda _: None) -> None:
+    """A self-contained report (thumbnails inlined) that opens from disk without a server.
+
+    `work_png` gives a registered work's stored pixels, so evidence shows even if its source moved.
+    """
     flagged = [r for r in results if is_flagged(r) or not flagged_only]
     with open(out, "w") as f:
         f.write(HTML_HEAD % html.escape(summary))
         for r in flagged:
-            f.write(html_row(r))
+            f.write(html_row(r, work_png))
         f.write(HTML_TAIL)

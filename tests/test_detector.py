@@ -155,3 +155,25 @@ def test_scan_writes_every_format_and_survives_bad_files(world, tmp_path):
     html = (tmp_path / "scan.html").read_text()
     assert "copy.JPG" in html and "broken.png" in html and "original.webp" not in html  # flagged rows only
     assert "data:image/png;base64," in html
+
+
+def test_scan_in_parallel_and_resume_after_interruption(world, tmp_path):
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(world["corpus"][0].refs[:3] + world["corpus"][1].heldout[:2]):
+        (folder / f"{i}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "one.jsonl"
+    serial = scan(world["store"], world["emb"], folder, out)
+    parallel = scan(world["store"], world["emb"], folder, tmp_path / "two.jsonl", workers=2)
+    assert serial == parallel == "scanned 5 files: 3 copy, 0 derivative, 2 style_match, 0 unrelated, 0 error"
+    verdicts = lambda f: {json.loads(x)["path"]: json.loads(x)["verdict"] for x in f.read_text().splitlines()}
+    assert verdicts(out) == verdicts(tmp_path / "two.jsonl")
+    # an interrupted scan: only some results written; resume scores the rest, once
+    out.write_text("".join(out.read_text().splitlines(keepends=True)[:2]))
+    (folder / "sub").mkdir()
+    (folder / "sub" / "late.png").write_bytes(world["corpus"][1].refs[0].read_bytes())
+    summary = scan(world["store"], world["emb"], folder, out, resume=True)
+    assert summary.startswith("scanned 4 files") and "(2 already done, skipped)" in summary
+    assert len(out.read_text().splitlines()) == 6
+    assert len({json.loads(x)["sha256"] for x in out.read_text().splitlines()}) == 6
