@@ -57,7 +57,8 @@ def correct(record: dict[str, Any], truth: Truth, scale: float) -> int:
 
 
 def calibrate(data: Path, size: int | None = None, n: int = 12, seed: int = 0, artist: str | None = None) -> dict[str, dict]:
-    """Per planted kind: memorised, chimera and scrambled rates, recognised fraction, part precision."""
+    """Per planted kind: median nearest-icon tile distance, memorised, chimera and scrambled rates,
+    recognised fraction, part precision."""
     data = Path(data)
     artist, _ = training_set(data, artist)
     works = [r for r in load_manifest(data) if r["artist"] == artist and r.get("split", "reference") == "reference"]
@@ -74,6 +75,7 @@ def calibrate(data: Path, size: int | None = None, n: int = 12, seed: int = 0, a
                 recognised += len(record["recognised"])
                 right += correct(record, truth, size / works[0]["size"])
         table[kind] = {
+            "nearest_distance": float(np.median([r["memorisation"]["nearest"][0]["distance"] for r in rows])),
             "memorised": float(np.mean([r["memorisation"]["memorised"] for r in rows])),
             "recognised_fraction": float(np.mean([r["recognised_fraction"] for r in rows])),
             "part_precision": right / recognised if recognised else None,
@@ -84,7 +86,7 @@ def calibrate(data: Path, size: int | None = None, n: int = 12, seed: int = 0, a
 
 
 def markdown(table: dict[str, dict]) -> str:
-    cols = ("memorised", "recognised_fraction", "part_precision", "chimera", "scrambled")
+    cols = ("nearest_distance", "memorised", "recognised_fraction", "part_precision", "chimera", "scrambled")
     lines = ["| planted | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for kind, row in table.items():
         lines.append(f"| {kind} | " + " | ".join("-" if row[c] is None else f"{row[c]:.2f}" for c in cols) + " |")

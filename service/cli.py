@@ -172,6 +172,47 @@ def cmd_dataset_chimeras(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from generator.train import train
+    try:
+        run = train(Path(args.data), Path(args.out), args.preset, steps=args.steps, device=args.device,
+                    seed=args.seed, artist=args.artist)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(f"trained {args.preset} to step {run['steps']}: {args.out} (run.json, checkpoints, sample grids)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from generator.sample import sample
+    try:
+        records = sample(Path(args.run), args.n, Path(args.out), steps=args.steps, seed=args.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {len(records)} samples with provenance to {args.out} (samples.jsonl)")
+    if args.register:
+        from detector.images import load
+        from service.ingest import add_images
+        paths = {str(Path(args.out) / r["path"]): r for r in records}
+        generated = {p: {"run": r["run"], "checkpoint": r["checkpoint"], "seed": r["seed"], "index": r["index"]}
+                     for p, r in paths.items()}
+        with _open(args, create=True) as store:
+            report = add_images(store, _embedders(args), None, [load(p) for p in paths], generated=generated)
+        print(f"registered as generated outputs: {report.summary()}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from generator.analyze import analyze
+    try:
+        metrics = analyze(Path(args.run), Path(args.data), Path(args.out))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(metrics, indent=2)[:2000])
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import serve
     serve(args.host, args.port, args.store, threads=args.threads)
@@ -245,6 +286,26 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("out")
     ch.add_argument("--n", type=int, default=40)
     ch.add_argument("--seed", type=int, default=0)
+
+    tr = cmd(sub, "train", cmd_train, "train the chimera diffusion setup (denoising-diffusion-pytorch) on a dataset")
+    tr.add_argument("data")
+    tr.add_argument("--preset", required=True, help="seed, seed-baseline (GPU scale), small, small-baseline (CPU)")
+    tr.add_argument("--out", required=True, help="run directory (resumes when it holds a run)")
+    tr.add_argument("--steps", type=int)
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--artist", help="artist of the dataset to train on (default: the first)")
+    sa = cmd(sub, "sample", cmd_sample, "sample a trained run (DDIM) into PNGs carrying provenance")
+    sa.add_argument("run")
+    sa.add_argument("--n", type=int, required=True)
+    sa.add_argument("--out", required=True)
+    sa.add_argument("--steps", type=int, help="DDIM steps")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--register", action="store_true", help="store the samples as generated outputs")
+    an = cmd(sub, "analyze", cmd_analyze, "measure memorisation, part recognisability, layout scramble, novelty")
+    an.add_argument("run")
+    an.add_argument("--data", required=True)
+    an.add_argument("--out", required=True)
 
     sv = cmd(sub, "serve", cmd_serve, "serve the HTTP API and web page (waitress)")
     sv.add_argument("--host", default="127.0.0.1")

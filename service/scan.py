@@ -103,7 +103,8 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
             writer.writeheader()
         jobs = _jobs(root, artist, skip, counts)
         if workers > 1:
-            pool = mp.get_context("fork").Pool(workers, _init, (str(store.root), clip or {"use_clip": False}))
+            # spawn, not fork: a forked child of a process running OpenMP (FAISS, torch) can deadlock
+            pool = mp.get_context("spawn").Pool(workers, _init, (str(store.root), clip or {"use_clip": False}))
             results = pool.imap(_score, jobs, chunksize=4)
         else:
             pool = None
