@@ -12,7 +12,6 @@ Kinds written to the store (all boxes are normalised [x0, y0, x1, y1]):
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import cv2
 import imagehash
