@@ -23,8 +23,11 @@ def artist_similarity(sims: np.ndarray, owner: np.ndarray, n_artists: int, k: in
         cols = sims[:, owner == a]
         if cols.shape[1] == 0:
             continue
-        kk = min(k, cols.shape[1])
-        out[:, a] = np.sort(cols, axis=1)[:, -kk:].mean(axis=1)
+        top = -np.sort(-np.nan_to_num(cols, nan=-np.inf), axis=1)[:, :k]  # NaN = left out: sorts last
+        valid = np.isfinite(top)
+        count = valid.sum(axis=1)
+        mean = np.where(valid, top, 0).sum(axis=1) / np.maximum(count, 1)
+        out[:, a] = np.where(count > 0, mean, -1.0)
     return out
 
 
@@ -56,7 +59,7 @@ class StyleCalibration:
         feats = []
         for vecs, owner in self.blocks:
             sims = vecs[pick] @ vecs.T
-            sims[np.arange(len(pick)), pick] = -np.inf  # leave each work out of its own neighbours
+            sims[np.arange(len(pick)), pick] = np.nan  # leave each work out of its own neighbours
             feats.append(features(artist_similarity(sims, owner, self.n_artists)))
         x = np.concatenate(feats, axis=-1).reshape(-1, 2 * len(self.blocks))
         y = (self.blocks[0][1][pick][:, None] == np.arange(self.n_artists)[None, :]).reshape(-1)

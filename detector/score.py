@@ -58,7 +58,8 @@ class Scorer:
         self._calibration: tuple[tuple, StyleCalibration, list[str], list[str]] | None = None
 
     def _style_model(self) -> tuple[StyleCalibration, list[str], list[str]]:
-        kinds = ["style"] + (["clip"] if self.embedders.clip and "clip" in self.store.specs() else [])
+        specs = self.store.specs()
+        kinds = [k for k in ("style", "clip") if k in specs and (k != "clip" or self.embedders.clip)]
         key = tuple(cat.generation(self.store.conn, k) for k in kinds)
         if self._calibration is None or self._calibration[0] != key:
             blocks, names = [], []
@@ -92,24 +93,25 @@ class Scorer:
         info = {k: v for k, v in info.items() if v}
 
         calib, names, kinds = self._style_model()
-        style_p = calib.probabilities([normalise(q[k][0][1][None])[0] for k in kinds]) if names else []
+        style_p = calib.probabilities([normalise(q[k][0][1][None])[0] for k in kinds]) if names and kinds else []
         artists, pieces_all = [], []
         for i, name in enumerate(names):
             mine = [a for wid, a in aligned.items() if wid in info and info[wid]["artist"] == name]
             pieces, coverage = evidence.cover(mine, q_detail)
             pieces_all += pieces
-            artists.append({"artist": name, "style": round(float(style_p[i]), 4),
+            artists.append({"artist": name, "style": round(float(style_p[i]) if len(style_p) else 0.0, 4),
                             "derivative": round(derivative_probability(coverage, len(pieces)), 4),
                             "copy": round(max((copy_probability(a) for a in mine), default=0.0), 4)})
+        artists.sort(key=lambda a: -a["style"])
+        every = artists  # signatures are judged against every artist, whatever the filter
         if artist is not None:
             artists = [a for a in artists if a["artist"] == artist]
-        artists.sort(key=lambda a: -a["style"])
 
         matches = self._matches(aligned, info, pieces_all, q_detail, 1 / s, artist)
         verdict = self._verdict(artists)
         return {"version": RESULT_VERSION, "path": img.source, "sha256": img.sha256, "width": img.width,
                 "height": img.height, "artists": artists, "matches": matches,
-                "signatures": self._signatures(img, artists), "verdict": verdict,
+                "signatures": self._signatures(img, every), "verdict": verdict,
                 "embedders": dict(self.embedders.status), "error": None}
 
     def _matches(self, aligned: dict[int, local.Alignment], info: dict, pieces: list, q_detail: np.ndarray,

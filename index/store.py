@@ -241,7 +241,12 @@ class Store:
             path = self.index_path(spec.kind, gen)
             if not path.exists():
                 continue  # stale or never written: rebuilt on demand, not an inconsistency
-            index = vx.read(path, spec.binary)
+            try:
+                index = vx.read(path, spec.binary)
+            except RuntimeError as e:
+                problems.append(f"{path.name}: unreadable ({str(e).strip().splitlines()[-1]}); "
+                                "`chimera index rebuild` rewrites it")
+                continue
             stored = {r[0] for r in self.conn.execute("SELECT id FROM vectors WHERE kind=?", (spec.kind,))}
             indexed = set(faiss.vector_to_array(index.id_map).tolist())
             if stored != indexed:
@@ -284,6 +289,7 @@ class Store:
             yield writer
             writer.save()
         finally:
+            pidfile.unlink(missing_ok=True)
             lock.release()
 
 
@@ -326,6 +332,12 @@ class Writer:
             raise StoreError(f"the store holds {', '.join(sorted(missing))} vectors for every work but this run "
                              "cannot make them (is an embedder unavailable?); refusing to add incomplete works")
         new = [sp for sp in specs if sp.kind not in known]
+        for sp in new:
+            table = "works" if sp.owner == "work" else "signatures"
+            if self.conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+                raise StoreError(f"this run adds '{sp.kind}' vectors but the store already holds {table} without "
+                                 f"them; vectors are never mixed (use the store's embedders, e.g. --no-clip, "
+                                 f"or a new --store)")
         if new:
             with self._transaction() as c:
                 c.executemany("INSERT INTO embedders VALUES (?, ?, ?, ?, ?)",
@@ -378,6 +390,8 @@ class Writer:
         specs = self.store.specs()
         added: dict[str, tuple[list[int], list[np.ndarray]]] = {}
         for kind, items in vectors.items():
+            if not items:  # nothing of this kind (e.g. a flat image has no keypoints): generation unchanged
+                continue
             spec = specs[kind]
             ids, vecs = added.setdefault(kind, ([], []))
             for box, vec in items:
@@ -446,26 +460,40 @@ class Writer:
         self._delete_owned("w.id=?", (work_id,), lambda c: c.execute("DELETE FROM works WHERE id=?", (work_id,)))
 
     def rebuild(self, factory: str | None = None) -> list[str]:
-        """Rebuild every index from the catalogue (optionally with a new FAISS factory)."""
+        """Rebuild every index from the catalogue, optionally with a new FAISS factory.
+
+        "FLOAT" or "FLOAT;BINARY" (e.g. "IVF1024,Flat;BIVF256"). Every index is built before the
+        choice is saved, so a factory FAISS refuses leaves the store as it was.
+        """
         specs = self.store.specs()
+        chosen: dict[str, str] = {}
         if factory:
             float_f, _, binary_f = factory.partition(";")
-            with self._transaction() as c:
-                for spec in specs.values():
-                    chosen = binary_f if spec.binary else float_f
-                    if chosen:
-                        cat.set_meta(c, f"factory:{spec.kind}", chosen.strip())
+            chosen = {s.kind: f.strip() for s in specs.values() if (f := binary_f if s.binary else float_f).strip()}
+        built = {}
         for spec in specs.values():
+            name = chosen.get(spec.kind) or self.store.factory(spec)
             try:
-                self.store._cache[spec.kind] = (cat.generation(self.conn, spec.kind), self.store._build(spec))
+                index, note = vx.build(spec.dim, spec.binary, name,
+                                       cat.iter_vectors(self.conn, spec.kind, spec.dtype))
             except RuntimeError as e:
-                raise StoreError(f"cannot build a {self.store.factory(spec)!r} index for {spec.kind}: "
-                                 f"{str(e).splitlines()[-1] if str(e) else e}") from None
-            self.touched.add(spec.kind)
+                raise StoreError(f"cannot build a {name!r} index for {spec.kind}: "
+                                 f"{str(e).strip().splitlines()[-1] if str(e).strip() else e}") from None
+            if note:
+                self.store.notes.append(f"{spec.kind}: {note}")
+            built[spec.kind] = index
+        if chosen:
+            with self._transaction() as c:
+                for kind, name in chosen.items():
+                    cat.set_meta(c, f"factory:{kind}", name)
+        for kind, index in built.items():
+            self.store._cache[kind] = (cat.generation(self.conn, kind), index)
+            self.touched.add(kind)
         return list(self.store.notes)
 
     def save(self) -> None:
         """Persist each touched (or missing) index under its current generation; drop older files."""
+        (self.store.root / "indexes").mkdir(exist_ok=True)
         for spec in self.store.specs().values():
             gen = cat.generation(self.conn, spec.kind)
             path = self.store.index_path(spec.kind, gen)

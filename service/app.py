@@ -117,8 +117,14 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
-        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed"}.get(e.code or 400, "bad_request")
+        code = {413: "too_large", 404: "not_found", 405: "method_not_allowed", 500: "internal"}.get(
+            e.code or 400, "bad_request")
         return jsonify(error=code, message=e.description), e.code
+
+    @app.errorhandler(Exception)
+    def unexpected(e: Exception):  # a bug of ours: logged, and still JSON
+        app.logger.exception("unexpected error")
+        return jsonify(error="internal", message=f"internal error ({type(e).__name__})"), 500
 
     @app.errorhandler(StoreError)
     def store_error(e: StoreError):
@@ -217,7 +223,10 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
             img = decoded(fname, data)
         except ImageError as e:
             return error_result(fname, e.reason)
-        return svc.scorer().score(img, artist)
+        try:
+            return svc.scorer().score(img, artist)
+        except ValueError as e:  # the artist was removed while the request waited
+            raise ApiError(404, "unknown_artist", str(e)) from None
 
     def check_score_request() -> str | None:
         if app.config["CHIMERA_SCORE_AUTH"] and not authorised():

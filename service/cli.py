@@ -191,13 +191,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError(str(e)) from None
     print(f"wrote {len(records)} samples with provenance to {args.out} (samples.jsonl)")
     if args.register:
-        from detector.images import load
-        from service.ingest import add_images
+        from service.ingest import add_images, load_paths
         paths = {str(Path(args.out) / r["path"]): r for r in records}
         generated = {p: {"run": r["run"], "checkpoint": r["checkpoint"], "seed": r["seed"], "index": r["index"]}
                      for p, r in paths.items()}
+        missing: list[tuple[str, str]] = []
         with _open(args, create=True) as store:
-            report = add_images(store, _embedders(args), None, [load(p) for p in paths], generated=generated)
+            report = add_images(store, _embedders(args), None, load_paths([Path(p) for p in paths], missing),
+                                generated=generated)
+        for source, why in [*missing, *report.failed]:
+            print(f"chimera: failed: {source}: {why}", file=sys.stderr)
         print(f"registered as generated outputs: {report.summary()}")
     return 0
 
@@ -221,7 +224,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
-    return run_demo(Path(args.out), clip=not args.no_clip)
+    try:
+        return run_demo(Path(args.out), clip=not args.no_clip)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 # ------------------------------------------------------------------ parser

@@ -58,15 +58,22 @@ def _queries(data: Path, chimeras: list[dict], manifest: list[dict], out: Path) 
 def run_demo(out: Path, clip: bool = True) -> int:
     from generator.chimeras import make_chimeras
     from generator.dataset import make_dataset
-    if out.exists():
-        shutil.rmtree(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / "results.jsonl").exists() or not (out / "store").is_dir():
+            raise ValueError(f"{out} exists and is not a previous demo's folder: choose another --out")
+        shutil.rmtree(out)  # a previous demo's output: start afresh
     data = out / "data"
     print(f"1/4 drawing 3 synthetic artists into {data}")
     manifest = make_dataset(data, artists=3, per_artist=60, size=64, seed=0, holdout=4)
     chimeras = make_chimeras(data, out / "chimeras", n=8, seed=0)
     print("2/4 registering reference icons and signature samples")
     embedders = Embedders.load(use_clip=clip)
-    store = Store.open(out / "store", create=True)
+    with Store.open(out / "store", create=True) as store:
+        return _register_and_score(out, data, manifest, chimeras, embedders, store)
+
+
+def _register_and_score(out: Path, data: Path, manifest: list[dict], chimeras: list[dict], embedders: Embedders,
+                        store: Store) -> int:
     for artist in sorted({r["artist"] for r in manifest}):
         failed: list = []
         report = add_images(store, embedders, artist, load_paths([data / artist / "icons"], failed))
@@ -88,5 +95,4 @@ def run_demo(out: Path, clip: bool = True) -> int:
     summary = f"{len(results)} demo queries: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     write_html(results, out / "report.html", summary, flagged_only=False, work_png=store.thumbnail)
     print(f"4/4 wrote {out / 'results.jsonl'} and {out / 'report.html'} ({summary})")
-    store.close()
     return 0

@@ -37,7 +37,7 @@ def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable
     seen: set[str] = set()
     bar = tqdm(total=total, unit="img", desc="adding", disable=not progress, leave=False)
     with store.writer() as w:
-        w.register(embedders.specs())
+        w.register([s for s in embedders.specs() if (s.owner == "signature") == signature])
         batch: list[LoadedImage] = []
 
         def flush() -> None:

@@ -125,6 +125,7 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
                 bar.refresh()
         finally:
             bar.close()
+            _worker.clear()
             if pool:
                 pool.terminate()
     summary = f"scanned {sum(counts.values()) - counts['resumed']} files: " + ", ".join(
@@ -133,6 +134,7 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
         summary += f" ({counts['resumed']} already done, skipped)"
     if fmt == ".html":
         if append:  # the report covers the whole scan, not only this session's part
-            flagged = [r for r in (json.loads(line) for line in open(records) if line.strip()) if is_flagged(r)]
+            with open(records) as f:
+                flagged = [r for r in (json.loads(line) for line in f if line.strip()) if is_flagged(r)]
         write_html(flagged, out, summary, work_png=store.thumbnail)
     return summary

@@ -176,3 +176,29 @@ def test_scan_in_parallel_and_resume_after_interruption(world, tmp_path):
     assert summary.startswith("scanned 4 files") and "(2 already done, skipped)" in summary
     assert len(out.read_text().splitlines()) == 6
     assert len({json.loads(x)["sha256"] for x in out.read_text().splitlines()}) == 6
+
+
+def test_artist_filter_does_not_turn_genuine_signatures_into_forgeries(world):
+    refs = world["corpus"][1].refs
+    sig = Image.open(world["root"] / "data" / "artist_01" / "signatures" / "sig_0.png")
+    img, box = augment.paste_signature(load(world["corpus"][1].heldout[6]).image, sig, random.Random(2))
+    path = world["root"] / "signed-own.png"
+    img.save(path)
+    r = world["scorer"].score(load(path), "artist_00")
+    assert [a["artist"] for a in r["artists"]] == ["artist_00"]
+    assert all(not m["forged"] for m in r["signatures"] if m["artist"] == "artist_01")
+    assert refs  # the world is intact for the tests after this one
+
+
+def test_tiny_and_empty_stores_score_without_errors(tmp_path, icons):
+    emb = Embedders(None, "off")
+    empty = Store.open(tmp_path / "empty", create=True)
+    img = load(next(icons("x", 1, (10, 200, 10)).iterdir()))
+    r = Scorer(empty, emb).score(img)
+    assert r["verdict"]["label"] == "unrelated" and r["artists"] == [] and r["error"] is None
+    small = Store.open(tmp_path / "small", create=True)
+    add_images(small, emb, "solo", [img])  # one work: leave-one-out calibration has nothing left
+    add_images(small, emb, "many", [load(p) for p in sorted(icons("many", 5, (200, 20, 20)).iterdir())])
+    r = Scorer(small, emb).score(img)
+    assert r["verdict"]["label"] == "copy" and r["verdict"]["artist"] == "solo"
+    assert {a["artist"] for a in r["artists"]} == {"solo", "many"}

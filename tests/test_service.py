@@ -191,3 +191,9 @@ def test_no_input_produces_a_500(client, alice):
             assert set(r.json) == {"error", "message"}
     # nothing was corrupted or lost (a tiny PNG is whole within its first 60 bytes: those are real images)
     assert client.get("/v1/artists").json["artists"][0]["works"] == 6 + added
+
+
+def test_a_fresh_server_scores_against_an_empty_store(client):
+    r = client.post("/v1/score", data={"image": (png(Image.new("RGB", (32, 32), "red")), "x.png")})
+    assert r.status_code == 200 and r.json["verdict"]["label"] == "unrelated"
+    valid(r.json, "Result")

@@ -224,3 +224,21 @@ def test_exact_by_default_factories_on_request_and_automatic_for_huge_kinds(chim
     code, _, err = chimera("index", "rebuild", "--index-factory", "IVF4096,Flat")
     assert code == 0 and "needs >= 4096 vectors to train" in err  # too few: exact search, said plainly
     assert chimera("index", "check")[0] == 0
+
+
+def test_refused_factory_leaves_the_store_as_it_was(chimera, icons, store_dir):
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 3, (230, 180, 40))))[0] == 0
+    code, _, err = chimera("index", "rebuild", "--index-factory", "NoSuchIndex42")
+    assert code == 2 and "cannot build a 'NoSuchIndex42' index" in err
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 2, (230, 180, 40), start=5)))[0] == 0
+    assert chimera("index", "check")[0] == 0 and listing(chimera)["artists"][0]["works"] == 5
+
+
+def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):
+    from service.cli import main
+    precious = tmp_path / "art"
+    precious.mkdir()
+    (precious / "mine.png").write_bytes(b"irreplaceable")
+    assert main(["demo", "--out", str(precious)]) == 2
+    assert "is not a previous demo's folder" in capsys.readouterr().err
+    assert (precious / "mine.png").read_bytes() == b"irreplaceable"
