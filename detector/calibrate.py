@@ -4,7 +4,8 @@ A raw cosine says little on its own (icons of one artist all look alike to a
 colour histogram). So for every registered work we compute, leaving it out, its
 similarity to each artist, and fit a logistic model of "is this artist's" on
 (similarity, margin over the best other artist). 0.5 then means "as likely this
-artist as not", with the other registered artists as the background.
+artist as not", with the other registered artists and a procedural background set
+(detector/background.py: images in nobody's hand) as the background.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ def features(per_artist: np.ndarray) -> np.ndarray:
 class StyleCalibration:
     """Fitted on one snapshot of the store's style (and CLIP) vectors."""
 
-    def __init__(self, blocks: list[tuple[np.ndarray, np.ndarray]], n_artists: int, seed: int = 0):
-        """`blocks`: per embedding kind, (unit vectors, owner artist index) of registered works."""
+    def __init__(self, blocks: list[tuple[np.ndarray, np.ndarray]], n_artists: int, seed: int = 0,
+                 background: list[np.ndarray] | None = None):
+        """`blocks`: per embedding kind, (unit vectors, owner artist index) of registered works;
+        `background`: per kind, unit vectors of images in nobody's hand (negatives for every artist)."""
         self.blocks = blocks
         self.n_artists = n_artists
+        self.background = background or []
         self.model: LogisticRegression | None = None
         if n_artists >= 2:
             self._fit(seed)
@@ -63,6 +67,11 @@ class StyleCalibration:
             feats.append(features(artist_similarity(sims, owner, self.n_artists)))
         x = np.concatenate(feats, axis=-1).reshape(-1, 2 * len(self.blocks))
         y = (self.blocks[0][1][pick][:, None] == np.arange(self.n_artists)[None, :]).reshape(-1)
+        if self.background:
+            bg = [features(artist_similarity(b @ vecs.T, owner, self.n_artists))
+                  for b, (vecs, owner) in zip(self.background, self.blocks)]
+            x = np.concatenate([x, np.concatenate(bg, axis=-1).reshape(-1, 2 * len(self.blocks))])
+            y = np.concatenate([y, np.zeros(len(self.background[0]) * self.n_artists, bool)])
         if y.all() or not y.any():
             return
         self.model = LogisticRegression(C=10.0, class_weight="balanced", max_iter=500).fit(x, y)

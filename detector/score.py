@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from detector import evidence, hashes, local, signatures
+from detector import background, evidence, hashes, local, signatures, style
 from detector.calibrate import StyleCalibration
 from detector.embedders import Embedders
 from detector.images import ImageError, LoadedImage, load
@@ -56,6 +56,7 @@ class Scorer:
         self.embedders = embedders
         self.works = evidence.WorkCanvases(store)
         self._calibration: tuple[tuple, StyleCalibration, list[str], list[str]] | None = None
+        self._bg: dict[str, np.ndarray] | None = None
 
     def _style_model(self) -> tuple[StyleCalibration, list[str], list[str]]:
         specs = self.store.specs()
@@ -68,8 +69,18 @@ class Scorer:
                 _, vecs = self.store.vectors(kind)
                 keep = owner >= 0  # generated outputs carry no artist: not style references
                 blocks.append((normalise(vecs[keep]), owner[keep]))
-            self._calibration = (key, StyleCalibration(blocks, len(names)), names, kinds)
+            self._calibration = (key, StyleCalibration(blocks, len(names), background=self._background(kinds)),
+                                 names, kinds)
         return self._calibration[1], self._calibration[2], self._calibration[3]
+
+    def _background(self, kinds: list[str]) -> list[np.ndarray]:
+        """Unit vectors of the procedural background set, per kind (computed once per Scorer)."""
+        if self._bg is None:
+            imgs = background.images()
+            self._bg = {"style": normalise(np.stack([style.style_vector(im) for im in imgs]))}
+            if self.embedders.clip:
+                self._bg["clip"] = normalise(self.embedders.clip.embed(imgs))
+        return [self._bg[k] for k in kinds]
 
     def score_path(self, path: Path | str, artist: str | None = None) -> dict[str, Any]:
         """Like `score`, but a file that cannot be read becomes a result with `error` set."""
@@ -86,8 +97,9 @@ class Scorer:
         q = self.embedders.describe_query(img.image)
         qc = local.Canvas.of(local.canvas(img.image))
         q_detail = qc.detail
-        s = qc.size[0] / img.width
-        q_content = tuple(c * s for c in hashes.content_box(img.image))
+        sx, sy = qc.size[0] / img.width, qc.size[1] / img.height  # differ for extreme aspect ratios
+        x0, y0, x1, y1 = hashes.content_box(img.image)
+        q_content = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
         aligned = evidence.verify(self.works, evidence.propose(self.store, self.works, q, qc.size, q_content), qc)
         info = {wid: self.store.work(wid) for wid in aligned}
         info = {k: v for k, v in info.items() if v}
@@ -107,7 +119,7 @@ class Scorer:
         if artist is not None:
             artists = [a for a in artists if a["artist"] == artist]
 
-        matches = self._matches(aligned, info, pieces_all, q_detail, 1 / s, artist)
+        matches = self._matches(aligned, info, pieces_all, q_detail, (1 / sx, 1 / sy), artist)
         verdict = self._verdict(artists)
         return {"version": RESULT_VERSION, "path": img.source, "sha256": img.sha256, "width": img.width,
                 "height": img.height, "artists": artists, "matches": matches,
@@ -115,7 +127,7 @@ class Scorer:
                 "embedders": dict(self.embedders.status), "error": None}
 
     def _matches(self, aligned: dict[int, local.Alignment], info: dict, pieces: list, q_detail: np.ndarray,
-                 to_px: float, artist: str | None) -> list[dict[str, Any]]:
+                 to_px: tuple[float, float], artist: str | None) -> list[dict[str, Any]]:
         """Registered works in evidence: copies, the pieces a collage is made of, and works that
         reproduce a piece just as exactly (icons sharing a part are equally likely sources)."""
         total = max(int(q_detail.sum()), 1)
@@ -137,8 +149,9 @@ class Scorer:
             if copy < 0.2 and share == 0.0:
                 continue
             ys, xs = np.nonzero(a.explained if copy >= 0.5 or piece is None else piece)
-            box = ([int(xs.min() * to_px), int(ys.min() * to_px), int(math.ceil((xs.max() + 1) * to_px)),
-                    int(math.ceil((ys.max() + 1) * to_px))] if len(xs) else [0, 0, 0, 0])
+            px, py = to_px
+            box = ([int(xs.min() * px), int(ys.min() * py), int(math.ceil((xs.max() + 1) * px)),
+                    int(math.ceil((ys.max() + 1) * py))] if len(xs) else [0, 0, 0, 0])
             entry = {"artist": info[wid]["artist"], "work": wid, "source": info[wid]["source"],
                      "similarity": round(max(copy, share), 4), "box": box}
             if info[wid]["kind"] == "generated":

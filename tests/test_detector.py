@@ -7,6 +7,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -202,3 +203,12 @@ def test_tiny_and_empty_stores_score_without_errors(tmp_path, icons):
     r = Scorer(small, emb).score(img)
     assert r["verdict"]["label"] == "copy" and r["verdict"]["artist"] == "solo"
     assert {a["artist"] for a in r["artists"]} == {"solo", "many"}
+
+
+def test_images_in_nobodys_hand_are_unrelated(world):
+    rng = np.random.default_rng(0)
+    for img in (Image.new("RGB", (64, 64), "white"), Image.new("RGB", (80, 60), (200, 30, 30)),
+                Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))):
+        r = score(world, img, "nobody.png")
+        assert r["verdict"]["label"] == "unrelated", r["artists"]
+        assert max(a["style"] for a in r["artists"]) < 0.5
