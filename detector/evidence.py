@@ -43,7 +43,7 @@ class WorkCanvas:
 class WorkCanvases:
     """Registered works on the working canvas, decoded from their stored thumbnails (LRU cache)."""
 
-    def __init__(self, store: Store, capacity: int = 2048):
+    def __init__(self, store: Store, capacity: int = 256):  # ~0.6 MB each: bounded per scoring thread
         self.store = store
         self.capacity = capacity
         self._cache: OrderedDict[int, WorkCanvas | None] = OrderedDict()
