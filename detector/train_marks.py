@@ -22,6 +22,7 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 
 from detector import augment, signatures
+from detector.evaluate import iou
 
 TRAIN_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Oblique.ttf",
                "/usr/share/fonts/truetype/dejavu/DejaVuSerif-Italic.ttf")
@@ -45,11 +46,7 @@ def _signature(rng: random.Random) -> Image.Image:
     if fonts and rng.random() < 0.5:
         name = "".join(rng.choice(string.ascii_letters) for _ in range(rng.randint(3, 8))).capitalize()
         return augment.handwriting_signature(name, rng.choice(fonts), rng)
-    return signatures_scribble(Hand.from_seed(90_000 + rng.randrange(10_000)), rng, render_signature)
-
-
-def signatures_scribble(hand, rng: random.Random, render) -> Image.Image:
-    return render(hand, 160, jitter_seed=rng.randrange(1 << 30))
+    return render_signature(Hand.from_seed(90_000 + rng.randrange(10_000)), 160, jitter_seed=rng.randrange(1 << 30))
 
 
 def dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,13 +60,8 @@ def dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
             icon, box = augment.paste_signature(icon, _signature(rng), rng, corner=corner)
         for c in signatures.candidates(np.asarray(icon)):
             xs.append(c.features)
-            ys.append(box is not None and _iou(c.box, box) >= 0.3)
+            ys.append(box is not None and iou(c.box, box) >= 0.3)
     return np.array(xs), np.array(ys)
-
-
-def _iou(a: tuple, b: tuple) -> float:
-    from detector.evaluate import iou
-    return iou(a, b)
 
 
 def main() -> int:
