@@ -132,9 +132,10 @@ class Store:
             " LEFT JOIN generated g ON g.work_id=w.id WHERE w.id=?", (work_id,)).fetchone()
         return dict(row) if row else None
 
-    def work_by_sha(self, sha256: str) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT id FROM works WHERE sha256=?", (sha256,)).fetchone()
-        return self.work(row[0]) if row else None
+    def holds(self, sha256: str, signature: bool = False) -> bool:
+        """Whether these exact bytes are already a work (or a signature sample)."""
+        table = "signatures" if signature else "works"
+        return self.conn.execute(f"SELECT 1 FROM {table} WHERE sha256=?", (sha256,)).fetchone() is not None
 
     def thumbnail(self, work_id: int) -> bytes | None:
         """The work's pixels as stored (PNG, longer side at most 256): evidence needs no source file."""

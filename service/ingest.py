@@ -58,7 +58,7 @@ def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable
                 report.failed.append((item.source, item.reason))
                 bar.update(1)
                 continue
-            if item.sha256 in seen or _known(store, item.sha256, signature):
+            if item.sha256 in seen or store.holds(item.sha256, signature):
                 report.skipped.append((item.source, "exact duplicate (same sha256) already in the store"))
                 bar.update(1)
                 continue
@@ -70,11 +70,6 @@ def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable
             flush()
     bar.close()
     return report
-
-
-def _known(store: Store, sha256: str, signature: bool) -> bool:
-    table = "signatures" if signature else "works"
-    return store.conn.execute(f"SELECT 1 FROM {table} WHERE sha256=?", (sha256,)).fetchone() is not None
 
 
 def load_paths(paths: list[Path], report_missing: list[tuple[str, str]]) -> Iterable[LoadedImage | ImageError]:
