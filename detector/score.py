@@ -181,13 +181,14 @@ class Scorer:
         if not marks:
             return []
         hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 24)
+        signer_of = self.store.signers([h.signature_id for hits in hits_all for h in hits])
         by_name = {a["artist"]: a for a in artists}
         style_top = artists[0]["artist"] if artists and artists[0]["style"] >= 0.5 else None
         out = []
         for (box, likeness, _), hits in zip(marks, hits_all):
             best: dict[str, float] = {}
             for hit in hits:
-                name = (self.store.signature(hit.signature_id) or {}).get("artist")
+                name = signer_of.get(hit.signature_id)
                 if name and hit.score > best.get(name, -1.0):
                     best[name] = hit.score
             ranked = sorted(best.items(), key=lambda kv: -kv[1]) + [(None, 0.0)] * 2

@@ -142,10 +142,14 @@ class Store:
         row = self.conn.execute("SELECT png FROM thumbnails WHERE work_id=?", (work_id,)).fetchone()
         return row[0] if row else None
 
-    def signature(self, signature_id: int) -> dict[str, Any] | None:
-        row = self.conn.execute("SELECT s.id, s.source, s.sha256, a.name AS artist FROM signatures s"
-                                " JOIN artists a ON a.id=s.artist_id WHERE s.id=?", (signature_id,)).fetchone()
-        return dict(row) if row else None
+    def signers(self, signature_ids: Sequence[int]) -> dict[int, str]:
+        """signature sample id -> its artist's name, in one query."""
+        ids = sorted({int(i) for i in signature_ids if i is not None})
+        if not ids:
+            return {}
+        rows = self.conn.execute("SELECT s.id, a.name FROM signatures s JOIN artists a ON a.id=s.artist_id"
+                                 f" WHERE s.id IN ({','.join('?' * len(ids))})", ids)
+        return {r[0]: r[1] for r in rows}
 
     def owners(self, kind: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(vector ids, owner artist index, artist names) for every vector of a kind.
