@@ -75,16 +75,18 @@ class Embedders:
         self._add_clip(images, out)
         return [(vecs, thumbnail(im)) for vecs, im in zip(out, images)]
 
-    def describe_query(self, img: Image.Image) -> Vectors:
-        """Vectors of an image to score: hashes of all 8 flips/rotations, denser windows,
-        keypoints of the image and of its mirror (SIFT is not mirror-invariant)."""
-        core = hashes.autocrop(img)
-        can = local.canvas(img)
-        out: Vectors = {"hash": [(FULL, hashes.hash_bits(v)) for v in hashes.dihedral(core)],
+    def describe_queries(self, images: list[Image.Image]) -> list[Vectors]:
+        """Vectors of images to score: hashes of all 8 flips/rotations, denser windows,
+        keypoints of the image and of its mirror (SIFT is not mirror-invariant).
+        CLIP, when loaded, embeds the whole list in one forward pass."""
+        out: list[Vectors] = []
+        for img in images:
+            can = local.canvas(img)
+            out.append({"hash": [(FULL, hashes.hash_bits(v)) for v in hashes.dihedral(hashes.autocrop(img))],
                         "style": [(FULL, style.style_vector(img))],
                         "patch": regions.describe(img, regions.QUERY_WINDOWS),
-                        "kp": _points(can), "kp_flip": _points(np.ascontiguousarray(can[:, ::-1]))}
-        self._add_clip([img], [out])
+                        "kp": _points(can), "kp_flip": _points(np.ascontiguousarray(can[:, ::-1]))})
+        self._add_clip(images, out)
         return out
 
     def describe_signatures(self, images: list[Image.Image]) -> list[Vectors]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from detector import background, evidence, hashes, local, signatures, style
 from detector.calibrate import StyleCalibration
-from detector.embedders import Embedders
+from detector.embedders import Embedders, Vectors
 from detector.images import ImageError, LoadedImage, load
 from index import catalogue as cat
 from index.store import Store
@@ -43,8 +43,9 @@ def derivative_probability(coverage: float, pieces: int) -> float:
     return _sigmoid((coverage - DERIVATIVE_AT) / 0.04) if pieces >= 2 else 0.0
 
 
-def error_result(path: str, message: str) -> dict[str, Any]:
-    return {"version": RESULT_VERSION, "path": path, "sha256": None, "width": None, "height": None,
+def error_result(path: str, message: str, sha256: str | None = None) -> dict[str, Any]:
+    """The record of a file that could not be scored (`sha256` of its bytes when they could be read)."""
+    return {"version": RESULT_VERSION, "path": path, "sha256": sha256, "width": None, "height": None,
             "artists": [], "matches": [], "signatures": [], "verdict": None, "embedders": {}, "error": message}
 
 
@@ -89,12 +90,23 @@ class Scorer:
         except ImageError as e:
             return error_result(str(path), str(e))
 
-    def score(self, img: LoadedImage, artist: str | None = None) -> dict[str, Any]:
-        """The result object for one decoded image (restricted to `artist` when given)."""
+    def score_many(self, imgs: list[LoadedImage], artist: str | None = None) -> list[dict[str, Any]]:
+        """Results for a batch of images: the embedders (CLIP above all) see the whole batch at once."""
+        self._check_artist(artist)
+        qs = self.embedders.describe_queries([im.image for im in imgs])
+        return [self.score(im, artist, q) for im, q in zip(imgs, qs)]
+
+    def _check_artist(self, artist: str | None) -> None:
         if artist is not None and not self.store.conn.execute("SELECT 1 FROM artists WHERE name=?",
                                                               (artist,)).fetchone():
             raise ValueError(f"no artist named {artist!r} in the store")
-        q = self.embedders.describe_query(img.image)
+
+    def score(self, img: LoadedImage, artist: str | None = None, q: Vectors | None = None) -> dict[str, Any]:
+        """The result object for one decoded image (restricted to `artist` when given);
+        `q` are its query vectors when already computed (by `score_many`)."""
+        self._check_artist(artist)
+        if q is None:
+            q = self.embedders.describe_queries([img.image])[0]
         qc = local.Canvas.of(local.canvas(img.image))
         q_detail = qc.detail
         sx, sy = qc.size[0] / img.width, qc.size[1] / img.height  # differ for extreme aspect ratios

@@ -254,11 +254,14 @@ def analyze_images(files: list[Path], ref: Reference, root: Path) -> tuple[list[
     return records, explanations, images
 
 
-def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: int = 64) -> dict[str, Any]:
+def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: int = 64,
+            receptive: dict[str, list] | None = None) -> dict[str, Any]:
     """Write `out/metrics.json` and `out/report.html` for `n` samples of `run` (drawn into out/samples if not given).
 
     The samples are judged against the training icons and part library of the run's artist in
-    `data`, which must be the dataset the run was trained on (same digest).
+    `data`, which must be the dataset the run was trained on (same digest). `receptive` is the
+    run's `measure_receptive_field`, measured where its checkpoint is; without it, it is measured
+    here from `run/latest.pt`.
     """
     run, data, out = Path(run), Path(data), Path(out)
     info = read_run(run)
@@ -280,7 +283,7 @@ def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: in
         "run": info["run"], "preset": info["preset"], "steps": info["steps"], "seed": info["seed"],
         "artist": artist, "dataset": info["dataset"]["digest"], "samples_dir": str(samples),
         **summarize(records, explanations, ref),
-        "receptive_field": measure_receptive_field(run, ref),
+        "receptive_field": measure_receptive_field(run, ref) if receptive is None else receptive,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "samples.json").write_text(json.dumps(records, indent=1) + "\n")

@@ -81,7 +81,11 @@ def load_icons(files: list[Path], size: int) -> torch.Tensor:
 
 
 def code_version() -> str:
-    """The git commit of this checkout, else the installed package version."""
+    """The git commit of this checkout, else $CHIMERA_CODE_VERSION, else the installed package version.
+
+    A copied tree without git metadata (a GPU box, say) that is not installed either says
+    "unknown" rather than failing the run at its first checkpoint.
+    """
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10,
@@ -90,7 +94,12 @@ def code_version() -> str:
             return head.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    return f"chimera-provenance {metadata.version('chimera-provenance')}"
+    if os.environ.get("CHIMERA_CODE_VERSION"):
+        return os.environ["CHIMERA_CODE_VERSION"]
+    try:
+        return f"chimera-provenance {metadata.version('chimera-provenance')}"
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def seed_everything(seed: int) -> None:

@@ -62,10 +62,18 @@ def canonical(descriptor: dict[str, Any]) -> str:
     return json.dumps(descriptor, sort_keys=True, separators=(",", ":"))
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """Open the catalogue in WAL mode with foreign keys on; create tables if new."""
-    conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+    """Open the catalogue in WAL mode with foreign keys on; create tables if new.
+
+    `read_only` opens it so that SQLite itself refuses every write: scans and scan
+    workers on other machines can never change the store they read.
+    """
+    target = f"file:{path.resolve()}?mode=ro" if read_only else str(path)
+    conn = sqlite3.connect(target, timeout=30.0, isolation_level=None, check_same_thread=False, uri=read_only)
     conn.row_factory = sqlite3.Row
+    if read_only:
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")

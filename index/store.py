@@ -78,27 +78,30 @@ def default_store_path() -> Path:
 class Store:
     """Open with `Store.open(path)`; write inside `with store.writer() as w:`."""
 
-    def __init__(self, root: Path, conn: sqlite3.Connection):
+    def __init__(self, root: Path, conn: sqlite3.Connection, read_only: bool = False):
         self.root = root
         self.conn = conn
+        self.read_only = read_only
         self._cache: dict[str, tuple[int, faiss.Index]] = {}
         self.notes: list[str] = []
 
     # ----------------------------------------------------------------- opening
     @classmethod
-    def open(cls, root: Path | str | None = None, create: bool = False) -> "Store":
+    def open(cls, root: Path | str | None = None, create: bool = False, read_only: bool = False) -> "Store":
+        """Open (or with `create`, make) the store at `root`; `read_only` for readers that must never
+        write, such as scan workers (their stale indexes are rebuilt in memory, never saved)."""
         root = Path(root) if root is not None else default_store_path()
         db = root / "catalogue.sqlite"
         if not db.exists():
-            if not create:
+            if not create or read_only:
                 raise StoreError(f"no store at {root} (add works with `chimera index add` first)")
             (root / "indexes").mkdir(parents=True, exist_ok=True)
         try:
-            conn = cat.connect(db)
+            conn = cat.connect(db, read_only)
             cat.init_schema(conn)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
-        return cls(root, conn)
+        return cls(root, conn, read_only)
 
     def close(self) -> None:
         self.conn.close()
@@ -273,6 +276,8 @@ class Store:
         A second writer waits (saying so on stderr) up to `timeout` seconds
         (env CHIMERA_LOCK_TIMEOUT, default 60), then fails with a clear message.
         """
+        if self.read_only:
+            raise StoreError(f"the store at {self.root} was opened read-only")
         if timeout is None:
             timeout = float(os.environ.get("CHIMERA_LOCK_TIMEOUT", "60"))
         lock = filelock.FileLock(str(self.root / "write.lock"))

@@ -26,8 +26,8 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _open(args: argparse.Namespace, create: bool = False) -> Store:
-    return Store.open(args.store, create=create)
+def _open(args: argparse.Namespace, create: bool = False, read_only: bool = False) -> Store:
+    return Store.open(args.store, create=create, read_only=read_only)
 
 
 def _embedders(args: argparse.Namespace, quiet: bool = False):
@@ -134,13 +134,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
         raise UserError(f"{root} is not a directory")
     if Path(args.out).suffix.lower() not in FORMATS:
         raise UserError(f"--out must end in one of {', '.join(FORMATS)} (got {Path(args.out).name})")
-    with _open(args) as store:
+    with _open(args, read_only=True) as store:
         if args.artist and not any(a["name"] == args.artist for a in store.artists()):
             raise UserError(f"no artist named {args.artist!r} in the store")
         summary = scan(store, _embedders(args), root, Path(args.out), artist=args.artist,
                        progress=sys.stderr.isatty(), workers=args.workers, resume=args.resume,
                        clip={"clip_model": args.clip_model, "clip_weights": args.clip_weights,
-                             "use_clip": not args.no_clip})
+                             "use_clip": not args.no_clip}, engine=args.engine, ray_address=args.ray_address)
     print(summary)
     return 0
 
@@ -270,8 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("dir")
     sc.add_argument("--artist")
     sc.add_argument("--out", required=True, help="result file: .jsonl, .csv or .html (with a .jsonl beside it)")
-    sc.add_argument("--workers", type=int, default=1, help="scoring processes (default 1)")
+    sc.add_argument("--workers", type=int, help="scoring processes, or Ray actors with --engine ray"
+                    " (default: 1 process; with Ray, one actor per CPU less one)")
     sc.add_argument("--resume", action="store_true", help="skip files already in --out (by sha256)")
+    sc.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: this machine's processes; ray: Ray Data, on a local Ray or --ray-address")
+    sc.add_argument("--ray-address", help="Ray cluster to run on, e.g. ray://head:10001 or auto"
+                    " (default: $RAY_ADDRESS, else a local Ray started for the scan)")
 
     m = sub.add_parser("models", help="model weights", description="Model weights.")
     msub = m.add_subparsers(dest="models_command", required=True, parser_class=Parser)

@@ -1,10 +1,13 @@
 """Bulk folder scans: score every image under a folder, one result per file.
 
-The tree is streamed (never listed in memory), files are scored by a pool of
-worker processes (each with its own store connection and embedders), and every
-result is written as soon as it completes, so an interrupted scan keeps what it
-finished; `resume` skips files already in the output (by sha256; unreadable ones
-by path). An unreadable file becomes a record with `error` set; the scan goes on.
+Two engines produce the records; this module writes them. "local" streams the
+tree (never listed in memory) and scores batches of files in this process or a
+pool of spawned worker processes; "ray" runs the same batches on Ray Data
+(service/scan_ray.py), on one machine or a cluster. Workers open the store
+read-only. Every record is written as soon as it arrives, so an interrupted scan
+keeps what it finished; `resume` skips files already in the output (by sha256;
+unreadable ones by path). A bad file becomes a record with `error` set; the scan
+goes on.
 """
 
 from __future__ import annotations
@@ -15,17 +18,19 @@ import json
 import multiprocessing as mp
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 from tqdm import tqdm
 
 from detector.embedders import Embedders
-from detector.images import ImageError, decode, iter_image_paths
+from detector.images import ImageError, LoadedImage, decode, iter_image_paths
 from detector.score import Scorer, error_result
 from index.store import Store
 from service.report import CSV_FIELDS, csv_row, is_flagged, write_html
 
 FORMATS = (".jsonl", ".csv", ".html")
+ENGINES = ("local", "ray")
+BATCH = 8  # images per scoring call: what CLIP embeds in one forward pass
 _worker: dict[str, Any] = {}
 
 
@@ -50,22 +55,53 @@ def _done(out: Path) -> tuple[set[str], set[str]]:
     return shas, paths
 
 
-def _init(store: str, clip: dict[str, Any]) -> None:
-    _worker["scorer"] = Scorer(Store.open(store), Embedders.load(**clip, quiet=True))
+class Job(NamedTuple):
+    """One file to score: its bytes, or why they could not be read."""
+
+    path: str
+    data: bytes | None
+    problem: str | None
 
 
-def _score(job: tuple[str, bytes | None, str | None, str | None]) -> dict[str, Any]:
-    path, data, problem, artist = job
-    if problem:
-        return error_result(path, problem)
+def score_jobs(scorer: Scorer, jobs: list[Job], artist: str | None) -> list[dict[str, Any]]:
+    """One record per job, in order: decodable images are scored as one batch (CLIP embeds them in
+    one pass); unreadable or undecodable files, and any image the scorer fails on, become error
+    records, so no single file can stop a scan."""
+    records: list[dict[str, Any] | None] = [None] * len(jobs)
+    good: list[tuple[int, LoadedImage]] = []
+    for i, job in enumerate(jobs):
+        if job.problem or job.data is None:
+            records[i] = error_result(job.path, job.problem or "cannot read")
+            continue
+        try:
+            good.append((i, decode(job.data, job.path)))
+        except ImageError as e:
+            records[i] = error_result(job.path, e.reason, hashlib.sha256(job.data).hexdigest())
     try:
-        img = decode(data, path)
-    except ImageError as e:
-        return error_result(path, e.reason)
-    return _worker["scorer"].score(img, artist)
+        scored = scorer.score_many([im for _, im in good], artist)
+    except Exception:  # noqa: BLE001 - find the culprit: score the batch one by one
+        scored = [_score_alone(scorer, im, artist) for _, im in good]
+    for (i, _), record in zip(good, scored):
+        records[i] = record
+    return records  # type: ignore[return-value]
 
 
-def _jobs(root: Path, artist: str | None, skip: tuple[set[str], set[str]], counts: Counter) -> Iterator[tuple]:
+def _score_alone(scorer: Scorer, img: LoadedImage, artist: str | None) -> dict[str, Any]:
+    try:
+        return scorer.score(img, artist)
+    except Exception as e:  # noqa: BLE001 - a scan reports a file it cannot score and goes on
+        return error_result(img.source, f"internal error while scoring ({type(e).__name__}: {e})", img.sha256)
+
+
+def _init(store: str, clip: dict[str, Any]) -> None:
+    _worker["scorer"] = Scorer(Store.open(store, read_only=True), Embedders.load(**clip, quiet=True))
+
+
+def _score_batch(batch: tuple[list[Job], str | None]) -> list[dict[str, Any]]:
+    return score_jobs(_worker["scorer"], *batch)
+
+
+def _jobs(root: Path, skip: tuple[set[str], set[str]], counts: Counter) -> Iterator[Job]:
     for path, problem in iter_image_paths([root]):
         data = None
         if not problem:
@@ -76,20 +112,57 @@ def _jobs(root: Path, artist: str | None, skip: tuple[set[str], set[str]], count
         if data is not None and hashlib.sha256(data).hexdigest() in skip[0] or data is None and str(path) in skip[1]:
             counts["resumed"] += 1
             continue
-        yield str(path), data, problem, artist
+        yield Job(str(path), data, problem)
+
+
+def _batches(jobs: Iterator[Job], artist: str | None, size: int = BATCH) -> Iterator[tuple[list[Job], str | None]]:
+    batch: list[Job] = []
+    for job in jobs:
+        batch.append(job)
+        if len(batch) == size:
+            yield batch, artist
+            batch = []
+    if batch:
+        yield batch, artist
+
+
+def _local(store: Store, embedders: Embedders, root: Path, artist: str | None, skip: tuple[set[str], set[str]],
+           counts: Counter, workers: int, clip: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """Records from this machine: in this process, or in `workers` spawned processes."""
+    batches = _batches(_jobs(root, skip, counts), artist)
+    if workers <= 1:
+        scorer = Scorer(store, embedders)
+        for batch in batches:
+            yield from score_jobs(scorer, *batch)
+        return
+    # spawn, not fork: a forked child of a process running OpenMP (FAISS, torch) can deadlock
+    pool = mp.get_context("spawn").Pool(workers, _init, (str(store.root), clip or {"use_clip": False}))
+    try:
+        for records in pool.imap(_score_batch, batches):
+            yield from records
+    finally:
+        pool.terminate()
+        _worker.clear()
 
 
 def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str | None = None,
-         progress: bool = False, workers: int = 1, resume: bool = False,
-         clip: dict[str, Any] | None = None) -> str:
+         progress: bool = False, workers: int | None = None, resume: bool = False,
+         clip: dict[str, Any] | None = None, engine: str = "local", ray_address: str | None = None) -> str:
     """Scan `root` recursively into `out` (format from its suffix); returns a one-line summary.
 
-    With workers > 1 the files are scored in that many processes; `clip` holds the
-    embedder options they load (model, weights, use_clip) so they score like `embedders`.
+    With workers > 1 the files are scored in that many processes (engine "local", default
+    1: this process) or Ray actors (engine "ray", on a local Ray or the cluster at
+    `ray_address`; default one actor per CPU less one); `clip`
+    holds the embedder options workers load (model, weights, use_clip) so they score
+    like `embedders`. Workers open the store read-only.
     """
     fmt = out.suffix.lower()
     if fmt not in FORMATS:
         raise ValueError(f"--out must end in one of {', '.join(FORMATS)} (got {out.name})")
+    if engine not in ENGINES:
+        raise ValueError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    if artist is not None and not any(a["name"] == artist for a in store.artists()):
+        raise ValueError(f"no artist named {artist!r} in the store")
     counts: Counter[str] = Counter()
     skip = _done(out) if resume else (set(), set())
     records = _records_path(out)
@@ -101,15 +174,11 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
         writer = csv.DictWriter(f, CSV_FIELDS) if records.suffix.lower() == ".csv" else None
         if writer and not append:
             writer.writeheader()
-        jobs = _jobs(root, artist, skip, counts)
-        if workers > 1:
-            # spawn, not fork: a forked child of a process running OpenMP (FAISS, torch) can deadlock
-            pool = mp.get_context("spawn").Pool(workers, _init, (str(store.root), clip or {"use_clip": False}))
-            results = pool.imap(_score, jobs, chunksize=4)
+        if engine == "ray":
+            from service.scan_ray import ray_records
+            results = ray_records(store.root, root, artist, skip, counts, workers, clip, ray_address)
         else:
-            pool = None
-            _worker["scorer"] = Scorer(store, embedders)
-            results = map(_score, jobs)
+            results = _local(store, embedders, root, artist, skip, counts, workers or 1, clip)
         bar = tqdm(total=total, unit="img", desc="scanning", disable=not progress)
         try:
             for result in results:
@@ -125,9 +194,7 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
                 bar.refresh()
         finally:
             bar.close()
-            _worker.clear()
-            if pool:
-                pool.terminate()
+            results.close()
     summary = f"scanned {sum(counts.values()) - counts['resumed']} files: " + ", ".join(
         f"{counts[k]} {k}" for k in ("copy", "derivative", "style_match", "unrelated", "error"))
     if counts["resumed"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -177,6 +178,29 @@ def test_scan_in_parallel_and_resume_after_interruption(world, tmp_path):
     assert summary.startswith("scanned 4 files") and "(2 already done, skipped)" in summary
     assert len(out.read_text().splitlines()) == 6
     assert len({json.loads(x)["sha256"] for x in out.read_text().splitlines()}) == 6
+
+
+def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store(world, tmp_path):
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    for i, p in enumerate(world["corpus"][0].refs[:2] + world["corpus"][1].heldout[:2]):
+        (folder / f"{i}.png").write_bytes(p.read_bytes())
+    (folder / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    catalogue = world["store"].root / "catalogue.sqlite"
+    before = hashlib.sha256(catalogue.read_bytes()).hexdigest()
+    emb = Embedders.load(use_clip=False)  # what scan workers load, so `embedders` agree too
+    local = scan(world["store"], emb, folder, tmp_path / "local.jsonl")
+    out = tmp_path / "ray.jsonl"
+    assert scan(world["store"], world["emb"], folder, out, engine="ray", workers=1) == local
+    records = lambda f: {json.loads(x)["path"]: json.loads(x) for x in f.read_text().splitlines()}
+    assert records(out) == records(tmp_path / "local.jsonl")  # the same records, whatever the engine
+    assert records(out)[str(folder / "sub" / "broken.jpg")]["error"].startswith("corrupt or truncated")
+    out.write_text("".join(out.read_text().splitlines(keepends=True)[:2]))  # interrupted after two
+    summary = scan(world["store"], world["emb"], folder, out, resume=True, engine="ray", workers=1)
+    assert summary.startswith("scanned 3 files") and "(2 already done, skipped)" in summary
+    assert sorted(records(out)) == sorted(records(tmp_path / "local.jsonl"))
+    assert hashlib.sha256(catalogue.read_bytes()).hexdigest() == before
 
 
 def test_artist_filter_does_not_turn_genuine_signatures_into_forgeries(world):

@@ -16,7 +16,7 @@ from generator.dataset import make_dataset
 from generator.diffusion import PRESETS
 from generator.parts import LAYERS, composite
 from generator.sample import read_provenance, sample
-from generator.train import dataset_digest, train, training_set
+from generator.train import code_version, dataset_digest, train, training_set
 
 # a Unet small enough to train for a few steps in about a second
 TINY = dict(
@@ -95,6 +95,25 @@ def test_resume_continues_the_same_run(run: Path, data: Path, tmp_path: Path) ->
     with pytest.raises(ValueError, match="holds run"):
         train(data, tmp_path, "small", steps=STEPS + 1, device="cpu", seed=1, **TINY)
 
+
+
+def test_code_version_without_git_or_installed_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copied tree (no .git, not installed) records the commit it is told, else "unknown", and never fails."""
+    import subprocess
+    from importlib import metadata
+
+    def no_git(*_, **__):
+        raise FileNotFoundError("git")
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    monkeypatch.setattr(metadata, "version", not_installed)
+    monkeypatch.delenv("CHIMERA_CODE_VERSION", raising=False)
+    assert code_version() == "unknown"
+    monkeypatch.setenv("CHIMERA_CODE_VERSION", "abc123")
+    assert code_version() == "abc123"
 
 # --- sampling --------------------------------------------------------------------------------------
 
@@ -183,6 +202,14 @@ def test_analyze_writes_metrics_and_report(run: Path, data: Path, tmp_path: Path
     assert json.loads((tmp_path / "report" / "metrics.json").read_text()) == metrics
     assert (tmp_path / "report" / "report.html").read_text().count("<section>") == 4
     assert len(list((tmp_path / "report" / "samples").glob("*.png"))) == 4
+    # a run whose checkpoint stayed elsewhere (a GPU box): its manifest, its samples and a measured field
+    away = tmp_path / "away"
+    away.mkdir()
+    (away / "run.json").write_text((run / "run.json").read_text())
+    given = {"t": [1], "r50_px": [2.0], "r90_px": [3.0], "image_size": 16}
+    elsewhere = analyze(away, data, tmp_path / "away-report", samples=tmp_path / "report" / "samples", n=2,
+                        receptive=given)
+    assert elsewhere["receptive_field"] == given and elsewhere["samples"] == 2
     with pytest.raises(ValueError, match="not the dataset"):
         other = tmp_path / "other"
         make_dataset(other, 1, 10, size=32, seed=5)

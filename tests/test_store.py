@@ -242,3 +242,17 @@ def test_demo_never_deletes_a_folder_it_did_not_make(tmp_path, capsys):
     assert main(["demo", "--out", str(precious)]) == 2
     assert "is not a previous demo's folder" in capsys.readouterr().err
     assert (precious / "mine.png").read_bytes() == b"irreplaceable"
+
+
+def test_a_read_only_store_searches_but_can_never_write(chimera, icons, store_dir):
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 3, (230, 180, 40))))[0] == 0
+    with Store.open(store_dir, read_only=True) as s:
+        assert s.search("style", s.vectors("style")[1][:1], 3)[0][0].work_id is not None
+        with pytest.raises(StoreError, match="opened read-only"):
+            with s.writer():
+                pass
+        with pytest.raises(Exception, match="readonly"):
+            s.conn.execute("DELETE FROM works")
+    with pytest.raises(StoreError, match="no store"):
+        Store.open(store_dir.parent / "elsewhere", read_only=True)
+    assert listing(chimera)["artists"][0]["works"] == 3

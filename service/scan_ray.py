@@ -1,0 +1,123 @@
+"""`chimera scan --engine ray`: the scan's records computed on Ray Data.
+
+The pipeline is Ray Data's, stage by stage:
+  1. the driver lists the tree (a Ray dataset is built from a listing: paths only);
+  2. read tasks read each file and its sha256, dropping what a resumed scan already has;
+  3. an actor pool decodes and scores batches: each actor holds the models and a
+     read-only store for its whole life, so they load once per actor, not per file;
+  4. the driver streams the records back to `scan`, which writes them as they arrive.
+On a cluster (`--ray-address`), every node needs this package installed and the
+store and the scanned folder at the same paths (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from detector.embedders import Embedders
+from detector.images import iter_image_paths
+from detector.score import Scorer
+from index.store import Store
+from service.scan import BATCH, Job, score_jobs
+
+READ_BATCH = 64  # files per read task
+SKIPPED = ""  # the record of a file a resumed scan already has
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise RuntimeError("--engine ray needs Ray Data: pip install 'chimera-provenance[ray]'") from None
+    return ray
+
+
+def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
+    """Bytes and sha256 of each file; `skip` for those the output already holds."""
+    import ray
+    shas, failed = ray.get(done[0])
+    data, problems, skip = [], [], []
+    for path, problem in zip(batch["path"], batch["problem"]):
+        blob = b""
+        if not problem:
+            try:
+                blob = Path(path).read_bytes()
+            except OSError as e:
+                problem = f"cannot read ({e.strerror or e})"
+        if problem:
+            skip.append(path in failed)
+        else:
+            key = np.array([hashlib.sha256(blob).hexdigest()], dtype="S64")
+            skip.append(bool(len(shas)) and shas[min(np.searchsorted(shas, key)[0], len(shas) - 1)] == key[0])
+        data.append(blob)
+        problems.append(problem)
+    return {"path": batch["path"], "problem": np.array(problems, dtype=object),
+            "data": np.array(data, dtype=object), "skip": np.array(skip, dtype=bool)}
+
+
+class _ScoreActor:
+    """One scoring worker: the embedders and a read-only store, loaded once.
+
+    (Ray Data 2.60 logs "Actor ... has constructor arguments in the object store" for
+    every actor pool, whatever its arguments: ray-project/ray#57733, harmless.)
+    """
+
+    def __init__(self, store: str, clip: dict[str, Any], artist: str | None) -> None:
+        self.scorer = Scorer(Store.open(store, read_only=True), Embedders.load(**clip, quiet=True))
+        self.artist = artist
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        todo = [i for i, s in enumerate(batch["skip"]) if not s]
+        jobs = [Job(str(batch["path"][i]), batch["data"][i] or None, batch["problem"][i] or None) for i in todo]
+        records = [SKIPPED] * len(batch["path"])
+        for i, record in zip(todo, score_jobs(self.scorer, jobs, self.artist)):
+            records[i] = json.dumps(record)
+        return {"record": np.array(records, dtype=object)}
+
+
+def ray_records(store_root: Path, root: Path, artist: str | None, skip: tuple[set[str], set[str]],
+                counts: Counter, workers: int | None, clip: dict[str, Any] | None,
+                address: str | None) -> Iterator[dict[str, Any]]:
+    """Records of every image under `root`, in completion order, scored by `workers` Ray actors
+    (default: one per CPU Ray reports, less one for reading). Starts a local Ray when none is
+    running and `address` is None, and stops it again at the end."""
+    ray = _import_ray()
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 log_to_driver=False, logging_level="ERROR")
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # the scan shows its own bar
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        items = [{"path": str(p), "problem": problem or ""} for p, problem in iter_image_paths([root])]
+        if not items:
+            return
+        if not workers:
+            workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
+        done = ray.put((np.array(sorted(skip[0]), dtype="S64"), skip[1]))
+        ds = (ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // READ_BATCH, 4 * workers)))
+              .map_batches(_read, batch_size=READ_BATCH, fn_kwargs={"done": [done]}, num_cpus=0.25)
+              .map_batches(_ScoreActor, batch_size=BATCH, num_cpus=1,
+                           compute=ray.data.ActorPoolStrategy(size=workers),
+                           fn_constructor_kwargs={"store": str(store_root), "artist": artist,
+                                                  "clip": clip or {"use_clip": False}}))
+        for row in ds.iter_rows():
+            if row["record"] == SKIPPED:
+                counts["resumed"] += 1
+            else:
+                yield json.loads(row["record"])
+    finally:
+        if started:
+            ray.shutdown()
