@@ -131,7 +131,7 @@ def main() -> None:
     steps = int(0.9 * left / per_step) // 50 * 50
     if args.max_steps:
         steps = min(steps, args.max_steps)
-    if steps < 50:
+    if steps < min(50, args.max_steps or 50):
         raise SystemExit(f"only {left:.0f} s left for training: {steps} steps is too few")
     report["plan"] = {"steps": steps, "train_budget_s": round(left, 1), "sampling_estimate_s": sampling}
     print(json.dumps(report["plan"], indent=2), flush=True)
