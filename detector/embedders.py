@@ -27,7 +27,7 @@ Vectors = dict[str, list[tuple[tuple[float, float, float, float], np.ndarray]]]
 
 BASE_SPECS = (
     KindSpec("hash", {"embedder": "imagehash", "version": imagehash.__version__,
-                      "recipe": "phash64+dhash64+whash64+colorhash3, border-trimmed"}, hashes.HASH_BITS, True),
+                      "recipe": "phash64+dhash64+whash64 (Haar LL as block means)+colorhash3, border-trimmed"}, hashes.HASH_BITS, True),
     KindSpec("style", {"embedder": "style", "version": 1, "size": style.SIZE}, style.DIM),
     KindSpec("patch", {"embedder": "patch", "version": 1, "patch": regions.PATCH,
                        "windows": "0.5/0.25+0.333/0.167"}, regions.DIM, factory="HNSW32"),
@@ -82,7 +82,7 @@ class Embedders:
         out: list[Vectors] = []
         for img in images:
             can = local.canvas(img)
-            out.append({"hash": [(FULL, hashes.hash_bits(v)) for v in hashes.dihedral(hashes.autocrop(img))],
+            out.append({"hash": [(FULL, bits) for bits in hashes.dihedral_bits(hashes.autocrop(img))],
                         "style": [(FULL, style.style_vector(img))],
                         "patch": regions.describe(img, regions.QUERY_WINDOWS),
                         "kp": _points(can), "kp_flip": _points(np.ascontiguousarray(can[:, ::-1]))})

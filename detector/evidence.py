@@ -132,6 +132,19 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
     return out
 
 
+def distinct(placements: list[tuple[np.ndarray, int]], size: tuple[int, int],
+             tol: float = 1.5) -> list[tuple[np.ndarray, int]]:
+    """Placements that differ: one of each group putting the query's corners within `tol` canvas
+    pixels of the same spot (the best-supported), since refinement takes them to the same place."""
+    corners = np.float32([[0, 0, 1], [size[0], 0, 1], [0, size[1], 1], [size[0], size[1], 1]]).T
+    kept: list[tuple[np.ndarray, int, np.ndarray]] = []
+    for matrix, support in sorted(placements, key=lambda p: -p[1]):
+        at = matrix @ corners
+        if all(np.abs(at - k).max() > tol for _, _, k in kept):
+            kept.append((matrix, support, at))
+    return [(m, s) for m, s, _ in kept]
+
+
 def verify(works: WorkCanvases, proposals: dict[int, list[tuple[np.ndarray, int]]],
            q: local.Canvas) -> dict[int, local.Alignment]:
     """Best verified placement per work (by forward x backward agreement)."""
@@ -140,7 +153,7 @@ def verify(works: WorkCanvases, proposals: dict[int, list[tuple[np.ndarray, int]
         wc = works.get(wid)
         if wc is None:
             continue
-        for matrix, support in placements:
+        for matrix, support in distinct(placements, q.size):
             a = local.align(wid, q, wc.canvas, matrix, support)
             if wid not in best or a.forward * a.backward > best[wid].forward * best[wid].backward:
                 best[wid] = a

@@ -17,8 +17,8 @@ import json
 import logging
 import os
 from collections import Counter
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
