@@ -94,8 +94,11 @@ def ray_records(store_root: Path, root: Path, artist: str | None, skip: tuple[se
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 log_to_driver=False, logging_level="ERROR")
+        address = address or os.environ.get("RAY_ADDRESS")
+        # a local Ray gets a slot for the light read tasks beside `workers` scoring actors
+        cpus = None if address else max(os.cpu_count() or 1, (workers or 0) + 1)
+        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the scan shows its own bar
