@@ -1,14 +1,17 @@
 """The GPU run of docs/experiment.md: `seed` and `seed-baseline` for the same number of steps, in one time budget.
 
     PYTHONPATH=. python3 docs/experiment/gpu_run.py DATA WORK OUT --deadline 480 --n 128
+    PYTHONPATH=. python3 docs/experiment/gpu_run.py DATA WORK OUT --steps 2350 --seed 1   # a replicate
 
 1. probes both presets (a separate `Session`, 5 warm-up + 20 timed steps, and a 16-image DDIM call),
 2. picks the one step count N that lets both trainings, their sampling and the receptive fields
-   finish `--deadline` seconds after the script started (with a 10% margin on training),
-3. for each preset: `generator.train.train` (seed 0, N steps, one checkpoint at the end),
+   finish `--deadline` seconds after the script started (with a 10% margin on training);
+   `--steps N` skips 1. and 2.,
+3. for each preset: `generator.train.train` (`--seed`, N steps, one checkpoint at the end),
    `generator.sample.sample` (`--n` images, the preset's 50 DDIM steps, seed 0),
    `generator.analyze.measure_receptive_field`, and writes OUT/<preset>.tar with run.json,
-   the per-step losses, the progress grids, the samples and receptive.json.
+   the per-step losses, the progress grids, the samples and receptive.json (OUT/<preset>-s<seed>.tar
+   for a seed other than 0).
 
 OUT/gpu.json (machine, probe timings, N, wall times) is rewritten after every phase, so a run
 stopped early still says how far it got. The checkpoints stay in WORK: they are GBs.
@@ -86,6 +89,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128, help="samples per run")
     parser.add_argument("--digest", default=None, help="expected dataset digest")
     parser.add_argument("--max-steps", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="train this many steps; no probe, no plan")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (sampling seed stays 0)")
     parser.add_argument("--device", default="cuda", help="cuda; cpu only to test this script")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +122,53 @@ def main() -> None:
     print(json.dumps(report, indent=2), flush=True)
     save()
 
-    icons = load_icons(files, resolve("seed").image_size)
+    if args.steps:
+        plan(args, report, args.steps)
+    else:
+        plan(args, report, None, load_icons(files, resolve("seed").image_size), device, elapsed)
+    save()
+    steps = report["plan"]["steps"]
+
+    ref = load_reference(args.data, artist, resolve("seed").image_size)
+    report["runs"] = {}
+    for preset in PRESETS:
+        name = preset if args.seed == 0 else f"{preset}-s{args.seed}"
+        run = args.work / name
+        phase: dict = {}
+        report["runs"][name] = phase
+        t = time.monotonic()
+        info = train(args.data, run, preset, steps=steps, device=args.device, seed=args.seed,
+                     sample_every=max(1, steps // 4), checkpoint_every=steps, keep_checkpoints=1)
+        phase["train_wall_s"] = round(time.monotonic() - t, 1)
+        phase.update(run=info["run"], train_seconds=info["train_seconds"], seconds_per_step=info["seconds_per_step"],
+                     loss_first=info["loss"]["first"], loss_last=info["loss"]["last"],
+                     peak_gib=peak_gib())
+        save()
+        t = time.monotonic()
+        sample(run, args.n, run / "samples", seed=0, device=args.device)
+        sync()
+        phase["sample_wall_s"] = round(time.monotonic() - t, 1)
+        t = time.monotonic()
+        (run / "receptive.json").write_text(json.dumps(measure_receptive_field(run, ref)) + "\n")
+        phase["receptive_wall_s"] = round(time.monotonic() - t, 1)
+        losses = torch.load(run / LATEST, map_location="cpu", weights_only=True, mmap=True)["losses"]
+        (run / "losses.json").write_text(json.dumps(losses) + "\n")
+        with tarfile.open(args.out / f"{name}.tar", "w") as tar:
+            for path in [run / "run.json", run / "receptive.json", run / "losses.json", *sorted(run.glob("samples-*.png"))]:
+                tar.add(path, arcname=f"{name}/{path.name}")
+            tar.add(run / "samples", arcname=f"{name}/samples")
+        print(json.dumps({name: phase}, indent=2), flush=True)
+        save()
+    report["done"] = True
+    save()
+
+
+def plan(args: argparse.Namespace, report: dict, steps: int | None, icons: torch.Tensor | None = None,
+         device: torch.device | None = None, elapsed=None) -> None:
+    """report["plan"]: the step count, given or fitted to the deadline from a probe of both presets."""
+    if steps is not None:
+        report["plan"] = {"steps": steps}
+        return
     report["probe"] = {p: probe(p, icons, device) for p in PRESETS}
     print(json.dumps(report["probe"], indent=2), flush=True)
 
@@ -135,39 +186,6 @@ def main() -> None:
         raise SystemExit(f"only {left:.0f} s left for training: {steps} steps is too few")
     report["plan"] = {"steps": steps, "train_budget_s": round(left, 1), "sampling_estimate_s": sampling}
     print(json.dumps(report["plan"], indent=2), flush=True)
-    save()
-
-    ref = load_reference(args.data, artist, resolve("seed").image_size)
-    report["runs"] = {}
-    for preset in PRESETS:
-        run = args.work / preset
-        phase: dict = {}
-        report["runs"][preset] = phase
-        t = time.monotonic()
-        info = train(args.data, run, preset, steps=steps, device=args.device, seed=0, sample_every=max(1, steps // 4),
-                     checkpoint_every=steps, keep_checkpoints=1)
-        phase["train_wall_s"] = round(time.monotonic() - t, 1)
-        phase.update(run=info["run"], train_seconds=info["train_seconds"], seconds_per_step=info["seconds_per_step"],
-                     loss_first=info["loss"]["first"], loss_last=info["loss"]["last"],
-                     peak_gib=peak_gib())
-        save()
-        t = time.monotonic()
-        sample(run, args.n, run / "samples", seed=0, device=args.device)
-        sync()
-        phase["sample_wall_s"] = round(time.monotonic() - t, 1)
-        t = time.monotonic()
-        (run / "receptive.json").write_text(json.dumps(measure_receptive_field(run, ref)) + "\n")
-        phase["receptive_wall_s"] = round(time.monotonic() - t, 1)
-        losses = torch.load(run / LATEST, map_location="cpu", weights_only=True, mmap=True)["losses"]
-        (run / "losses.json").write_text(json.dumps(losses) + "\n")
-        with tarfile.open(args.out / f"{preset}.tar", "w") as tar:
-            for path in [run / "run.json", run / "receptive.json", run / "losses.json", *sorted(run.glob("samples-*.png"))]:
-                tar.add(path, arcname=f"{preset}/{path.name}")
-            tar.add(run / "samples", arcname=f"{preset}/samples")
-        print(json.dumps({preset: phase}, indent=2), flush=True)
-        save()
-    report["done"] = True
-    save()
 
 
 if __name__ == "__main__":
