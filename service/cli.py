@@ -137,10 +137,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
     with _open(args, read_only=True) as store:
         if args.artist and not any(a["name"] == args.artist for a in store.artists()):
             raise UserError(f"no artist named {args.artist!r} in the store")
-        summary = scan(store, _embedders(args), root, Path(args.out), artist=args.artist,
-                       progress=sys.stderr.isatty(), workers=args.workers, resume=args.resume,
-                       clip={"clip_model": args.clip_model, "clip_weights": args.clip_weights,
-                             "use_clip": not args.no_clip}, engine=args.engine, ray_address=args.ray_address)
+        try:
+            summary = scan(store, _embedders(args), root, Path(args.out), artist=args.artist,
+                           progress=sys.stderr.isatty(), workers=args.workers, resume=args.resume,
+                           clip={"clip_model": args.clip_model, "clip_weights": args.clip_weights,
+                                 "use_clip": not args.no_clip}, engine=args.engine, ray_address=args.ray_address)
+        except RuntimeError as e:  # the scan engine could not start (e.g. no Ray, or no cluster there)
+            raise UserError(str(e)) from None
     print(summary)
     return 0
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,18 @@ def _import_ray() -> Any:
     except ImportError:
         raise RuntimeError("--engine ray needs Ray Data: pip install 'chimera-provenance[ray]'") from None
     return ray
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes (Ray retries its connection for long), when nothing listens there."""
+    hostport = address.split("://", 1)[-1]
+    if hostport in ("auto", "local") or ":" not in hostport:
+        return
+    host, port = hostport.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"cannot reach the Ray cluster at {address}: {e}") from None
 
 
 def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
@@ -97,8 +110,14 @@ def ray_records(store_root: Path, root: Path, artist: str | None, skip: tuple[se
         address = address or os.environ.get("RAY_ADDRESS")
         # a local Ray gets a slot for the light read tasks beside `workers` scoring actors
         cpus = None if address else max(os.cpu_count() or 1, (workers or 0) + 1)
-        ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
+        if address:
+            _check_reachable(address)
+        try:
+            ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+        except Exception as e:  # noqa: BLE001 - Ray raises several kinds; the user needs the first line
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise RuntimeError(f"cannot start or reach {where}: {str(e).splitlines()[0]}") from None
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the scan shows its own bar
@@ -110,7 +129,7 @@ def ray_records(store_root: Path, root: Path, artist: str | None, skip: tuple[se
         if not workers:
             workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
         done = ray.put((np.array(sorted(skip[0]), dtype="S64"), skip[1]))
-        ds = (ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // READ_BATCH, 4 * workers)))
+        ds = (ray.data.from_items(items, override_num_blocks=min(len(items), max(4 * workers, len(items) // 256)))
               .map_batches(_read, batch_size=READ_BATCH, fn_kwargs={"done": [done]}, num_cpus=0.25)
               .map_batches(_ScoreActor, batch_size=BATCH, num_cpus=1,
                            compute=ray.data.ActorPoolStrategy(size=workers),

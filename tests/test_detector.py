@@ -217,6 +217,15 @@ def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store
     assert hashlib.sha256(catalogue.read_bytes()).hexdigest() == before
 
 
+def test_ray_engine_says_plainly_when_the_cluster_is_unreachable(world, tmp_path):
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    with pytest.raises(RuntimeError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        scan(world["store"], world["emb"], folder, tmp_path / "out.jsonl", engine="ray", ray_address="127.0.0.1:1")
+
+
 def test_artist_filter_does_not_turn_genuine_signatures_into_forgeries(world):
     refs = world["corpus"][1].refs
     sig = Image.open(world["root"] / "data" / "artist_01" / "signatures" / "sig_0.png")
