@@ -7,7 +7,8 @@ fresh store, as in `chimera demo`. Folder: `--images` files in nested folders, P
 JPEG: edited copies of registered icons (every edit kind), held-out originals, half-swap
 collages, part-swap chimeras, procedural images in nobody's hand, and 0.5% corrupt files.
 
-Rows, all on the same folder in the same run, each with `--workers` processes:
+Rows, all on the same folder in the same run, each with `--workers` processes; "others'
+CPU" is the share of the machine that lower-priority (niced) processes took meanwhile:
   imagededup PHash.encode_images     what users pick today: one 64-bit pHash per file
   hash stage                         ours: read, sha256, defensive decode, 240-bit hashes of all 8 turns
   limit: embedders on preloaded      describe_queries only (hashes, style, windows, keypoints): the
@@ -105,9 +106,21 @@ def _limit(args: tuple[str, list[str], bool]) -> tuple[int, float]:
     return len(imgs), time.perf_counter() - t
 
 
+def _jiffies() -> tuple[int, int]:
+    """(niced, all) CPU jiffies so far: what lower-priority processes took of the machine."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return v[1], sum(v)
+
+
+OTHERS: list[float] = []  # per timed phase: share of the machine's CPU taken by niced (other) processes
+
+
 def timed(fn) -> float:
-    t = time.perf_counter()
+    j0, t = _jiffies(), time.perf_counter()
     fn()
+    j1 = _jiffies()
+    OTHERS.append((j1[0] - j0[0]) / max(j1[1] - j0[1], 1))
     return time.perf_counter() - t
 
 
@@ -146,7 +159,9 @@ def main() -> int:
         sample = random.Random(1).sample(paths, min(args.limit_sample, len(paths)))
         for whole, name in ((False, "limit: embedders on preloaded images"), (True, "limit: scoring on preloaded images")):
             with ctx.Pool(w) as pool:
-                parts = pool.map(_limit, [(str(tmp / "store"), chunk, whole) for chunk in _chunks(sample, w)])
+                parts: list = []
+                timed(lambda: parts.extend(pool.map(_limit, [(str(tmp / "store"), chunk, whole)
+                                                             for chunk in _chunks(sample, w)])))
             rows.append((name, sum(n for n, _ in parts), max(s for _, s in parts)))
             print(f"{name}: done", file=sys.stderr)
         engines = ["local"] + ([] if args.skip_ray else ["ray"])
@@ -159,11 +174,11 @@ def main() -> int:
         rate = {name: n / s for name, n, s in rows}
         embed, whole = rate["limit: embedders on preloaded images"], rate["limit: scoring on preloaded images"]
         print(f"\n{machine()}; {len(paths)} files; {w} workers; CLIP off (no weights on this machine)\n")
-        print("| what | files | seconds | images/s | of embedder limit | of scoring limit |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, n, s in rows:
+        print("| what | files | seconds | images/s | of embedder limit | of scoring limit | others' CPU |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for (name, n, s), others in zip(rows, OTHERS):
             share = (f"{rate[name] / embed:.0%} | {rate[name] / whole:.0%}" if name.startswith("scan") else "|")
-            print(f"| {name} | {n} | {s:.1f} | {rate[name]:.1f} | {share} |")
+            print(f"| {name} | {n} | {s:.1f} | {rate[name]:.1f} | {share} | {others:.0%} |")
         ded, ours = rate["imagededup PHash.encode_images"], rate["hash stage (ours, 8 turns x 240 bits)"]
         print(f"\nhash stage vs imagededup: {ours / ded:.2f}x the images/s")
     finally:
