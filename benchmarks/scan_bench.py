@@ -130,6 +130,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--limit-sample", type=int, default=400, help="images the two limits are measured on")
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--hashes-only", action="store_true", help="only imagededup against our hash stage")
     args = ap.parse_args()
     from imagededup.methods import PHash
 
@@ -156,6 +157,13 @@ def main() -> int:
             pool.map(_hash_files, _chunks(paths[:w], w))
             rows.append(("hash stage (ours, 8 turns x 240 bits)", len(paths),
                          timed(lambda: pool.map(_hash_files, _chunks(paths, 8 * w)))))
+        if args.hashes_only:
+            ded, ours = (n / s for _, n, s in rows)
+            print(f"\n{machine()}; {len(paths)} files; {w} workers\n")
+            for (name, n, s), others in zip(rows, OTHERS):
+                print(f"| {name} | {n} | {s:.2f} | {n / s:.1f} | {others:.0%} |")
+            print(f"\nhash stage vs imagededup: {ours / ded:.2f}x the images/s")
+            return 0
         sample = random.Random(1).sample(paths, min(args.limit_sample, len(paths)))
         for whole, name in ((False, "limit: embedders on preloaded images"), (True, "limit: scoring on preloaded images")):
             with ctx.Pool(w) as pool:
