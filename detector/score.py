@@ -94,19 +94,19 @@ class Scorer:
         """Results for a batch of images: the embedders (CLIP above all) see the whole batch at once."""
         self._check_artist(artist)
         qs = self.embedders.describe_queries([im.image for im in imgs])
-        return [self.score(im, artist, q) for im, q in zip(imgs, qs)]
+        return [self._score(im, artist, q) for im, q in zip(imgs, qs)]
+
+    def score(self, img: LoadedImage, artist: str | None = None) -> dict[str, Any]:
+        """The result object for one decoded image (restricted to `artist` when given)."""
+        return self.score_many([img], artist)[0]
 
     def _check_artist(self, artist: str | None) -> None:
         if artist is not None and not self.store.conn.execute("SELECT 1 FROM artists WHERE name=?",
                                                               (artist,)).fetchone():
             raise ValueError(f"no artist named {artist!r} in the store")
 
-    def score(self, img: LoadedImage, artist: str | None = None, q: Vectors | None = None) -> dict[str, Any]:
-        """The result object for one decoded image (restricted to `artist` when given);
-        `q` are its query vectors when already computed (by `score_many`)."""
-        self._check_artist(artist)
-        if q is None:
-            q = self.embedders.describe_queries([img.image])[0]
+    def _score(self, img: LoadedImage, artist: str | None, q: Vectors) -> dict[str, Any]:
+        """The result object of an image whose query vectors `q` are computed (artist checked)."""
         qc = local.Canvas.of(local.canvas(img.image))
         q_detail = qc.detail
         sx, sy = qc.size[0] / img.width, qc.size[1] / img.height  # differ for extreme aspect ratios

@@ -128,21 +128,16 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_scan(args: argparse.Namespace) -> int:
     from service.scan import scan
-    from service.scan import FORMATS
     root = Path(args.dir)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
-    if Path(args.out).suffix.lower() not in FORMATS:
-        raise UserError(f"--out must end in one of {', '.join(FORMATS)} (got {Path(args.out).name})")
     with _open(args, read_only=True) as store:
-        if args.artist and not any(a["name"] == args.artist for a in store.artists()):
-            raise UserError(f"no artist named {args.artist!r} in the store")
         try:
             summary = scan(store, _embedders(args), root, Path(args.out), artist=args.artist,
                            progress=sys.stderr.isatty(), workers=args.workers, resume=args.resume,
                            clip={"clip_model": args.clip_model, "clip_weights": args.clip_weights,
                                  "use_clip": not args.no_clip}, engine=args.engine, ray_address=args.ray_address)
-        except RuntimeError as e:  # the scan engine could not start (e.g. no Ray, or no cluster there)
+        except (ValueError, RuntimeError) as e:  # bad --out/--engine/--artist, or the engine could not start
             raise UserError(str(e)) from None
     print(summary)
     return 0
