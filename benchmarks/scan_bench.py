@@ -21,6 +21,7 @@ End to end is reported as a fraction of both limits. The limits run on a sample.
 from __future__ import annotations
 
 import argparse
+import logging
 import multiprocessing as mp
 import random
 import shutil
@@ -40,7 +41,7 @@ from generator.chimeras import make_chimeras
 from generator.dataset import make_dataset
 from index.store import Store
 from service.ingest import add_images
-from service.scan import scan
+from service.scan import BATCH, limit_threads, scan
 
 
 def make_folder(world: Path, out: Path, n: int, seed: int = 0) -> None:
@@ -72,12 +73,15 @@ def make_folder(world: Path, out: Path, n: int, seed: int = 0) -> None:
 
 
 def _hash_files(paths: list[str]) -> int:
-    for p in paths:
-        data = Path(p).read_bytes()
-        try:
-            hashes.dihedral_bits(hashes.autocrop(decode(data, p).image))
-        except Exception:  # noqa: BLE001 - corrupt files cost what it takes to find out
-            pass
+    """The hash stage as a scan runs it: read, decode, trim, then hash each batch of BATCH together."""
+    for i in range(0, len(paths), BATCH):
+        images = []
+        for p in paths[i:i + BATCH]:
+            try:
+                images.append(hashes.autocrop(decode(Path(p).read_bytes(), p).image))
+            except Exception:  # noqa: BLE001 - corrupt files cost what it takes to find out
+                pass
+        hashes.dihedral_bits_many(images)
     return len(paths)
 
 
@@ -133,6 +137,8 @@ def main() -> int:
     ap.add_argument("--hashes-only", action="store_true", help="only imagededup against our hash stage")
     args = ap.parse_args()
     from imagededup.methods import PHash
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("imagededup")]:
+        logging.getLogger(name).setLevel(logging.ERROR)  # it logs each corrupt file as a warning
 
     tmp = Path(tempfile.mkdtemp(prefix="scan-bench-"))
     try:
@@ -153,7 +159,7 @@ def main() -> int:
         rows.append(("imagededup PHash.encode_images", len(paths),
                      timed(lambda: PHash(verbose=False).encode_images(str(folder), recursive=True, num_enc_workers=w))))
         ctx = mp.get_context("spawn")
-        with ctx.Pool(w) as pool:  # started outside the timing, as imagededup's pool is cheap to fork
+        with ctx.Pool(w, limit_threads, (1,)) as pool:  # started untimed (imagededup's forks cheaply); set up as scans set theirs
             pool.map(_hash_files, _chunks(paths[:w], w))
             rows.append(("hash stage (ours, 8 turns x 240 bits)", len(paths),
                          timed(lambda: pool.map(_hash_files, _chunks(paths, 8 * w)))))
@@ -166,7 +172,7 @@ def main() -> int:
             return 0
         sample = random.Random(1).sample(paths, min(args.limit_sample, len(paths)))
         for whole, name in ((False, "limit: embedders on preloaded images"), (True, "limit: scoring on preloaded images")):
-            with ctx.Pool(w) as pool:
+            with ctx.Pool(w, limit_threads, (1,)) as pool:
                 parts: list = []
                 timed(lambda: parts.extend(pool.map(_limit, [(str(tmp / "store"), chunk, whole)
                                                              for chunk in _chunks(sample, w)])))

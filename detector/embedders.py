@@ -68,10 +68,11 @@ class Embedders:
 
     def describe_works(self, images: list[Image.Image]) -> list[tuple[Vectors, bytes]]:
         """(vectors, thumbnail PNG) to store for registered works (or generated outputs)."""
-        out = [{"hash": [(FULL, hashes.hash_bits(hashes.autocrop(im)))],
+        bits = hashes.dihedral_bits_many([hashes.autocrop(im) for im in images], variants=1)
+        out = [{"hash": [(FULL, b[0])],
                 "style": [(FULL, style.style_vector(im))],
                 "patch": regions.describe(im, regions.WORK_WINDOWS),
-                "kp": _points(local.canvas(im))} for im in images]
+                "kp": _points(local.canvas(im))} for im, b in zip(images, bits)]
         self._add_clip(images, out)
         return [(vecs, thumbnail(im)) for vecs, im in zip(out, images)]
 
@@ -80,9 +81,10 @@ class Embedders:
         keypoints of the image and of its mirror (SIFT is not mirror-invariant).
         CLIP, when loaded, embeds the whole list in one forward pass."""
         out: list[Vectors] = []
-        for img in images:
+        turns = hashes.dihedral_bits_many([hashes.autocrop(img) for img in images])
+        for img, bits in zip(images, turns):
             can = local.canvas(img)
-            out.append({"hash": [(FULL, bits) for bits in hashes.dihedral_bits(hashes.autocrop(img))],
+            out.append({"hash": [(FULL, b) for b in bits],
                         "style": [(FULL, style.style_vector(img))],
                         "patch": regions.describe(img, regions.QUERY_WINDOWS),
                         "kp": _points(can), "kp_flip": _points(np.ascontiguousarray(can[:, ::-1]))})

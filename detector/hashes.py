@@ -8,10 +8,11 @@ fooled by different edits, the sum by fewer.
 from __future__ import annotations
 
 import cv2
-import imagehash
 import numpy as np
 import scipy.fft
 from PIL import Image
+
+from detector import resample
 
 HASH_BITS = 64 * 3 + 48  # phash, dhash, whash, colorhash (42 bits, padded to 48)
 
@@ -19,9 +20,10 @@ HASH_BITS = 64 * 3 + 48  # phash, dhash, whash, colorhash (42 bits, padded to 48
 def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
     """The box inside uniform borders (padding, letterboxing); the whole image if it is mostly border."""
     arr = np.asarray(img)
-    d = cv2.absdiff(arr, np.broadcast_to(arr[0, 0], arr.shape).copy())
-    diff = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]) > tol  # (numpy's max over a last axis of 3 is slow)
-    rows, cols = np.flatnonzero(diff.any(axis=1)), np.flatnonzero(diff.any(axis=0))
+    corner = tuple(int(c) for c in arr[0, 0]) + (0,) * (4 - arr.shape[2])
+    ink = cv2.absdiff(arr, corner) > tol  # per channel; a pixel is content if any channel differs
+    rows = np.flatnonzero(ink.reshape(len(ink), -1).any(axis=1))
+    cols = np.flatnonzero(ink.any(axis=0).any(axis=1))
     full = (0, 0, img.width, img.height)
     if len(rows) == 0 or len(cols) == 0:
         return full
@@ -33,7 +35,8 @@ def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
 
 def autocrop(img: Image.Image) -> Image.Image:
     """Trim uniform borders so a padded copy hashes like its source."""
-    return img.crop(content_box(img))
+    box = content_box(img)
+    return img if box == (0, 0, img.width, img.height) else img.crop(box)
 
 
 def hash_bits(img: Image.Image) -> np.ndarray:
@@ -76,13 +79,67 @@ _DH_LEFT = np.array([d[:, :-1].ravel() for d in _DH])
 
 
 def _median(rows: np.ndarray) -> np.ndarray:
-    """Median of each row of 64 (np.median's overhead is 20x the work at this size)."""
-    middle = np.sort(rows, axis=1)[:, 31:33]
-    return middle.mean(axis=1, keepdims=True)
+    """Median of each row of 64 along the last axis (np.median's overhead is 20x the work here)."""
+    return np.sort(rows, axis=-1)[..., 31:33].mean(axis=-1, keepdims=True)
+
+
+def _colour_labels() -> np.ndarray:
+    """Class of each (saturation, hue) pair of a non-black pixel in imagehash's colour hash,
+    flattened as [saturation * 256 + hue]: 0 grey (low saturation), 1-6 faint colour by hue bin,
+    7-12 bright colour by hue bin, 13 neither (saturation exactly 2/3, which imagehash counts as
+    colour but bins nowhere). Black pixels are class 14. Hue bins are np.histogram's over
+    linspace(0, 255, 7)."""
+    hue_bin = np.minimum(np.searchsorted(np.linspace(0, 255, 7), np.arange(256), side="right") - 1, 5)
+    sat = np.arange(256)[:, None]
+    return np.where(sat < 256 // 3, 0, np.where(sat < 256 * 2 // 3, 1 + hue_bin[None, :],
+                                                 np.where(sat > 256 * 2 // 3, 7 + hue_bin[None, :], 13))
+                    ).astype(np.intp).ravel()
+
+
+_COLOUR_LABEL = _colour_labels()
+_LEVEL_BITS = np.array([[v // 2 ** (2 - i) % 2 ** (3 - i) > 0 for i in range(3)] for v in range(8)])
+
+
+def _colour_counts(images: list[Image.Image], greys: list[np.ndarray]) -> np.ndarray:
+    """Pixels per colour-hash class (`_colour_labels`) of each image: (len(images), 15), from one
+    table lookup over all the images' pixels."""
+    hsv = np.concatenate([np.frombuffer(img.convert("HSV").tobytes(), np.uint8) for img in images])
+    # the (hue, saturation) bytes of each 3-byte pixel, read as one little-endian uint16: hue + 256 * saturation
+    key = np.ndarray((len(hsv) // 3,), dtype="<u2", buffer=hsv, strides=(3,))
+    label = _COLOUR_LABEL[key]
+    label[np.concatenate([g.ravel() for g in greys]) < 256 // 8] = 14
+    ends = np.cumsum([g.size for g in greys])
+    return np.stack([np.bincount(label[e - g.size:e], minlength=15) for e, g in zip(ends, greys)])
+
+
+def _colour_bits(counts: np.ndarray) -> np.ndarray:
+    """imagehash.colorhash(img, binbits=3), bit for bit, from the class counts of each image
+    (rows): the fractions of black, grey, and faint and bright colours in 6 hue bins, each
+    quantised to 3 bits by imagehash's own coding; 42 bools per row.
+
+    imagehash builds these with a dozen masks, two np.histogram calls and a Python loop; one
+    lookup of each pixel's class and one bincount give the same counts at a fraction of the
+    cost, which matters at bulk-scan rates. The divisions are imagehash's, operation for
+    operation, so the quantised values agree exactly.
+    """
+    total = counts.sum(axis=1, keepdims=True)
+    colours = np.maximum(1, total - counts[:, [14]] - counts[:, [0]])
+    fracs = np.concatenate([counts[:, [14, 0]] / total * 8, counts[:, 1:13] * 8 * 1.0 / colours], axis=1)
+    return _LEVEL_BITS[np.minimum(7, fracs.astype(int))].reshape(len(counts), 42)
+
+
+def colour_bits(img: Image.Image) -> np.ndarray:
+    """imagehash.colorhash(img, binbits=3).hash flattened: 42 bools."""
+    return _colour_bits(_colour_counts([img], [np.asarray(img.convert("L"))]))[0]
 
 
 def dihedral_bits(img: Image.Image, variants: int = 8) -> list[np.ndarray]:
-    """`hash_bits` of the first `variants` images of `dihedral(img)`, from one set of reductions.
+    """`hash_bits` of the first `variants` images of `dihedral(img)`, from one set of reductions."""
+    return dihedral_bits_many([img], variants)[0]
+
+
+def dihedral_bits_many(images: list[Image.Image], variants: int = 8) -> list[list[np.ndarray]]:
+    """For each image, `hash_bits` of the first `variants` images of `dihedral(img)`.
 
     Reducing an image (grey, resized to a square or to its transpose's shape) commutes
     with flips and quarter turns, so each variant's hash is a fixed re-indexing of the
@@ -93,22 +150,35 @@ def dihedral_bits(img: Image.Image, variants: int = 8) -> list[np.ndarray]:
     with the largest LL removed and thresholded at the median, the level-k Haar LL of a
     2^n square is its 8x8 block means (up to a scale and a shift), with ties broken
     exactly rather than by rounding.
+
+    Only the reductions are per image; the DCTs, medians, comparisons and packing run once
+    for the whole list, because at icon sizes numpy's per-call overhead, not arithmetic,
+    is the cost (the batched DCT is bit-identical to one image at a time).
     """
-    grey = img.convert("L")
-    small = np.asarray(grey.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
-    low = scipy.fft.dct(scipy.fft.dct(small, axis=0), axis=1)[:8, :8].ravel()
-    dh = np.concatenate([np.asarray(grey.resize(size, Image.Resampling.LANCZOS), dtype=np.int16).ravel()
-                         for size in ((9, 8), (8, 9))])
-    scale = max(2 ** int(np.log2(min(img.size))), 8)
-    square = np.asarray(grey.resize((scale, scale), Image.Resampling.LANCZOS), dtype=np.float64)
-    blocks = square.reshape(8, scale // 8, 8, scale // 8).mean(axis=(1, 3)).ravel()
-    colour = np.concatenate([np.ravel(h) for h in imagehash.colorhash(img, binbits=3).hash])
-    colour = np.pad(colour, (0, 48 - len(colour))).astype(bool)
-    p = low[_DCT_ORDER[:variants]] * _DCT_SIGN[:variants]
-    w = blocks[_BLOCK_ORDER[:variants]]
-    bits = np.concatenate([p > _median(p), dh[_DH_RIGHT[:variants]] > dh[_DH_LEFT[:variants]],
-                           w > _median(w), np.repeat(colour[None], variants, axis=0)], axis=1)
-    return list(np.packbits(bits, axis=1))
+    n = len(images)
+    if n == 0:
+        return []
+    greys = [np.asarray(img.convert("L")) for img in images]
+    reduced = resample.resize_batch(greys, [(32, 32), (9, 8), (8, 9)])
+    small = np.stack([r[0] for r in reduced])
+    dh = np.stack([np.concatenate([r[1].ravel(), r[2].ravel()]) for r in reduced])
+    scales = np.array([max(1 << (min(g.shape).bit_length() - 1), 8) for g in greys])  # the largest 2^k square
+    blocks = np.empty((n, 64))
+    at32 = scales == 32  # icons cropped to 32-63 px: the square is the pHash reduction itself
+    blocks[at32] = small[at32].reshape(-1, 8, 4, 8, 4).mean(axis=(2, 4)).reshape(-1, 64)  # sums of integers: exact
+    for i in np.flatnonzero(~at32):
+        s, grey = scales[i], greys[i]
+        square = grey if grey.shape == (s, s) else resample.resize(grey, (s, s))
+        blocks[i] = square.reshape(8, s // 8, 8, s // 8).mean(axis=(1, 3)).ravel()
+    counts = _colour_counts(images, greys)
+    low = scipy.fft.dct(scipy.fft.dct(small, axis=1), axis=2)[:, :8, :8].reshape(n, 64)  # (a matmul differs in ties)
+    p = low[:, _DCT_ORDER[:variants]] * _DCT_SIGN[:variants]
+    w = blocks[:, _BLOCK_ORDER[:variants]]
+    colour = np.zeros((n, variants, 48), dtype=bool)
+    colour[:, :, :42] = _colour_bits(counts)[:, None]
+    bits = np.concatenate([p > _median(p), dh[:, _DH_RIGHT[:variants]] > dh[:, _DH_LEFT[:variants]],
+                           w > _median(w), colour], axis=2)
+    return [list(v) for v in np.packbits(bits, axis=2)]
 
 
 def dihedral(img: Image.Image) -> list[Image.Image]:

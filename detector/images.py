@@ -55,7 +55,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedImage:
@@ -73,7 +73,7 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
                                  " (possible decompression bomb)")
             img.seek(0)  # first frame of an animation
             img.load()
-            img = ImageOps.exif_transpose(img)
+            ImageOps.exif_transpose(img, in_place=True)  # (in place: no copy when there is nothing to turn)
             rgb = to_rgb(img)
     except ImageError:
         raise

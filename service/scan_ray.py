@@ -28,7 +28,7 @@ from detector.embedders import Embedders
 from detector.images import iter_image_paths
 from detector.score import Scorer
 from index.store import Store
-from service.scan import BATCH, Job, score_jobs
+from service.scan import BATCH, Job, limit_threads, score_jobs
 
 READ_BATCH = 64  # files per read task
 SKIPPED = ""  # the record of a file a resumed scan already has
@@ -86,6 +86,7 @@ class _ScoreActor:
     """
 
     def __init__(self, store: str, clip: dict[str, Any], artist: str | None) -> None:
+        limit_threads(1)  # one CPU per actor
         self.scorer = Scorer(Store.open(store, read_only=True), Embedders.load(**clip, quiet=True))
         self.artist = artist
 

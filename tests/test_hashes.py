@@ -1,0 +1,103 @@
+"""Perceptual hashes: imagehash's own bits, for all 8 turns, at bulk-scan speed.
+
+The fast paths (our Pillow-exact resampler, batched reductions, table-driven colour
+hash) are only worth having if they change no bit, so these tests hold them to the
+reference implementations: Pillow's Image.resize and imagehash's functions.
+"""
+
+from __future__ import annotations
+
+import imagehash
+import numpy as np
+import pytest
+from conftest import draw_icon
+from PIL import Image
+
+from detector import hashes, resample
+
+
+def _greys(rng: np.random.Generator, n: int, lo: int = 8, hi: int = 160) -> list[np.ndarray]:
+    """Noise, hard black-and-white edges (Lanczos rings past 0..255) and smooth ramps, odd sizes."""
+    out = []
+    for k in range(n):
+        h, w = (int(v) for v in rng.integers(lo, hi, 2))
+        if k % 3 == 0:
+            out.append(rng.integers(0, 256, (h, w), dtype=np.uint8))
+        elif k % 3 == 1:
+            out.append(((rng.random((h, w)) > 0.5) * 255).astype(np.uint8))
+        else:
+            out.append(np.clip(np.cumsum(rng.integers(-3, 4, (h, w)), axis=1) + 128, 0, 255).astype(np.uint8))
+    return out
+
+
+def _pillow(grey: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.LANCZOS))
+
+
+def test_resampler_gives_pillows_pixels_in_batches_and_alone():
+    rng = np.random.default_rng(0)
+    sizes = [(32, 32), (9, 8), (8, 9), (64, 64)]
+    greys = _greys(rng, 48) + [np.full((100, 12), 7, np.uint8), rng.integers(0, 256, (150, 40), dtype=np.uint8)]
+    # tall images make Pillow run the vertical pass first for some sizes; 150 px is past BATCH_MAX
+    assert any(resample._down_first(*g.shape, s) for g in greys for s in sizes)
+    for start in range(0, len(greys), 8):
+        batch = greys[start:start + 8]
+        for grey, resized in zip(batch, resample.resize_batch(batch, sizes)):
+            for size, pixels in zip(sizes, resized):
+                assert np.array_equal(pixels, _pillow(grey, size)), (grey.shape, size)
+    for grey in greys[:6]:
+        h, w = grey.shape
+        for size in [(w, 9), (17, h), (w, h), (w + 3, max(1, h - 5))]:  # one pass only, none, upscaling
+            assert np.array_equal(resample.resize(grey, size), _pillow(grey, size)), (grey.shape, size)
+
+
+def _images() -> list[Image.Image]:
+    rng = np.random.default_rng(1)
+    icons = [draw_icon(k, (200 - 20 * k, 90, 40 + 25 * k), size=64 + 16 * k) for k in range(6)]
+    crops = [icon.crop((3, 0, icon.width - 5, icon.height - 9)) for icon in icons]
+    noise = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in [(40, 50), (70, 33), (9, 120)]]
+    flat = [Image.new("RGB", (30, 30), (5, 5, 5)), Image.new("RGB", (24, 40), (255, 0, 0))]
+    return icons + crops + noise + flat
+
+
+def test_hash_bits_are_imagehashs_phash_dhash_and_colour_hash():
+    for img in _images():
+        bits = np.unpackbits(hashes.hash_bits(img))
+        assert np.array_equal(bits[:64], imagehash.phash(img).hash.ravel())
+        assert np.array_equal(bits[64:128], imagehash.dhash(img).hash.ravel())
+        assert np.array_equal(bits[192:234], imagehash.colorhash(img, binbits=3).hash.ravel())
+        assert not bits[234:].any()  # padding
+        # wHash: imagehash's Haar LL at the median, computed as 8x8 block means; imagehash rounds the
+        # Haar coefficients through float32, we compare exact means, so only ties may differ
+        assert (bits[128:192] != imagehash.whash(img).hash.ravel()).sum() <= 4
+
+
+def test_batched_hashes_equal_one_image_at_a_time():
+    images = _images()
+    batched = hashes.dihedral_bits_many(images)
+    for img, turns in zip(images, batched):
+        assert len(turns) == 8
+        assert all(np.array_equal(a, b) for a, b in zip(turns, hashes.dihedral_bits(img)))
+    assert hashes.dihedral_bits_many([]) == []
+
+
+def test_hashes_of_all_turns_agree_with_hashing_each_turned_image():
+    img = draw_icon(4, (200, 90, 40), size=96).crop((3, 0, 90, 80))  # not square: turns change the shape
+    fast = hashes.dihedral_bits(img)
+    for k, turned in enumerate(hashes.dihedral(img)):
+        bits = np.unpackbits(hashes.hash_bits(turned)) != np.unpackbits(fast[k])
+        # flips commute exactly with the reductions; quarter turns up to Pillow's rounding between passes
+        assert bits.sum() == 0 if k % 2 == 0 else bits.sum() <= 6
+    other = hashes.hash_bits(draw_icon(5, (40, 90, 200), size=96).crop((3, 0, 90, 80)))
+    assert (np.unpackbits(other) != np.unpackbits(fast[0])).sum() > 20  # and they still tell icons apart
+
+
+@pytest.mark.parametrize("pad", [0, 7])
+def test_content_box_trims_uniform_borders_only(pad):
+    icon = draw_icon(2, (30, 120, 200), size=48)
+    canvas = Image.new("RGB", (48 + 2 * pad, 48 + 3 * pad), (255, 255, 255))
+    canvas.paste(icon, (pad, 2 * pad))
+    x0, y0, x1, y1 = hashes.content_box(canvas)
+    inner = hashes.content_box(icon)
+    assert (x0 - pad, y0 - 2 * pad, x1 - pad, y1 - 2 * pad) == inner
+    assert hashes.content_box(Image.new("RGB", (20, 20), (9, 9, 9))) == (0, 0, 20, 20)
