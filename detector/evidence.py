@@ -77,10 +77,15 @@ def _box_to_box(src: tuple, dst: tuple, k: int = 0) -> np.ndarray:
     return cv2.getAffineTransform(s, np.float32(d))
 
 
+Placement = tuple[np.ndarray, int, "tuple[float, float, float, float] | None"]
+
+
 def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
-            q_content: tuple) -> dict[int, list[tuple[np.ndarray, int]]]:
-    """work id -> candidate placements (2x3 matrix query canvas -> work canvas, support)."""
-    out: dict[int, list[tuple[np.ndarray, int]]] = defaultdict(list)
+            q_content: tuple) -> dict[int, list[Placement]]:
+    """work id -> candidate placements: (2x3 matrix query canvas -> work canvas, support, focus).
+    focus is the box of the work (canvas pixels) that matched when only a part of it did, so
+    registration looks there; None for whole-work matches."""
+    out: dict[int, list[Placement]] = defaultdict(list)
     bits = len(q["hash"][0][1]) * 8
     best_hash: dict[int, tuple[float, int]] = {}
     for k, hits in enumerate(store.search("hash", np.stack([v for _, v in q["hash"]]), 5)):
@@ -91,7 +96,7 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
     for wid, (_, k) in sorted(best_hash.items(), key=lambda kv: -kv[1][0])[:MAX_WORKS]:
         wc = works.get(wid)
         if wc:
-            out[wid].append((_box_to_box(q_content, wc.content, k), 0))
+            out[wid].append((_box_to_box(q_content, wc.content, k), 0, None))
     for kind, flipped in (("kp", False), ("kp_flip", True)):
         items = q.get(kind) or []
         if len(items) < 3:
@@ -115,47 +120,53 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
                 continue
             if flipped:  # points were on the mirrored canvas: compose with the mirror
                 m = m @ np.float32([[-1, 0, q_size[0]], [0, 1, 0], [0, 0, 1]])
-            out[wid].append((m.astype(np.float32), int(inl.sum())))
+            out[wid].append((m.astype(np.float32), int(inl.sum()), None))
     # windows: each near-identical window pair votes for (work, shift); pieces moved as a block agree
-    votes: dict[tuple[int, float, float], int] = defaultdict(int)
+    votes: dict[tuple[int, float, float], list[tuple]] = defaultdict(list)  # -> the work's matching windows
     if q.get("patch"):
         for (qbox, _), hits in zip(q["patch"], store.search("patch", np.stack([v for _, v in q["patch"]]), 3)):
             for hit in hits:
                 if hit.score >= PATCH_PROPOSE and hit.work_id is not None:
                     dx, dy = round((qbox[0] - hit.box[0]) * 16) / 16, round((qbox[1] - hit.box[1]) * 16) / 16
-                    votes[(hit.work_id, dx, dy)] += 1
-    for (wid, dx, dy), _ in sorted(votes.items(), key=lambda kv: -kv[1])[:2 * MAX_WORKS]:
+                    votes[(hit.work_id, dx, dy)].append(hit.box)
+    for (wid, dx, dy), hits in sorted(votes.items(), key=lambda kv: -len(kv[1]))[:2 * MAX_WORKS]:
         wc = works.get(wid)
         if wc:
             shifted = (dx * q_size[0], dy * q_size[1], (1 + dx) * q_size[0], (1 + dy) * q_size[1])
-            out[wid].append((_box_to_box(shifted, (0, 0, *wc.size)), 0))
+            boxes = np.array(hits)  # the part of the work that matched: register on it
+            focus = (*(boxes[:, :2].min(axis=0) * wc.size), *(boxes[:, 2:].max(axis=0) * wc.size))
+            out[wid].append((_box_to_box(shifted, (0, 0, *wc.size)), 0, focus))
     return out
 
 
-def distinct(placements: list[tuple[np.ndarray, int]], size: tuple[int, int],
-             tol: float = 1.5) -> list[tuple[np.ndarray, int]]:
+def distinct(placements: list[Placement], size: tuple[int, int], tol: float = 1.5) -> list[Placement]:
     """Placements that differ: one of each group putting the query's corners within `tol` canvas
     pixels of the same spot (the best-supported), since refinement takes them to the same place."""
     corners = np.float32([[0, 0, 1], [size[0], 0, 1], [0, size[1], 1], [size[0], size[1], 1]]).T
-    kept: list[tuple[np.ndarray, int, np.ndarray]] = []
-    for matrix, support in sorted(placements, key=lambda p: -p[1]):
-        at = matrix @ corners
-        if all(np.abs(at - k).max() > tol for _, _, k in kept):
-            kept.append((matrix, support, at))
-    return [(m, s) for m, s, _ in kept]
+    kept: list[tuple[Placement, np.ndarray]] = []
+    for placement in sorted(placements, key=lambda p: -p[1]):
+        at = placement[0] @ corners
+        if all(np.abs(at - k).max() > tol for _, k in kept):
+            kept.append((placement, at))
+    return [p for p, _ in kept]
 
 
-def verify(works: WorkCanvases, proposals: dict[int, list[tuple[np.ndarray, int]]],
+def verify(works: WorkCanvases, proposals: dict[int, list[Placement]],
            q: local.Canvas) -> dict[int, local.Alignment]:
-    """Best verified placement per work (by forward x backward agreement)."""
+    """Best verified placement per work: by forward x backward agreement plus the share of the
+    query's detail it reproduces exactly, so a placement proving a pasted piece is not outranked
+    by one that merely resembles the whole (a recoloured copy has no exact pixels anywhere, and
+    agreement alone decides)."""
     best: dict[int, local.Alignment] = {}
+    total = max(int(q.detail.sum()), 1)
+    strength = lambda a: a.forward * a.backward + float(a.exact.sum()) / total  # noqa: E731
     for wid, placements in proposals.items():
         wc = works.get(wid)
         if wc is None:
             continue
-        for matrix, support in distinct(placements, q.size):
-            a = local.align(wid, q, wc.canvas, matrix, support)
-            if wid not in best or a.forward * a.backward > best[wid].forward * best[wid].backward:
+        for matrix, support, focus in distinct(placements, q.size):
+            a = local.align(wid, q, wc.canvas, matrix, support, focus)
+            if wid not in best or strength(a) > strength(best[wid]):
                 best[wid] = a
     return best
 

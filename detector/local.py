@@ -122,44 +122,64 @@ class Canvas:
         return self.gray.shape[1], self.gray.shape[0]
 
 
+WANDER = 0.03  # largest shift (share of CANVAS) registration may make before it counts as lost
 POLISH = 3  # full-size ECC iterations after the half-size ones (each full-size call costs ~4 ms)
 
 
-def refine(q: Canvas, w: Canvas, matrix: np.ndarray) -> np.ndarray:
+def _mask(w: Canvas, focus: tuple[float, float, float, float] | None, coarse: bool) -> np.ndarray | None:
+    """The work's pixels registration may use: all (None), or the focus box (work canvas pixels)."""
+    if focus is None:
+        return None
+    img = w.coarse if coarse else w.smooth
+    sx, sy = img.shape[1] / w.size[0], img.shape[0] / w.size[1]
+    mask = np.zeros(img.shape, np.uint8)
+    mask[int(focus[1] * sy):int(np.ceil(focus[3] * sy)), int(focus[0] * sx):int(np.ceil(focus[2] * sx))] = 1
+    return mask
+
+
+def refine(q: Canvas, w: Canvas, matrix: np.ndarray,
+           focus: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """Sub-pixel registration (ECC on the smoothed images) of a coarse placement.
 
     Proposals from hashes and keypoints can be a pixel or two off, which is enough
     to make an exact cut-out look inexact; a placement that does not converge is kept.
     ECC runs coarse to fine: to convergence on the half-size smoothed images (a quarter
     of the pixels), then a few polishing steps at full size for full sub-pixel accuracy.
+    With a focus (the part of the work that matched), only that part is registered: a piece
+    pasted from a work sits among pixels the rest of that work does not explain.
     """
     sq = np.float32([q.coarse.shape[1] / q.size[0], q.coarse.shape[0] / q.size[1], 1.0])
     sw = np.float32([w.coarse.shape[1] / w.size[0], w.coarse.shape[0] / w.size[1]])
     warp = matrix.astype(np.float32) * sw[:, None] / sq[None, :]  # the same placement between half sizes
     stop, polish = cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, POLISH
     try:
-        _, warp = cv2.findTransformECC(q.coarse, w.coarse, warp, cv2.MOTION_AFFINE, (stop, 30, 1e-4), None, 1)
+        _, warp = cv2.findTransformECC(q.coarse, w.coarse, warp, cv2.MOTION_AFFINE, (stop, 30, 1e-4),
+                                       _mask(w, focus, coarse=True), 1)
         warp = warp * sq[None, :] / sw[:, None]
     except cv2.error:  # too little structure at half size: all the way at full size
         warp, polish = matrix.astype(np.float32).copy(), 30
     try:
-        _, warp = cv2.findTransformECC(q.smooth, w.smooth, warp, cv2.MOTION_AFFINE, (stop, polish, 1e-4), None, 1)
+        _, warp = cv2.findTransformECC(q.smooth, w.smooth, warp, cv2.MOTION_AFFINE, (stop, polish, 1e-4),
+                                       _mask(w, focus, coarse=False), 1)
     except cv2.error:
         return matrix
     step = np.abs(warp - matrix)
-    if step[:, :2].max() > 0.1 or step[:, 2].max() > 0.03 * CANVAS:  # wandered off: not a refinement
+    # wandered off: not a refinement. A focused placement comes from window matches, whose shifts
+    # are quantised to 1/16 of the image (16 px here), so it may move twice as far.
+    if step[:, :2].max() > 0.1 or step[:, 2].max() > WANDER * CANVAS * (1 if focus is None else 2):
         return matrix
     return warp
 
 
-def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int = 0) -> Alignment:
+def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int = 0,
+          focus: tuple[float, float, float, float] | None = None) -> Alignment:
     """Warp the work onto the query and measure, window by window, what it explains.
 
     Resemblance (copies: survives blur, JPEG, recolouring) is measured on smoothed
     images; exactness (cut-out pieces) on the raw ones.
     """
     size = q.size
-    matrix = refine(q, w, matrix)
+    matrix = refine(q, w, matrix, focus)
     inv = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(w.gray, matrix, size, flags=inv, borderValue=0)
     warped_s = cv2.warpAffine(w.smooth, matrix, size, flags=inv, borderValue=0)

@@ -1,0 +1,42 @@
+"""Registration of a part: a piece pasted from a work, found by window matches, is proven exactly."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from conftest import draw_icon
+from PIL import Image, ImageDraw
+
+from detector import local
+
+
+def _detailed(seed: int) -> Image.Image:
+    """A work with detail everywhere (a crowd of outlined dots), so any piece of it is distinctive."""
+    r = random.Random(seed)
+    img = Image.new("RGB", (64, 64), "white")
+    d = ImageDraw.Draw(img)
+    for _ in range(40):
+        x, y, s = r.randint(0, 60), r.randint(0, 60), r.randint(3, 10)
+        d.ellipse([x, y, x + s, y + s], fill=tuple(r.randint(0, 255) for _ in range(3)), outline=(0, 0, 0))
+    return img
+
+
+@pytest.mark.parametrize("seed,offset", [(0, (2, -2)), (1, (-2, 1)), (2, (2, 2))])
+def test_a_moved_piece_registers_on_the_part_that_matched(seed, offset):
+    base, donor = draw_icon(1, (230, 180, 40), size=64), _detailed(seed)
+    sx, sy, dx, dy, pw, ph = 14, 16, 22, 30, 28, 22  # the piece's place in the donor, and where it was pasted
+    query = base.copy()
+    query.paste(donor.crop((sx, sy, sx + pw, sy + ph)), (dx, dy))
+    q, w = local.Canvas.of(local.canvas(query)), local.Canvas.of(local.canvas(donor))
+    s = q.size[0] // 64
+    piece = np.zeros(q.detail.shape, bool)
+    piece[dy * s:(dy + ph) * s, dx * s:(dx + pw) * s] = True
+    piece &= q.detail
+    # a window match gives the shift only to 1/16 of the image: here 2 icon pixels off
+    off = np.float32([[1, 0, (sx - dx + offset[0]) * s], [0, 1, (sy - dy + offset[1]) * s]])
+    focus = (sx * s, sy * s, (sx + pw) * s, (sy + ph) * s)
+    exact = lambda a: (a.exact & piece).sum() / piece.sum()  # noqa: E731
+    assert exact(local.align(1, q, w, off, 0, focus)) > 0.5  # registered on the piece: proven
+    assert exact(local.align(1, q, w, off)) < 0.1  # the whole donor cannot be registered onto a piece of it
