@@ -162,6 +162,10 @@ def metrics(queries: list[Query], results: list[dict[str, Any]], store: Store) -
     found = [all(s.resolve() in {source_of.get(m["work"]) for m in r["matches"]} for s in q.sources)
              for q, r in zip(queries, results) if q.label == "derivative"]
     out["sources_found"] = float(np.mean(found)) if found else float("nan")
+    derivatives = [q for q in queries if q.label == "derivative"]
+    for how in ("half_swap", "quad_collage", "paste_part"):  # which constructions lose their sources
+        of_kind = [f for q, f in zip(derivatives, found) if q.kind.endswith(how)]
+        out[f"sources_found:{how}"] = float(np.mean(of_kind)) if of_kind else float("nan")
     signed = [(q, r) for q, r in zip(queries, results) if q.signature]
     unsigned = [r for q, r in zip(queries, results) if not q.signature]
     hit = [(q, max(r["signatures"], key=lambda s: iou(s["box"], q.signature["box"]), default=None))

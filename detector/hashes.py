@@ -1,8 +1,13 @@
-"""Perceptual hashes (imagehash) packed into one binary vector per image.
+"""Perceptual hashes, imagehash's, packed into one binary vector per image.
 
 pHash, dHash and wHash (64 bits each) plus a colour hash are concatenated, so one
 Hamming distance in FAISS's binary index sums the four distances: each hash is
 fooled by different edits, the sum by fewer.
+
+They are computed here rather than by calling imagehash because a scan hashes all 8
+flips and quarter turns of every file, in batches: the same reductions serve every
+turn, and one set of numpy calls serves a batch. imagehash stays the definition:
+tests/test_hashes.py holds these bits to its functions (and the resizes to Pillow's).
 """
 
 from __future__ import annotations
@@ -126,11 +131,6 @@ def _colour_bits(counts: np.ndarray) -> np.ndarray:
     colours = np.maximum(1, total - counts[:, [14]] - counts[:, [0]])
     fracs = np.concatenate([counts[:, [14, 0]] / total * 8, counts[:, 1:13] * 8 * 1.0 / colours], axis=1)
     return _LEVEL_BITS[np.minimum(7, fracs.astype(int))].reshape(len(counts), 42)
-
-
-def colour_bits(img: Image.Image) -> np.ndarray:
-    """imagehash.colorhash(img, binbits=3).hash flattened: 42 bools."""
-    return _colour_bits(_colour_counts([img], [np.asarray(img.convert("L"))]))[0]
 
 
 def dihedral_bits(img: Image.Image, variants: int = 8) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ length exactly as Pillow builds them (Resample.c: `precompute_coeffs`, then
 few batched matrix products. Every weight is an integer times 2^-22 and every sum a
 multiple of 2^-22 below 2^10, so float64 arithmetic is exact in any order; rounding,
 clipping and the order of the two passes follow Pillow 13's, so the pixels are Pillow's
-(tests/test_detector.py checks this against Image.resize). Images with a side over
+(tests/test_hashes.py checks this against Image.resize). Images with a side over
 BATCH_MAX go to Pillow itself: there, its banded loops beat dense products.
 """
 
