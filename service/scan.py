@@ -98,9 +98,7 @@ def limit_threads(threads: int) -> None:
     """Cap this worker's native thread pools (BLAS and OpenMP via threadpoolctl, OpenCV, torch).
 
     A scan runs a worker per core; a worker's BLAS threads spinning on a core that another
-    worker needs cost more than they save on the tiny products of icon-sized images (the
-    hash stage with 2 workers on 2 cores: 2,152 images/s with BLAS's own threads, 2,859
-    with one each).
+    worker needs cost more than they save on the tiny products of icon-sized images.
     """
     import cv2
     import torch
