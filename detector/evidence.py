@@ -141,13 +141,18 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
 
 def distinct(placements: list[Placement], size: tuple[int, int], tol: float = 1.5) -> list[Placement]:
     """Placements that differ: one of each group putting the query's corners within `tol` canvas
-    pixels of the same spot (the best-supported), since refinement takes them to the same place."""
+    pixels of the same spot (the best-supported), since refinement takes them to the same place.
+    A group keeps a focus if any of its placements has one: registering on the part that matched
+    is right for a whole match too, and it is what proves a pasted part."""
     corners = np.float32([[0, 0, 1], [size[0], 0, 1], [0, size[1], 1], [size[0], size[1], 1]]).T
     kept: list[tuple[Placement, np.ndarray]] = []
     for placement in sorted(placements, key=lambda p: -p[1]):
         at = placement[0] @ corners
-        if all(np.abs(at - k).max() > tol for _, k in kept):
+        same = next((i for i, (_, k) in enumerate(kept) if np.abs(at - k).max() <= tol), None)
+        if same is None:
             kept.append((placement, at))
+        elif kept[same][0][2] is None and placement[2] is not None:
+            kept[same] = ((kept[same][0][0], kept[same][0][1], placement[2]), kept[same][1])
     return [p for p, _ in kept]
 
 

@@ -98,7 +98,7 @@ def _colour_labels() -> np.ndarray:
     sat = np.arange(256)[:, None]
     return np.where(sat < 256 // 3, 0, np.where(sat < 256 * 2 // 3, 1 + hue_bin[None, :],
                                                  np.where(sat > 256 * 2 // 3, 7 + hue_bin[None, :], 13))
-                    ).astype(np.intp).ravel()
+                    ).astype(np.uint8).ravel()
 
 
 _COLOUR_LABEL = _colour_labels()
@@ -106,15 +106,17 @@ _LEVEL_BITS = np.array([[v // 2 ** (2 - i) % 2 ** (3 - i) > 0 for i in range(3)]
 
 
 def _colour_counts(images: list[Image.Image], greys: list[np.ndarray]) -> np.ndarray:
-    """Pixels per colour-hash class (`_colour_labels`) of each image: (len(images), 15), from one
-    table lookup over all the images' pixels."""
-    hsv = np.concatenate([np.frombuffer(img.convert("HSV").tobytes(), np.uint8) for img in images])
-    # the (hue, saturation) bytes of each 3-byte pixel, read as one little-endian uint16: hue + 256 * saturation
-    key = np.ndarray((len(hsv) // 3,), dtype="<u2", buffer=hsv, strides=(3,))
-    label = _COLOUR_LABEL[key]
-    label[np.concatenate([g.ravel() for g in greys]) < 256 // 8] = 14
-    ends = np.cumsum([g.size for g in greys])
-    return np.stack([np.bincount(label[e - g.size:e], minlength=15) for e, g in zip(ends, greys)])
+    """Pixels per colour-hash class (`_colour_labels`) of each image: (len(images), 15), by one
+    table lookup per image (a byte per pixel besides the HSV bytes, so large images stay cheap)."""
+    counts = np.empty((len(images), 15), dtype=np.int64)
+    for i, (img, grey) in enumerate(zip(images, greys)):
+        hsv = np.frombuffer(img.convert("HSV").tobytes(), np.uint8)
+        # the (hue, saturation) bytes of each 3-byte pixel, read as one little-endian uint16: hue + 256 * saturation
+        key = np.ndarray((len(hsv) // 3,), dtype="<u2", buffer=hsv, strides=(3,))
+        label = _COLOUR_LABEL[key]
+        label[grey.ravel() < 256 // 8] = 14
+        counts[i] = np.bincount(label, minlength=15)
+    return counts
 
 
 def _colour_bits(counts: np.ndarray) -> np.ndarray:

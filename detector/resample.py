@@ -38,7 +38,7 @@ def _lanczos(x: np.ndarray) -> np.ndarray:
     return np.where((-SUPPORT <= x) & (x < SUPPORT), _sinc(x) * _sinc(x / 3), 0.0)
 
 
-@functools.lru_cache(maxsize=1024)  # lengths up to BATCH_MAX: at most 1024 x 32 KiB
+@functools.lru_cache(maxsize=1024)  # lengths up to BATCH_MAX, outputs up to 128: at most 1024 x 128 KiB
 def kernel(in_size: int, out_size: int) -> np.ndarray:
     """(out_size, in_size) weights of one axis, Pillow's fixed-point integers times 2^-22.
 

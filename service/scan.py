@@ -17,6 +17,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
@@ -99,19 +100,23 @@ def limit_threads(threads: int) -> None:
 
     A scan runs a worker per core; a worker's BLAS threads spinning on a core that another
     worker needs cost more than they save on the tiny products of icon-sized images.
+
+    Call it once the worker has loaded its models: it caps the pools that are loaded, and torch
+    is only loaded with CLIP (importing it here would cost every CLIP-less worker seconds and
+    hundreds of MB).
     """
     import cv2
-    import torch
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(threads)
     cv2.setNumThreads(threads)
-    torch.set_num_threads(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def _init(store: str, clip: dict[str, Any], threads: int) -> None:
-    limit_threads(threads)
     _worker["scorer"] = Scorer(Store.open(store, read_only=True), Embedders.load(**clip, quiet=True))
+    limit_threads(threads)
 
 
 def _score_batch(batch: tuple[list[Job], str | None]) -> list[dict[str, Any]]:

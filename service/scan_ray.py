@@ -86,8 +86,8 @@ class _ScoreActor:
     """
 
     def __init__(self, store: str, clip: dict[str, Any], artist: str | None) -> None:
-        limit_threads(1)  # one CPU per actor
         self.scorer = Scorer(Store.open(store, read_only=True), Embedders.load(**clip, quiet=True))
+        limit_threads(1)  # one CPU per actor
         self.artist = artist
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
