@@ -145,15 +145,15 @@ def distinct(placements: list[Placement], size: tuple[int, int], tol: float = 1.
     A group keeps a focus if any of its placements has one: registering on the part that matched
     is right for a whole match too, and it is what proves a pasted part."""
     corners = np.float32([[0, 0, 1], [size[0], 0, 1], [0, size[1], 1], [size[0], size[1], 1]]).T
-    kept: list[tuple[Placement, np.ndarray]] = []
-    for placement in sorted(placements, key=lambda p: -p[1]):
-        at = placement[0] @ corners
-        same = next((i for i, (_, k) in enumerate(kept) if np.abs(at - k).max() <= tol), None)
-        if same is None:
-            kept.append((placement, at))
-        elif kept[same][0][2] is None and placement[2] is not None:
-            kept[same] = ((kept[same][0][0], kept[same][0][1], placement[2]), kept[same][1])
-    return [p for p, _ in kept]
+    groups: list[list] = []  # [matrix, support, focus, where the matrix puts the corners]
+    for matrix, support, focus in sorted(placements, key=lambda p: -p[1]):
+        at = matrix @ corners
+        group = next((g for g in groups if np.abs(at - g[3]).max() <= tol), None)
+        if group is None:
+            groups.append([matrix, support, focus, at])
+        elif group[2] is None:
+            group[2] = focus
+    return [(m, s, f) for m, s, f, _ in groups]
 
 
 def verify(works: WorkCanvases, proposals: dict[int, list[Placement]],

@@ -124,9 +124,9 @@ def _colour_bits(counts: np.ndarray) -> np.ndarray:
     (rows): the fractions of black, grey, and faint and bright colours in 6 hue bins, each
     quantised to 3 bits by imagehash's own coding; 42 bools per row.
 
-    imagehash builds these with a dozen masks, two np.histogram calls and a Python loop; one
-    lookup of each pixel's class and one bincount give the same counts at a fraction of the
-    cost, which matters at bulk-scan rates. The divisions are imagehash's, operation for
+    imagehash builds these with a dozen masks, two np.histogram calls and a Python loop; a
+    lookup of each pixel's class and a bincount per image (`_colour_counts`) give the same
+    counts at a fraction of the cost, which matters at bulk-scan rates. The divisions are imagehash's, operation for
     operation, so the quantised values agree exactly.
     """
     total = counts.sum(axis=1, keepdims=True)
@@ -153,9 +153,11 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8) -> list[lis
     2^n square is its 8x8 block means (up to a scale and a shift), with ties broken
     exactly rather than by rounding.
 
-    Only the reductions are per image; the DCTs, medians, comparisons and packing run once
-    for the whole list, because at icon sizes numpy's per-call overhead, not arithmetic,
-    is the cost (the batched DCT is bit-identical to one image at a time).
+    The resizes run as one batch (`resample.resize_batch`); the colour counts are per image
+    (large images would make a batched lookup costly in memory); the DCTs, medians,
+    comparisons and packing run once for the whole list, because at icon sizes numpy's
+    per-call overhead, not arithmetic, is the cost (the batched DCT is bit-identical to one
+    image at a time).
     """
     n = len(images)
     if n == 0:
