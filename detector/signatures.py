@@ -87,7 +87,10 @@ class Candidate:
 def candidates(rgb: np.ndarray) -> list[Candidate]:
     """Groups of thin strokes that could be a signature, with the features that say how much.
 
-    Letters of one name are joined by a short horizontal dilation. Features: shape
+    Letters of one name are joined by a short horizontal dilation, after strokes too large to be
+    part of a mark are set aside (else a name written close to an outline merges with it); groups
+    that touch the picture's edge are dropped, because a mark is written on the picture, and a
+    stroke cut by the edge belongs to a shape that goes on beyond it. Features: shape
     (wide, short), stroke count, ink density, stroke width, ink path length per box
     diagonal (writing folds a long path into a small box; an outline does not),
     distance to the nearest edge, size, darkness of the ink and how isolated it is.
@@ -97,14 +100,22 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     H, W = ink.shape
     gray = cv2.cvtColor(cv2.resize(np.ascontiguousarray(rgb[..., :3]), (W, H), interpolation=cv2.INTER_AREA),
                         cv2.COLOR_RGB2GRAY)
-    grouped = cv2.dilate(ink.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (7, 3)))
+    # strokes too large to belong to a mark (outlines, long contours) are left out before letters are
+    # joined, so a name written close to an outline is not swallowed by it
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(ink.astype(np.uint8), connectivity=8)
+    large = (stats[:, 2] > 0.6 * W) | (stats[:, 3] > 0.3 * H)
+    large[0] = False
+    strokes_ink = ink & ~large[labels]
+    grouped = cv2.dilate(strokes_ink.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (7, 3)))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
     out = []
     for i in range(1, n):
         x, y, bw, bh, _ = stats[i]
         if bw < 0.08 * W or bw > 0.6 * W or bh > 0.3 * H or bh < 3:
             continue
-        comp = (labels[y:y + bh, x:x + bw] == i) & ink[y:y + bh, x:x + bw]
+        if x <= 1 or y <= 1 or x + bw >= W - 1 or y + bh >= H - 1:
+            continue  # cut by the picture's edge
+        comp = (labels[y:y + bh, x:x + bw] == i) & strokes_ink[y:y + bh, x:x + bw]
         strokes = cv2.connectedComponents(comp.astype(np.uint8), connectivity=8)[0] - 1
         padded = np.pad(comp, 1).astype(np.uint8)
         width = 2 * float(cv2.distanceTransform(padded, cv2.DIST_L2, 3)[padded > 0].mean())

@@ -245,3 +245,19 @@ def test_images_in_nobodys_hand_are_unrelated(world):
         r = score(world, img, "nobody.png")
         assert r["verdict"]["label"] == "unrelated", r["artists"]
         assert max(a["style"] for a in r["artists"]) < 0.5
+
+
+def test_marks_next_to_an_outline_are_found_and_marks_cut_by_the_edge_are_not(world):
+    from PIL import ImageDraw
+
+    from detector import signatures
+    sig = Image.open(world["root"] / "data" / "artist_00" / "signatures" / "sig_1.png")
+    canvas = Image.new("RGB", (128, 128), "white")
+    signed, box = augment.paste_signature(canvas, sig, random.Random(3), corner="tr")
+    ImageDraw.Draw(signed).line((8, box[3] + 2, 120, box[3] + 2), fill=(30, 30, 30), width=1)  # an outline just below
+    found = [c for c in signatures.candidates(np.asarray(signed)) if evaluate.iou(c.box, box) >= 0.3]
+    assert found and signatures.likeness(found[0].features) >= 0.5
+    cut = Image.new("RGB", (128, 128), "white")
+    shifted = (box[0] + 128 - box[2] + 10, box[1])  # the same mark, its last letters beyond the right edge
+    cut.paste(signed.crop(box), shifted)
+    assert not [c for c in signatures.candidates(np.asarray(cut)) if c.box[2] >= 127]
