@@ -85,6 +85,15 @@ def _hash_files(paths: list[str]) -> int:
     return len(paths)
 
 
+def _hash_worker(ready) -> None:
+    """A hash-stage worker as a scan's: native threads capped, its imports done and its cached
+    resampling kernels built before the clock starts, in every worker (a warm-up map may not
+    reach them all)."""
+    limit_threads(1)
+    hashes.dihedral_bits_many([Image.new("RGB", (40, 40))])
+    ready.wait()  # the clock starts once every worker is here
+
+
 def _chunks(items: list, k: int) -> list[list]:
     return [items[i::k] for i in range(k)]
 
@@ -159,8 +168,9 @@ def main() -> int:
         rows.append(("imagededup PHash.encode_images", len(paths),
                      timed(lambda: PHash(verbose=False).encode_images(str(folder), recursive=True, num_enc_workers=w))))
         ctx = mp.get_context("spawn")
-        with ctx.Pool(w, limit_threads, (1,)) as pool:  # started untimed (imagededup's forks cheaply); set up as scans set theirs
-            pool.map(_hash_files, _chunks(paths[:w], w))
+        ready = ctx.Barrier(w + 1)
+        with ctx.Pool(w, _hash_worker, (ready,)) as pool:  # started and warmed untimed (imagededup's forks cheaply)
+            ready.wait()
             rows.append(("hash stage (ours, 8 turns x 240 bits)", len(paths),
                          timed(lambda: pool.map(_hash_files, _chunks(paths, 8 * w)))))
         if args.hashes_only:

@@ -25,17 +25,14 @@ HASH_BITS = 64 * 3 + 48  # phash, dhash, whash, colorhash (42 bits, padded to 48
 def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
     """The box inside uniform borders (padding, letterboxing); the whole image if it is mostly border."""
     arr = np.asarray(img)
-    corner = tuple(int(c) for c in arr[0, 0]) + (0,) * (4 - arr.shape[2])
-    ink = cv2.absdiff(arr, corner) > tol  # per channel; a pixel is content if any channel differs
-    rows = np.flatnonzero(ink.reshape(len(ink), -1).any(axis=1))
-    cols = np.flatnonzero(ink.any(axis=0).any(axis=1))
+    corner = np.atleast_1d(arr[0, 0]).astype(int)  # one value per channel, grey images too
+    # a pixel is border when every channel is within tol of the corner's; the box bounds the rest
+    border = cv2.inRange(arr, np.maximum(corner - tol, 0), np.minimum(corner + tol, 255))
+    x, y, w, h = cv2.boundingRect(cv2.bitwise_not(border))
     full = (0, 0, img.width, img.height)
-    if len(rows) == 0 or len(cols) == 0:
-        return full
-    box = (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
-    if (box[2] - box[0]) * (box[3] - box[1]) < 0.2 * img.width * img.height:
-        return full  # mostly border: the "border" is the picture
-    return box
+    if w * h < 0.2 * img.width * img.height:
+        return full  # mostly border (or all of it): the "border" is the picture
+    return (x, y, x + w, y + h)
 
 
 def autocrop(img: Image.Image) -> Image.Image:
@@ -170,10 +167,10 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8) -> list[lis
     blocks = np.empty((n, 64))
     at32 = scales == 32  # icons cropped to 32-63 px: the square is the pHash reduction itself
     blocks[at32] = small[at32].reshape(-1, 8, 4, 8, 4).mean(axis=(2, 4)).reshape(-1, 64)  # sums of integers: exact
-    for i in np.flatnonzero(~at32):
-        s, grey = scales[i], greys[i]
-        square = grey if grey.shape == (s, s) else resample.resize(grey, (s, s))
-        blocks[i] = square.reshape(8, s // 8, 8, s // 8).mean(axis=(1, 3)).ravel()
+    for s in np.unique(scales[~at32]):  # one batched resize per square size
+        idx = np.flatnonzero(scales == s)
+        squares = np.stack([sq[0] for sq in resample.resize_batch([greys[i] for i in idx], [(s, s)])])
+        blocks[idx] = squares.reshape(-1, 8, s // 8, 8, s // 8).mean(axis=(2, 4)).reshape(-1, 64)
     counts = _colour_counts(images, greys)
     low = scipy.fft.dct(scipy.fft.dct(small, axis=1), axis=2)[:, :8, :8].reshape(n, 64)  # (a matmul differs in ties)
     p = low[:, _DCT_ORDER[:variants]] * _DCT_SIGN[:variants]
