@@ -33,7 +33,8 @@ BASE_SPECS = (
                        "windows": "0.5/0.25+0.333/0.167"}, regions.DIM, factory="HNSW32"),
     KindSpec("kp", {"embedder": "rootsift", "version": 1, "canvas": local.CANVAS, "features": local.N_FEATURES,
                     "opencv": cv2.__version__}, 128, factory="HNSW32"),
-    KindSpec("sig", {"embedder": "signature", "version": 2, "shape": list(signatures.SHAPE)},
+    KindSpec("sig", {"embedder": "signature", "version": 3, "shape": list(signatures.SHAPE),
+                    "views": list(signatures.VIEWS)},
              signatures.DIM, owner="signature"),
 )
 
@@ -45,7 +46,7 @@ class Embedders:
         self.clip = clip
         self.status: dict[str, str] = {
             "imagehash": BASE_SPECS[0].descriptor["recipe"] + f" (imagehash {imagehash.__version__})",
-            "style": "style v1", "patch": "patch v1", "signature": "signature v1", "clip": clip_status}
+            "style": "style v1", "patch": "patch v1", "signature": "signature v3", "clip": clip_status}
 
     @classmethod
     def load(cls, clip_model: str | None = None, clip_weights: str | None = None,
@@ -92,7 +93,7 @@ class Embedders:
         return out
 
     def describe_signatures(self, images: list[Image.Image]) -> list[Vectors]:
-        return [{"sig": [(FULL, signatures.descriptor(signatures.paper_ink(np.asarray(im))))]} for im in images]
+        return [{"sig": [(FULL, d) for d in signatures.sample_descriptors(np.asarray(im))]} for im in images]
 
     def _add_clip(self, images: list[Image.Image], out: list[Vectors]) -> None:
         if self.clip is None:

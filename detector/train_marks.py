@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.linear_model import LogisticRegression
+from sklearn.ensemble import GradientBoostingClassifier
+from sklearn.utils.class_weight import compute_sample_weight
 
 from detector import augment, signatures
 from detector.evaluate import iou
@@ -64,6 +65,26 @@ def dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.array(xs), np.array(ys)
 
 
+def fit(x: np.ndarray, y: np.ndarray, seed: int = 0) -> GradientBoostingClassifier:
+    """Shallow trees, few of them (the best of depths 2-4 x 100 or 300 trees by 5-fold log loss on
+    this data), the classes weighted equally."""
+    model = GradientBoostingClassifier(n_estimators=100, max_depth=2, learning_rate=0.1, random_state=seed)
+    return model.fit(x, y, sample_weight=compute_sample_weight("balanced", y))
+
+
+def export(model: GradientBoostingClassifier, x: np.ndarray) -> dict:
+    """The fitted trees as plain JSON for `signatures.trees`, so scoring needs no scikit-learn.
+    The prior's log-odds is recovered from the decision function at one point `x[:1]`, by public API."""
+    estimators = [e[0] for e in model.estimators_]
+    bias = float(model.decision_function(x[:1])[0]) - model.learning_rate * sum(
+        float(e.predict(x[:1])[0]) for e in estimators)
+    return {"kind": "gradient-boosted trees (scikit-learn)", "bias": bias, "learning_rate": model.learning_rate,
+            "depth": max(e.tree_.max_depth for e in estimators),
+            "trees": [{"feature": [max(int(f), 0) for f in e.tree_.feature], "threshold": e.tree_.threshold.tolist(),
+                       "left": e.tree_.children_left.tolist(), "right": e.tree_.children_right.tolist(),
+                       "value": e.tree_.value[:, 0, 0].tolist()} for e in estimators]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pictures", type=int, default=1600)
@@ -71,13 +92,11 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=signatures.MODEL_PATH)
     args = p.parse_args()
     x, y = dataset(args.pictures, args.seed)
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    model = LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced").fit((x - mean) / scale, y)
-    args.out.write_text(json.dumps({
-        "features": list(signatures.FEATURES), "mean": mean.round(6).tolist(), "scale": scale.round(6).tolist(),
-        "coef": model.coef_[0].round(6).tolist(), "intercept": round(float(model.intercept_[0]), 6),
+    model = fit(x, y, args.seed)
+    args.out.write_text(json.dumps(export(model, x[:1]) | {
+        "features": list(signatures.FEATURES),
         "fitted_on": f"{args.pictures} synthetic pictures, seed {args.seed}, {int(y.sum())} positive candidates "
-                     f"of {len(y)}"}, indent=1) + "\n")
+                     f"of {len(y)}"}) + "\n")
     print(f"wrote {args.out}: {int(y.sum())} positives / {len(y)} candidates")
     return 0
 

@@ -261,3 +261,48 @@ def test_marks_next_to_an_outline_are_found_and_marks_cut_by_the_edge_are_not(wo
     shifted = (box[0] + 128 - box[2] + 10, box[1])  # the same mark, its last letters beyond the right edge
     cut.paste(signed.crop(box), shifted)
     assert not [c for c in signatures.candidates(np.asarray(cut)) if c.box[2] >= 127]
+
+
+def test_exported_mark_model_scores_as_scikit_learn_does():
+    from detector import signatures, train_marks
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, len(signatures.FEATURES))).astype(np.float32)
+    y = x[:, 0] * x[:, 3] + 0.5 * x[:, 1] > 0.2
+    model = train_marks.fit(x, y)
+    trees = signatures.trees(json.loads(json.dumps(train_marks.export(model, x))))
+    expected = model.predict_proba(x[:50])[:, 1]
+    assert np.allclose([signatures.likeness(row, trees) for row in x[:50]], expected, atol=1e-9)
+    assert 0.1 < expected.mean() < 0.9  # the check covers both classes
+
+
+def test_signature_samples_are_described_as_marks_on_pictures_are_seen():
+    from detector import signatures
+    from detector.images import to_rgb
+    from generator.hands import Hand
+    from generator.parts import render_signature
+    seen, paper = [], []
+    for seed in range(6):
+        sig = render_signature(Hand.from_seed(11 + seed), 160, jitter_seed=2)
+        sample = np.asarray(to_rgb(sig))
+        img, box = augment.paste_signature(Image.new("RGB", (64, 64), "white"), sig, random.Random(seed))
+        mark = max((c for c in signatures.candidates(np.asarray(img)) if evaluate.iou(c.box, box) >= 0.3),
+                   key=lambda c: signatures.likeness(c.features))
+        d = signatures.descriptor(mark.ink)
+        seen.append(max(float(v @ d) for v in signatures.sample_descriptors(sample)))
+        paper.append(float(signatures.descriptor(signatures.paper_ink(sample)) @ d))
+    assert all(s > p for s, p in zip(seen, paper))  # closer to the small mark than the sample as it lies on paper
+    assert np.mean(seen) >= 0.6 and np.mean(seen) - np.mean(paper) >= 0.05  # 0.6: the match threshold (SIG_MATCH)
+
+
+def test_faint_stretches_of_a_stroke_are_ink_only_when_joined_to_dark_ink():
+    from PIL import ImageDraw
+
+    from detector import signatures
+    img = Image.new("RGB", (signatures.WORK, signatures.WORK), "white")
+    d = ImageDraw.Draw(img)
+    d.line((10, 20, 60, 20), fill=(60, 60, 60))  # dark ink...
+    d.line((61, 20, 100, 20), fill=(222, 222, 222))  # ...running on faintly (black-hat ~33: between the thresholds)
+    d.line((10, 80, 100, 80), fill=(222, 222, 222))  # the same faint line on its own
+    ink = signatures.ink_mask(np.asarray(img))
+    assert ink[20, 15:60].all() and ink[20, 65:95].all()
+    assert not ink[80].any()
