@@ -29,16 +29,25 @@ def ink_mask(rgb: np.ndarray) -> np.ndarray:
     Pen strokes survive, filled shapes and flat colour do not, so a signature written
     over the artwork separates from it; for a sample on white paper it is the ink.
     """
+    return _ink(_blackhat(rgb), FAINT_INK)
+
+
+def _blackhat(rgb: np.ndarray) -> np.ndarray:
+    """Black-hat response of the image on the WORK canvas: how much darker than its surroundings each pixel is."""
     rgb = np.asarray(rgb)[..., :3]
     scale = WORK / max(rgb.shape[:2])
     if abs(scale - 1) > 1e-3:
         rgb = cv2.resize(rgb, (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale))),
                          interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
     g = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
-    bh = cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+    return cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
+
+
+def _ink(bh: np.ndarray, faint: int) -> np.ndarray:
+    """Ink above INK, with its stretches above `faint` joined to it (no hysteresis when faint >= INK)."""
     # hysteresis: faint stretches of a stroke (thin ink shrunk to a few pixels turns grey) are kept
     # when they connect to clearly dark ink
-    n, labels = cv2.connectedComponents((bh > FAINT_INK).astype(np.uint8), connectivity=8)
+    n, labels = cv2.connectedComponents((bh > min(faint, INK)).astype(np.uint8), connectivity=8)
     keep = np.zeros(n, bool)
     keep[labels[bh > INK]] = True
     keep[0] = False
@@ -130,13 +139,24 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     Letters of one name are joined by a short horizontal dilation, after strokes too large to be
     part of a mark are set aside (else a name written close to an outline merges with it); groups
     that touch the picture's edge are dropped, because a mark is written on the picture, and a
-    stroke cut by the edge belongs to a shape that goes on beyond it. Features: shape
+    stroke cut by the edge belongs to a shape that goes on beyond it. Groups come from the ink with
+    and without its faint stretches: faint ink completes a thin name but can also join it to nearby
+    artwork, so both groupings are offered and the likeness model judges. Features: shape
     (wide, short), stroke count, ink density, stroke width, ink path length per box
     diagonal (writing folds a long path into a small box; an outline does not),
     distance to the nearest edge, size, darkness of the ink and how isolated it is.
     """
+    bh = _blackhat(rgb)
+    out: list[Candidate] = []
+    seen: set[tuple[int, ...]] = set()
+    for faint in (FAINT_INK, INK):
+        out += _groups(rgb, _ink(bh, faint), seen)
+    return out
+
+
+def _groups(rgb: np.ndarray, ink: np.ndarray, seen: set) -> list[Candidate]:
+    """The candidates of one ink mask whose (x, y, w, h) on the WORK canvas is not in `seen` yet."""
     h, w = rgb.shape[:2]
-    ink = ink_mask(rgb)
     H, W = ink.shape
     gray = cv2.cvtColor(cv2.resize(np.ascontiguousarray(rgb[..., :3]), (W, H), interpolation=cv2.INTER_AREA),
                         cv2.COLOR_RGB2GRAY)
@@ -155,6 +175,9 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
             continue
         if x <= 1 or y <= 1 or x + bw >= W - 1 or y + bh >= H - 1:
             continue  # cut by the picture's edge
+        if (x, y, bw, bh) in seen:
+            continue
+        seen.add((x, y, bw, bh))
         comp = (labels[y:y + bh, x:x + bw] == i) & strokes_ink[y:y + bh, x:x + bw]
         strokes = cv2.connectedComponents(comp.astype(np.uint8), connectivity=8)[0] - 1
         padded = np.pad(comp, 1).astype(np.uint8)
