@@ -34,7 +34,7 @@ BASE_SPECS = (
     KindSpec("kp", {"embedder": "rootsift", "version": 1, "canvas": local.CANVAS, "features": local.N_FEATURES,
                     "opencv": cv2.__version__}, 128, factory="HNSW32"),
     KindSpec("sig", {"embedder": "signature", "version": 3, "shape": list(signatures.SHAPE),
-                    "views": list(signatures.VIEWS)},
+                    "views": list(signatures.VIEWS), "view_ratio": signatures.VIEW_RATIO},
              signatures.DIM, owner="signature"),
 )
 
@@ -93,7 +93,7 @@ class Embedders:
         return out
 
     def describe_signatures(self, images: list[Image.Image]) -> list[Vectors]:
-        return [{"sig": [(FULL, d) for d in signatures.sample_descriptors(np.asarray(im))]} for im in images]
+        return [{"sig": signatures.sample_descriptors(np.asarray(im))} for im in images]
 
     def _add_clip(self, images: list[Image.Image], out: list[Vectors]) -> None:
         if self.clip is None:

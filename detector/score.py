@@ -192,7 +192,7 @@ class Scorer:
         marks = signatures.find_marks(np.asarray(img.image))
         if not marks:
             return []
-        hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 24)
+        hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 60)
         signer_of = self.store.signers([h.signature_id for hits in hits_all for h in hits])
         by_name = {a["artist"]: a for a in artists}
         style_top = artists[0]["artist"] if artists and artists[0]["style"] >= 0.5 else None
@@ -201,7 +201,7 @@ class Scorer:
             best: dict[str, float] = {}
             for hit in hits:
                 name = signer_of.get(hit.signature_id)
-                if name and hit.score > best.get(name, -1.0):
+                if name and hit.score > best.get(name, -1.0) and signatures.same_size(box, img.image.size, hit.box):
                     best[name] = hit.score
             ranked = sorted(best.items(), key=lambda kv: -kv[1]) + [(None, 0.0)] * 2
             (signer, sim), (_, runner_up) = ranked[0], ranked[1]

@@ -97,9 +97,10 @@ def descriptor(mask: np.ndarray) -> np.ndarray:
 VIEWS = (0.15, 0.22, 0.3, 0.4, 0.55)  # widths (share of the WORK canvas) a registered sample is seen at
 
 
-def sample_descriptors(rgb: np.ndarray) -> list[np.ndarray]:
-    """Descriptors of a signature sample on paper as marks on pictures are seen: its ink drawn at a few
-    widths on a blank WORK canvas and found again by `ink_mask`.
+def sample_descriptors(rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], np.ndarray]]:
+    """(box, descriptor) of a signature sample on paper as marks on pictures are seen: its ink drawn
+    at a few widths on a blank WORK canvas and found again by `ink_mask`; box is where it was drawn
+    (normalised), so a mark is compared with the views of its own size (`VIEW_RATIO`).
 
     A mark on a picture is small, so the black-hat sees its strokes thick relative to the
     letters, while the sample on paper is large and thin-stroked: described as it lies on paper,
@@ -108,7 +109,7 @@ def sample_descriptors(rgb: np.ndarray) -> list[np.ndarray]:
     ink = paper_ink(rgb)
     ys, xs = np.nonzero(ink)
     if len(xs) == 0:
-        return [descriptor(ink)]
+        return [((0.0, 0.0, 1.0, 1.0), descriptor(ink))]
     # ink coverage (anti-aliasing kept) as the alpha of dark ink laid on a blank canvas
     alpha = np.clip(_from_paper(rgb)[ys.min():ys.max() + 1, xs.min():xs.max() + 1] * 2, 0, 255).astype(np.uint8)
     out = []
@@ -118,8 +119,22 @@ def sample_descriptors(rgb: np.ndarray) -> list[np.ndarray]:
         a = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
         canvas = np.full((WORK, WORK), 255.0, np.float32)
         canvas[4:4 + h, 4:4 + w] -= a * (255 - 30)  # dark ink over white paper
-        out.append(descriptor(ink_mask(np.repeat(canvas.astype(np.uint8)[..., None], 3, axis=2))))
+        box = (4 / WORK, 4 / WORK, (4 + w) / WORK, (4 + h) / WORK)
+        out.append((box, descriptor(ink_mask(np.repeat(canvas.astype(np.uint8)[..., None], 3, axis=2)))))
     return out
+
+
+VIEW_RATIO = 1.6  # a mark is compared with the views whose width is within this factor of its own
+
+
+def same_size(mark_box: tuple[int, int, int, int], image_size: tuple[int, int],
+              view_box: tuple[float, float, float, float]) -> bool:
+    """Whether a sample's view is drawn at about the mark's width (both as shares of the WORK canvas,
+    whose side is the picture's longer side). Tiny views blur into blobs that resemble every hand,
+    so comparing across sizes lets the wrong signer come close."""
+    mark = (mark_box[2] - mark_box[0]) / max(image_size)
+    view = view_box[2] - view_box[0]
+    return view >= 0.99 or 1 / VIEW_RATIO <= view / max(mark, 1e-6) <= VIEW_RATIO
 
 
 FEATURES = ("aspect", "strokes", "density", "width", "path", "edge", "bw", "bh", "dark", "isolation")
@@ -231,9 +246,27 @@ def likeness(features: np.ndarray, model: Trees | None = None) -> float:
 
 
 def find_marks(rgb: np.ndarray, max_marks: int = 3) -> list[tuple[tuple[int, int, int, int], float, np.ndarray]]:
-    """Candidate signature regions as (pixel box, signature-likeness, ink mask crop), likeliest first."""
-    marks = [(c.box, likeness(c.features), c.ink) for c in candidates(rgb)]
-    marks.sort(key=lambda m: -m[1])
-    return marks[:max_marks]
+    """Candidate signature regions as (pixel box, signature-likeness, ink mask crop), likeliest first.
+
+    One mark is often offered twice (grouped with and without its faint ink): of overlapping
+    candidates only the likeliest is kept (the larger on a tie), so a mark is reported once.
+    """
+    marks = sorted(((c.box, likeness(c.features), c.ink) for c in candidates(rgb)),
+                   key=lambda m: (-m[1], -_area(m[0])))
+    kept: list[tuple[tuple[int, int, int, int], float, np.ndarray]] = []
+    for m in marks:
+        if all(_overlap(m[0], k[0]) < 0.5 for k in kept):
+            kept.append(m)
+    return kept[:max_marks]
+
+
+def _area(box: tuple[int, int, int, int]) -> int:
+    return max(0, box[2] - box[0]) * max(0, box[3] - box[1])
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
+    """Intersection over the smaller box: 1 when one box lies inside the other."""
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    return inter / max(min(_area(a), _area(b)), 1)
 
 

@@ -288,7 +288,7 @@ def test_signature_samples_are_described_as_marks_on_pictures_are_seen():
         mark = max((c for c in signatures.candidates(np.asarray(img)) if evaluate.iou(c.box, box) >= 0.3),
                    key=lambda c: signatures.likeness(c.features))
         d = signatures.descriptor(mark.ink)
-        seen.append(max(float(v @ d) for v in signatures.sample_descriptors(sample)))
+        seen.append(max(float(v @ d) for _, v in signatures.sample_descriptors(sample)))
         paper.append(float(signatures.descriptor(signatures.paper_ink(sample)) @ d))
     assert all(s > p for s, p in zip(seen, paper))  # closer to the small mark than the sample as it lies on paper
     assert np.mean(seen) >= 0.6 and np.mean(seen) - np.mean(paper) >= 0.05  # 0.6: the match threshold (SIG_MATCH)
@@ -321,3 +321,15 @@ def test_a_mark_joined_to_faint_artwork_is_still_offered():
     # with its faint stretches the ink joins the name to the line, too long for a mark; without, the name stands alone
     assert any(evaluate.iou(c.box, box) >= 0.5 and signatures.likeness(c.features) >= 0.9
                for c in signatures.candidates(np.asarray(img)))
+
+
+def test_a_mark_is_reported_once():
+    from detector import signatures
+    from generator.hands import Hand
+    from generator.parts import render_signature
+    for seed in range(4):
+        sig = render_signature(Hand.from_seed(30 + seed), 160, jitter_seed=seed)
+        img, box = augment.paste_signature(Image.new("RGB", (96, 96), "white"), sig, random.Random(seed))
+        offered = [c.box for c in signatures.candidates(np.asarray(img)) if evaluate.iou(c.box, box) > 0.1]
+        reported = [m[0] for m in signatures.find_marks(np.asarray(img)) if evaluate.iou(m[0], box) > 0.1]
+        assert len(reported) == 1, (offered, reported)

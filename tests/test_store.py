@@ -256,3 +256,16 @@ def test_a_read_only_store_searches_but_can_never_write(chimera, icons, store_di
     with pytest.raises(StoreError, match="no store"):
         Store.open(store_dir.parent / "elsewhere", read_only=True)
     assert listing(chimera)["artists"][0]["works"] == 3
+
+
+def test_demo_shows_every_verdict_and_flags_its_forged_signature(tmp_path, capsys):
+    from service.cli import main
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    rows = {Path(r["path"]).stem: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert {name: r["verdict"]["label"] for name, r in rows.items()} == {
+        "copy-rotated-jpeg-of-artist_00_0003": "copy", "copy-cropped-of-artist_01_0005": "copy",
+        "collage-half-swap": "derivative", "chimera-part-swap": "derivative",
+        "new-original-by-artist_00": "style_match", "artist_00-work-signed-as-artist_01": "style_match"}
+    marks = rows["artist_00-work-signed-as-artist_01"]["signatures"]
+    assert [(m["artist"], m["forged"]) for m in marks] == [("artist_01", True)]
