@@ -33,8 +33,9 @@ BASE_SPECS = (
                        "windows": "0.5/0.25+0.333/0.167"}, regions.DIM, factory="HNSW32"),
     KindSpec("kp", {"embedder": "rootsift", "version": 1, "canvas": local.CANVAS, "features": local.N_FEATURES,
                     "opencv": cv2.__version__}, 128, factory="HNSW32"),
-    KindSpec("sig", {"embedder": "signature", "version": 3, "shape": list(signatures.SHAPE),
-                    "views": list(signatures.VIEWS), "view_ratio": signatures.VIEW_RATIO},
+    KindSpec("sig", {"embedder": "signature", "version": 4, "shape": list(signatures.SHAPE),
+                    "views": list(signatures.VIEWS), "view_sides": [signatures.WORK // 2, signatures.WORK],
+                    "view_ratio": signatures.VIEW_RATIO},
              signatures.DIM, owner="signature"),
 )
 
@@ -46,7 +47,7 @@ class Embedders:
         self.clip = clip
         self.status: dict[str, str] = {
             "imagehash": BASE_SPECS[0].descriptor["recipe"] + f" (imagehash {imagehash.__version__})",
-            "style": "style v1", "patch": "patch v1", "signature": "signature v3", "clip": clip_status}
+            "style": "style v1", "patch": "patch v1", "signature": "signature v4", "clip": clip_status}
 
     @classmethod
     def load(cls, clip_model: str | None = None, clip_weights: str | None = None,

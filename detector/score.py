@@ -192,7 +192,7 @@ class Scorer:
         marks = signatures.find_marks(np.asarray(img.image))
         if not marks:
             return []
-        hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 60)
+        hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 200)
         signer_of = self.store.signers([h.signature_id for hits in hits_all for h in hits])
         by_name = {a["artist"]: a for a in artists}
         style_top = artists[0]["artist"] if artists and artists[0]["style"] >= 0.5 else None

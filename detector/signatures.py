@@ -98,29 +98,32 @@ VIEWS = (0.15, 0.22, 0.3, 0.4, 0.55)  # widths (share of the WORK canvas) a regi
 
 
 def sample_descriptors(rgb: np.ndarray) -> list[tuple[tuple[float, float, float, float], np.ndarray]]:
-    """(box, descriptor) of a signature sample on paper as marks on pictures are seen: its ink drawn
-    at a few widths on a blank WORK canvas and found again by `ink_mask`; box is where it was drawn
-    (normalised), so a mark is compared with the views of its own size (`VIEW_RATIO`).
+    """(box, descriptor) of a signature sample on paper as marks on pictures are seen: its ink drawn at a
+    few widths on a blank picture and found again by `ink_mask`; box is where it was drawn (normalised),
+    so a mark is compared with the views of its own size (`same_size`).
 
-    A mark on a picture is small, so the black-hat sees its strokes thick relative to the
-    letters, while the sample on paper is large and thin-stroked: described as it lies on paper,
-    a signer's own marks often fell below the match threshold.
+    A mark on a picture is small, so the black-hat sees its strokes thick relative to the letters,
+    while the sample on paper is large and thin-stroked: described as it lies on paper, a signer's own
+    marks often fell below the match threshold. The views are drawn on pictures of two sizes, WORK and
+    half of it, because a mark on a small picture is enlarged to WORK before its ink is found, which
+    thickens and softens its strokes further.
     """
     ink = paper_ink(rgb)
     ys, xs = np.nonzero(ink)
     if len(xs) == 0:
         return [((0.0, 0.0, 1.0, 1.0), descriptor(ink))]
-    # ink coverage (anti-aliasing kept) as the alpha of dark ink laid on a blank canvas
+    # ink coverage (anti-aliasing kept) as the alpha of dark ink laid on a blank picture
     alpha = np.clip(_from_paper(rgb)[ys.min():ys.max() + 1, xs.min():xs.max() + 1] * 2, 0, 255).astype(np.uint8)
     out = []
-    for share in VIEWS:
-        w = int(WORK * share)
-        h = max(3, min(WORK - 8, round(alpha.shape[0] * w / alpha.shape[1])))
-        a = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
-        canvas = np.full((WORK, WORK), 255.0, np.float32)
-        canvas[4:4 + h, 4:4 + w] -= a * (255 - 30)  # dark ink over white paper
-        box = (4 / WORK, 4 / WORK, (4 + w) / WORK, (4 + h) / WORK)
-        out.append((box, descriptor(ink_mask(np.repeat(canvas.astype(np.uint8)[..., None], 3, axis=2)))))
+    for side in (WORK // 2, WORK):
+        for share in VIEWS:
+            w = max(4, int(side * share))
+            h = max(2, min(side - 4, round(alpha.shape[0] * w / alpha.shape[1])))
+            a = cv2.resize(alpha, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+            picture = np.full((side, side), 255.0, np.float32)
+            picture[2:2 + h, 2:2 + w] -= a * (255 - 30)  # dark ink over white paper
+            box = (2 / side, 2 / side, (2 + w) / side, (2 + h) / side)
+            out.append((box, descriptor(ink_mask(np.repeat(picture.astype(np.uint8)[..., None], 3, axis=2)))))
     return out
 
 
