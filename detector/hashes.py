@@ -123,8 +123,8 @@ def _colour_bits(counts: np.ndarray) -> np.ndarray:
 
     imagehash builds these with a dozen masks, two np.histogram calls and a Python loop; a
     lookup of each pixel's class and a bincount per image (`_colour_counts`) give the same
-    counts at a fraction of the cost, which matters at bulk-scan rates. The divisions are imagehash's, operation for
-    operation, so the quantised values agree exactly.
+    counts at a fraction of the cost, which matters at bulk-scan rates. The divisions are
+    imagehash's, operation for operation, so the quantised values agree exactly.
     """
     total = counts.sum(axis=1, keepdims=True)
     colours = np.maximum(1, total - counts[:, [14]] - counts[:, [0]])

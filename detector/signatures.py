@@ -45,9 +45,11 @@ def _blackhat(rgb: np.ndarray) -> np.ndarray:
 
 def _ink(bh: np.ndarray, faint: int) -> np.ndarray:
     """Ink above INK, with its stretches above `faint` joined to it (no hysteresis when faint >= INK)."""
+    if faint >= INK:
+        return bh > INK
     # hysteresis: faint stretches of a stroke (thin ink shrunk to a few pixels turns grey) are kept
     # when they connect to clearly dark ink
-    n, labels = cv2.connectedComponents((bh > min(faint, INK)).astype(np.uint8), connectivity=8)
+    n, labels = cv2.connectedComponents((bh > faint).astype(np.uint8), connectivity=8)
     keep = np.zeros(n, bool)
     keep[labels[bh > INK]] = True
     keep[0] = False
@@ -58,7 +60,10 @@ INK = 40  # black-hat response (grey levels) of a pen stroke
 FAINT_INK = 30  # ...of its faint stretches, kept when joined to ink above INK (picked on train_marks' pictures)
 
 
-def paper_ink(rgb: np.ndarray, tol: int = 40) -> np.ndarray:
+PAPER_INK = 40  # grey levels from the paper's colour at which a sample's pixel is ink
+
+
+def paper_ink(rgb: np.ndarray, tol: int = PAPER_INK) -> np.ndarray:
     """Ink of a signature *sample* on paper: whatever differs clearly from the border colour.
 
     Samples may be written with a thick pen, which the black-hat (made for thin strokes
@@ -108,12 +113,13 @@ def sample_descriptors(rgb: np.ndarray) -> list[tuple[tuple[float, float, float,
     half of it, because a mark on a small picture is enlarged to WORK before its ink is found, which
     thickens and softens its strokes further.
     """
-    ink = paper_ink(rgb)
+    away = _from_paper(rgb)
+    ink = away > PAPER_INK  # as paper_ink
     ys, xs = np.nonzero(ink)
     if len(xs) == 0:
         return [((0.0, 0.0, 1.0, 1.0), descriptor(ink))]
     # ink coverage (anti-aliasing kept) as the alpha of dark ink laid on a blank picture
-    alpha = np.clip(_from_paper(rgb)[ys.min():ys.max() + 1, xs.min():xs.max() + 1] * 2, 0, 255).astype(np.uint8)
+    alpha = np.clip(away[ys.min():ys.max() + 1, xs.min():xs.max() + 1] * 2, 0, 255).astype(np.uint8)
     out = []
     for side in (WORK // 2, WORK):
         for share in VIEWS:
@@ -165,19 +171,21 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     distance to the nearest edge, size, darkness of the ink and how isolated it is.
     """
     bh = _blackhat(rgb)
+    H, W = bh.shape
+    gray = cv2.cvtColor(cv2.resize(np.ascontiguousarray(rgb[..., :3]), (W, H), interpolation=cv2.INTER_AREA),
+                        cv2.COLOR_RGB2GRAY)
     out: list[Candidate] = []
     seen: set[tuple[int, ...]] = set()
     for faint in (FAINT_INK, INK):
-        out += _groups(rgb, _ink(bh, faint), seen)
+        out += _groups(rgb.shape[:2], gray, _ink(bh, faint), seen)
     return out
 
 
-def _groups(rgb: np.ndarray, ink: np.ndarray, seen: set) -> list[Candidate]:
-    """The candidates of one ink mask whose (x, y, w, h) on the WORK canvas is not in `seen` yet."""
-    h, w = rgb.shape[:2]
+def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set) -> list[Candidate]:
+    """The candidates of one ink mask (on the WORK canvas, as `gray`) whose (x, y, w, h) is not in `seen`
+    yet; boxes are returned in the pixels of the picture, whose (height, width) is `size`."""
+    h, w = size
     H, W = ink.shape
-    gray = cv2.cvtColor(cv2.resize(np.ascontiguousarray(rgb[..., :3]), (W, H), interpolation=cv2.INTER_AREA),
-                        cv2.COLOR_RGB2GRAY)
     # strokes too large to belong to a mark (outlines, long contours) are left out before letters are
     # joined, so a name written close to an outline is not swallowed by it
     n, labels, stats, _ = cv2.connectedComponentsWithStats(ink.astype(np.uint8), connectivity=8)
