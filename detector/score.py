@@ -119,12 +119,14 @@ class Scorer:
         calib, names, kinds = self._style_model()
         style_p = calib.probabilities([normalise(q[k][0][1][None])[0] for k in kinds]) if names and kinds else []
         artists, pieces_all = [], []
+        mixed, mixed_from = self._mixed_hands(aligned, info, names, q_detail)
         for i, name in enumerate(names):
             mine = [a for wid, a in aligned.items() if wid in info and info[wid]["artist"] == name]
             pieces, coverage = evidence.cover(mine, q_detail)
             pieces_all += pieces
+            derivative = max(derivative_probability(coverage, len(pieces)), mixed if name in mixed_from else 0.0)
             artists.append({"artist": name, "style": round(float(style_p[i]) if len(style_p) else 0.0, 4),
-                            "derivative": round(derivative_probability(coverage, len(pieces)), 4),
+                            "derivative": round(derivative, 4),
                             "copy": round(max((copy_probability(a) for a in mine), default=0.0), 4)})
         artists.sort(key=lambda a: -a["style"])
         every = artists  # signatures are judged against every artist, whatever the filter
@@ -137,6 +139,17 @@ class Scorer:
                 "height": img.height, "artists": artists, "matches": matches,
                 "signatures": self._signatures(img, every), "verdict": verdict,
                 "embedders": dict(self.embedders.status), "error": None}
+
+    @staticmethod
+    def _mixed_hands(aligned: dict[int, local.Alignment], info: dict, names: list[str],
+                     q_detail: np.ndarray) -> tuple[float, set[str]]:
+        """(derivative probability, artists whose works gave pieces) of a collage of several artists'
+        works: a half of A's icon beside a half of B's is a derivative of both, though neither
+        artist's works alone explain it. (0, empty) unless pieces of two or more artists are needed."""
+        known = [a for wid, a in aligned.items() if wid in info and info[wid]["artist"] in names]
+        pieces, coverage = evidence.cover(known, q_detail)
+        hands = {info[a.work_id]["artist"] for a, _ in pieces}
+        return (derivative_probability(coverage, len(pieces)), hands) if len(hands) >= 2 else (0.0, set())
 
     def _matches(self, aligned: dict[int, local.Alignment], info: dict, pieces: list, q_detail: np.ndarray,
                  to_px: tuple[float, float], artist: str | None) -> list[dict[str, Any]]:

@@ -333,3 +333,17 @@ def test_a_mark_is_reported_once():
         offered = [c.box for c in signatures.candidates(np.asarray(img)) if evaluate.iou(c.box, box) > 0.1]
         reported = [m[0] for m in signatures.find_marks(np.asarray(img)) if evaluate.iou(m[0], box) > 0.1]
         assert len(reported) == 1, (offered, reported)
+
+
+def test_a_collage_of_two_artists_works_is_a_derivative_of_both(world):
+    a, b = world["corpus"][0].refs[4], world["corpus"][1].refs[7]
+    img, _ = augment.half_swap(load(a).image, load(b).image)
+    r = score(world, img, "two-hands.png")
+    assert r["verdict"]["label"] == "derivative"
+    assert all(x["derivative"] >= 0.5 for x in r["artists"]), r["artists"]
+    # each half is matched to a work of its artist (sibling icons may reproduce a half exactly)
+    assert a in {Path(m["source"]) for m in r["matches"]}
+    assert {m["artist"] for m in r["matches"]} == {"artist_00", "artist_01"}
+    # while each artist's own unregistered works, side by side, stay style matches
+    held = augment.half_swap(load(world["corpus"][0].heldout[3]).image, load(world["corpus"][1].heldout[3]).image)[0]
+    assert all(x["derivative"] < 0.5 for x in score(world, held, "two-new.png")["artists"])
