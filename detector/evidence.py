@@ -43,7 +43,7 @@ class WorkCanvas:
 class WorkCanvases:
     """Registered works on the working canvas, decoded from their stored thumbnails (LRU cache)."""
 
-    def __init__(self, store: Store, capacity: int = 256):  # ~0.6 MB each: bounded per scoring thread
+    def __init__(self, store: Store, capacity: int = 256):  # ~0.15 MB each: bounded per scoring thread
         self.store = store
         self.capacity = capacity
         self._cache: OrderedDict[int, WorkCanvas | None] = OrderedDict()
@@ -56,7 +56,7 @@ class WorkCanvases:
         wc = None
         if png is not None:
             img = Image.open(io.BytesIO(png)).convert("RGB")
-            can = local.canvas(img)
+            can = local.canvas(img, local.VERIFY)
             s = can.shape[1] / img.width
             box = hashes.content_box(img)
             wc = WorkCanvas(local.Canvas.of(can), tuple(c * s for c in box))
@@ -115,7 +115,7 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
                 continue
             qp = pts[[i for i, _ in ps]]
             wp = np.float32([(boxes[v][2][0] * wc.size[0], boxes[v][2][1] * wc.size[1]) for _, v in ps])
-            m, inl = local.fit(qp, wp, tol=0.03 * local.CANVAS)
+            m, inl = local.fit(qp, wp, tol=0.03 * local.VERIFY)
             if m is None or inl.sum() < 4:
                 continue
             if flipped:  # points were on the mirrored canvas: compose with the mirror
@@ -139,7 +139,7 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
     return out
 
 
-def distinct(placements: list[Placement], size: tuple[int, int], tol: float = 1.5) -> list[Placement]:
+def distinct(placements: list[Placement], size: tuple[int, int], tol: float = 0.75) -> list[Placement]:
     """Placements that differ: one of each group putting the query's corners within `tol` canvas
     pixels of the same spot (the best-supported), since refinement takes them to the same place.
     A group keeps a focus if any of its placements has one: registering on the part that matched

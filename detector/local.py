@@ -17,14 +17,17 @@ import cv2
 import numpy as np
 from PIL import Image
 
-CANVAS = 256  # working scale: the longer side of every image, so 64 px icons have room for keypoints
+CANVAS = 256  # keypoint scale: the longer side of every image, so 64 px icons have room for keypoints
 N_FEATURES = 250
-EDGE_TOL = 2  # pixels (at CANVAS scale) an edge may move and still count as explained
+# Verification scale: works are warped onto the query and compared here. Twice a 64 px icon's side
+# holds all its detail; at CANVAS every ECC iteration and window statistic cost four times as much,
+# for the same verdicts (benchmarks: docs/benchmarks.md, "Verification on a 128 px canvas").
+VERIFY = 128
 
 
-def canvas(img: Image.Image) -> np.ndarray:
-    """RGB array with the longer side CANVAS (icons upscaled smoothly, large images reduced)."""
-    s = CANVAS / max(img.size)
+def canvas(img: Image.Image, side: int = CANVAS) -> np.ndarray:
+    """RGB array with the longer side `side` (icons upscaled smoothly, large images reduced)."""
+    s = side / max(img.size)
     size = (max(8, round(img.width * s)), max(8, round(img.height * s)))
     return np.asarray(img.convert("RGB").resize(size, Image.Resampling.BICUBIC))
 
@@ -51,7 +54,7 @@ def keypoints(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pts, desc.astype(np.float32)
 
 
-WIN = 15  # ZNCC window side, canvas pixels
+WIN = 7  # ZNCC window side, canvas pixels
 DETAIL = 60.0  # grey variance inside a window above which it holds detail worth explaining
 AGREE = 0.75  # ZNCC above which two windows show the same thing (copies survive blur, JPEG, recolouring)
 EXACT = 0.93  # ZNCC above which (with equal tone and contrast) a window is a cut-out of the work
@@ -94,7 +97,7 @@ def fit(q_pts: np.ndarray, w_pts: np.ndarray, tol: float) -> tuple[np.ndarray | 
     return m, inl.ravel().astype(bool)
 
 
-SMOOTH = 3.0  # Gaussian sigma (canvas px) before resemblance is measured: blur and JPEG stop mattering
+SMOOTH = 1.5  # Gaussian sigma (canvas px) before resemblance is measured: blur and JPEG stop mattering
 
 
 def smooth(gray_img: np.ndarray) -> np.ndarray:
@@ -122,8 +125,8 @@ class Canvas:
         return self.gray.shape[1], self.gray.shape[0]
 
 
-WANDER = 0.03  # largest shift (share of CANVAS) registration may make before it counts as lost
-POLISH = 3  # full-size ECC iterations after the half-size ones (each full-size call costs ~4 ms)
+WANDER = 0.03  # largest shift (share of VERIFY) registration may make before it counts as lost
+POLISH = 3  # full-size ECC iterations after the half-size ones (a full-size call costs as much as the half-size run)
 
 
 def _mask(w: Canvas, focus: tuple[float, float, float, float] | None, coarse: bool) -> np.ndarray | None:
@@ -165,8 +168,8 @@ def refine(q: Canvas, w: Canvas, matrix: np.ndarray,
         return matrix
     step = np.abs(warp - matrix)
     # wandered off: not a refinement. A focused placement comes from window matches, whose shifts
-    # are quantised to 1/16 of the image (16 px here), so it may move twice as far.
-    if step[:, :2].max() > 0.1 or step[:, 2].max() > WANDER * CANVAS * (1 if focus is None else 2):
+    # are quantised to 1/16 of the image (8 px here), so it may move twice as far.
+    if step[:, :2].max() > 0.1 or step[:, 2].max() > WANDER * VERIFY * (1 if focus is None else 2):
         return matrix
     return warp
 

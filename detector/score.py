@@ -107,7 +107,7 @@ class Scorer:
 
     def _score(self, img: LoadedImage, artist: str | None, q: Vectors) -> dict[str, Any]:
         """The result object of an image whose query vectors `q` are computed (artist checked)."""
-        qc = local.Canvas.of(local.canvas(img.image))
+        qc = local.Canvas.of(local.canvas(img.image, local.VERIFY))
         q_detail = qc.detail
         sx, sy = qc.size[0] / img.width, qc.size[1] / img.height  # differ for extreme aspect ratios
         x0, y0, x1, y1 = hashes.content_box(img.image)

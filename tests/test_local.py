@@ -29,7 +29,7 @@ def test_a_moved_piece_registers_on_the_part_that_matched(seed, offset):
     sx, sy, dx, dy, pw, ph = 14, 16, 22, 30, 28, 22  # the piece's place in the donor, and where it was pasted
     query = base.copy()
     query.paste(donor.crop((sx, sy, sx + pw, sy + ph)), (dx, dy))
-    q, w = local.Canvas.of(local.canvas(query)), local.Canvas.of(local.canvas(donor))
+    q, w = (local.Canvas.of(local.canvas(im, local.VERIFY)) for im in (query, donor))
     s = q.size[0] // 64
     piece = np.zeros(q.detail.shape, bool)
     piece[dy * s:(dy + ph) * s, dx * s:(dx + pw) * s] = True
