@@ -72,16 +72,17 @@ class LinearHands:
 
     def __init__(self, vecs: np.ndarray, owner: np.ndarray, background: np.ndarray, n_artists: int, seed: int):
         self.n_artists = n_artists
-        self.x = np.concatenate([vecs, background])
-        self.y = np.concatenate([owner, np.full(len(background), n_artists)])
-        self.cv = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
+        x = np.concatenate([vecs, background])
+        y = np.concatenate([owner, np.full(len(background), n_artists)])
+        cv = StratifiedKFold(FOLDS, shuffle=True, random_state=seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            scores = [cross_val_score(self._model(c), self.x, self.y, cv=self.cv).mean() for c in LINEAR_C]
+            scores = [cross_val_score(self._model(c), x, y, cv=cv).mean() for c in LINEAR_C]
             self.c = LINEAR_C[int(np.argmax(scores))]  # the first of equals: the most regularised
-            self.out_of_fold = _log_odds(cross_val_predict(self._model(self.c), self.x, self.y, cv=self.cv,
-                                                           method="predict_proba"), n_artists)
-            self.model = self._model(self.c).fit(self.x, self.y)
+            # rows: the registered works, then the background, as `x`
+            self.out_of_fold = _log_odds(cross_val_predict(self._model(self.c), x, y, cv=cv, method="predict_proba"),
+                                         n_artists)
+            self.model = self._model(self.c).fit(x, y)
 
     @staticmethod
     def _model(c: float) -> LogisticRegression:
