@@ -168,9 +168,8 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     that touch the picture's edge are dropped, because a mark is written on the picture, and a
     stroke cut by the edge belongs to a shape that goes on beyond it. Groups come from the ink with
     and without its faint stretches, and from its darkest ink alone: faint ink completes a thin name
-    but can also join it to nearby artwork, as can lighter artwork the name touches; and letters are
-    joined across both the usual gaps and only the narrowest (else artwork beside a name, such as a
-    robot's teeth, joins it), so every grouping is offered and the likeness model judges. Features: shape
+    but can also join it to nearby artwork, as can lighter artwork the name touches, so every grouping
+    is offered and the likeness model judges. Features: shape
     (wide, short), stroke count, ink density, stroke width, ink path length per box
     diagonal (writing folds a long path into a small box; an outline does not),
     distance to the nearest edge, size, darkness of the ink and how isolated it is.
@@ -184,16 +183,12 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     for faint in (FAINT_INK, INK):
         out += _groups(rgb.shape[:2], gray, _ink(bh, faint), seen)
     out += _groups(rgb.shape[:2], gray, bh > DARK_INK, seen)
-    for level in (INK, DARK_INK):  # letters joined only across the narrowest gaps
-        out += _groups(rgb.shape[:2], gray, bh > level, seen, join=(3, 3))
     return out
 
 
-def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set,
-            join: tuple[int, int] = (7, 3)) -> list[Candidate]:
+def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set) -> list[Candidate]:
     """The candidates of one ink mask (on the WORK canvas, as `gray`) whose (x, y, w, h) is not in `seen`
-    yet, strokes joined into groups across gaps of the `join` rectangle (width, height); boxes are
-    returned in the pixels of the picture, whose (height, width) is `size`."""
+    yet; boxes are returned in the pixels of the picture, whose (height, width) is `size`."""
     h, w = size
     H, W = ink.shape
     # strokes too large to belong to a mark (outlines, long contours) are left out before letters are
@@ -202,7 +197,7 @@ def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set,
     large = (stats[:, 2] > 0.6 * W) | (stats[:, 3] > 0.3 * H)
     large[0] = False
     strokes_ink = ink & ~large[labels]
-    grouped = cv2.dilate(strokes_ink.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, join))
+    grouped = cv2.dilate(strokes_ink.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (7, 3)))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
     out = []
     for i in range(1, n):
