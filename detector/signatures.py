@@ -21,6 +21,14 @@ DIM = SHAPE[0] * SHAPE[1]
 
 
 WORK = 128  # marks are looked for with the image's longer side at this many pixels
+INK = 40  # black-hat response (grey levels) of a pen stroke
+FAINT_INK = 30  # ...of its faint stretches, kept when joined to ink above INK (picked on train_marks' pictures)
+# ...and of dark ink alone: a name touching lighter artwork (a face's outline, a cloud) joins it at INK,
+# and separates from it here (picked on held-out train_marks pictures, of 50, 60 and 80)
+DARK_INK = 80
+# the ink masks candidates are grouped from, as (faint, strong) for `_ink`: with its faint stretches,
+# without them, and the darkest ink alone
+INK_LEVELS = ((FAINT_INK, INK), (INK, INK), (DARK_INK, DARK_INK))
 
 
 def ink_mask(rgb: np.ndarray) -> np.ndarray:
@@ -43,24 +51,17 @@ def _blackhat(rgb: np.ndarray) -> np.ndarray:
     return cv2.morphologyEx(g, cv2.MORPH_BLACKHAT, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7)))
 
 
-def _ink(bh: np.ndarray, faint: int) -> np.ndarray:
-    """Ink above INK, with its stretches above `faint` joined to it (no hysteresis when faint >= INK)."""
-    if faint >= INK:
-        return bh > INK
+def _ink(bh: np.ndarray, faint: int, strong: int = INK) -> np.ndarray:
+    """Ink above `strong`, with its stretches above `faint` joined to it (no hysteresis when faint >= strong)."""
+    if faint >= strong:
+        return bh > strong
     # hysteresis: faint stretches of a stroke (thin ink shrunk to a few pixels turns grey) are kept
     # when they connect to clearly dark ink
     n, labels = cv2.connectedComponents((bh > faint).astype(np.uint8), connectivity=8)
     keep = np.zeros(n, bool)
-    keep[labels[bh > INK]] = True
+    keep[labels[bh > strong]] = True
     keep[0] = False
     return keep[labels]
-
-
-INK = 40  # black-hat response (grey levels) of a pen stroke
-FAINT_INK = 30  # ...of its faint stretches, kept when joined to ink above INK (picked on train_marks' pictures)
-# ...and of dark ink alone: a name touching lighter artwork (a face's outline, a cloud) joins it at INK,
-# and separates from it here (picked on held-out train_marks pictures, of 50, 60 and 80)
-DARK_INK = 80
 
 
 PAPER_INK = 40  # grey levels from the paper's colour at which a sample's pixel is ink
@@ -180,9 +181,8 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
                         cv2.COLOR_RGB2GRAY)
     out: list[Candidate] = []
     seen: set[tuple[int, ...]] = set()
-    for faint in (FAINT_INK, INK):
-        out += _groups(rgb.shape[:2], gray, _ink(bh, faint), seen)
-    out += _groups(rgb.shape[:2], gray, bh > DARK_INK, seen)
+    for faint, strong in INK_LEVELS:
+        out += _groups(rgb.shape[:2], gray, _ink(bh, faint, strong), seen)
     return out
 
 
