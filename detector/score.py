@@ -147,6 +147,8 @@ class Scorer:
         works: a half of A's icon beside a half of B's is a derivative of both, though neither
         artist's works alone explain it. (0, empty) unless pieces of two or more artists are needed."""
         known = [a for wid, a in aligned.items() if wid in info and info[wid]["artist"] in names]
+        if len({info[a.work_id]["artist"] for a in known}) < 2:
+            return 0.0, set()  # one artist's works: its own cover above is the whole story
         pieces, coverage = evidence.cover(known, q_detail)
         hands = {info[a.work_id]["artist"] for a, _ in pieces}
         return (derivative_probability(coverage, len(pieces)), hands) if len(hands) >= 2 else (0.0, set())
