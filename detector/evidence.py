@@ -163,17 +163,22 @@ def verify(works: WorkCanvases, proposals: dict[int, list[Placement]],
     by one that merely resembles the whole (a recoloured copy has no exact pixels anywhere, and
     agreement alone decides)."""
     best: dict[int, local.Alignment] = {}
-    total = max(int(q.detail.sum()), 1)
-    strength = lambda a: a.forward * a.backward + float(a.exact.sum()) / total  # noqa: E731
     for wid, placements in proposals.items():
         wc = works.get(wid)
         if wc is None:
             continue
         for matrix, support, focus in distinct(placements, q.size):
             a = local.align(wid, q, wc.canvas, matrix, support, focus)
-            if wid not in best or strength(a) > strength(best[wid]):
+            if wid not in best or a.strength(q) > best[wid].strength(q):
                 best[wid] = a
     return best
+
+
+def _solid(mask: np.ndarray) -> np.ndarray:
+    """`mask` without its slivers (opened by 3x3). Where the main work is inexact (a blurred or
+    resampled copy), a sibling placed a fraction of a pixel apart matches thin runs of edge pixels
+    by chance; a piece cut out of a work is exact over whole windows."""
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
 
 
 def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: float = 0.03,
@@ -182,6 +187,7 @@ def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: flo
 
     Exact agreement, not mere resemblance: sibling icons that share an outline
     resemble each other everywhere but reproduce each other only where truly shared.
+    Pieces after the first count only solid runs of new pixels (`_solid`).
     """
     total = max(int(q_detail.sum()), 1)
     covered = np.zeros_like(q_detail)
@@ -189,11 +195,12 @@ def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: flo
     pieces = []
     pool = list(alignments)
     while pool and len(pieces) < max_pieces:
-        gains = [int((a.exact & ~covered & allowed).sum()) for a in pool]
+        news = [_solid(a.exact & ~covered & allowed) if pieces else a.exact for a in pool]
+        gains = [int(n.sum()) for n in news]
         i = int(np.argmax(gains))
         if gains[i] < min_gain * total:
             break
-        new = pool[i].exact & ~covered & allowed
+        new = news[i]
         pieces.append((pool.pop(i), new))
         covered |= new
         if len(pieces) == 1:  # later pieces must replace what the main work contradicts, or lie beyond it

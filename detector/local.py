@@ -85,6 +85,11 @@ class Alignment:
     backward: float  # share of the work's own detail (on the query) found in the query
     footprint: float  # share of the query's detail that lies inside the work's footprint
 
+    def strength(self, q: "Canvas") -> float:
+        """Agreement both ways plus the share of the query's detail reproduced exactly: what makes
+        one placement of a work better evidence than another."""
+        return self.forward * self.backward + float(self.exact.sum()) / max(int(q.detail.sum()), 1)
+
 
 def fit(q_pts: np.ndarray, w_pts: np.ndarray, tol: float) -> tuple[np.ndarray | None, np.ndarray]:
     """RANSAC similarity transform query -> work; (matrix or None, inlier mask)."""
@@ -179,10 +184,22 @@ def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int =
     """Warp the work onto the query and measure, window by window, what it explains.
 
     Resemblance (copies: survives blur, JPEG, recolouring) is measured on smoothed
-    images; exactness (cut-out pieces) on the raw ones.
+    images; exactness (cut-out pieces) on the raw ones. Registration is a least-squares
+    fit over the whole work (or its focus), so foreign content in the query (a pasted
+    piece) can pull it a pixel off a placement that was already exact: the refined
+    placement is kept only when it explains at least as much as the one it came from.
     """
+    refined = refine(q, w, matrix, focus)
+    a = _measure(work_id, q, w, refined, support)
+    if refined is not matrix:
+        b = _measure(work_id, q, w, matrix, support)
+        if b.strength(q) > a.strength(q):
+            return b
+    return a
+
+
+def _measure(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int) -> Alignment:
     size = q.size
-    matrix = refine(q, w, matrix, focus)
     inv = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(w.gray, matrix, size, flags=inv, borderValue=0)
     warped_s = cv2.warpAffine(w.smooth, matrix, size, flags=inv, borderValue=0)
