@@ -131,6 +131,10 @@ class Canvas:
 
 
 WANDER = 0.03  # largest shift (share of VERIFY) registration may make before it counts as lost
+# Half-size ECC iterations. Placements arrive within a few pixels (keypoints, hashes) or one window
+# shift (windows), and 10 iterations with a 1e-3 correlation tolerance reach the same verdicts as 30
+# with 1e-4 at two thirds of the cost (docs/benchmarks.md, "Verification cost").
+COARSE = 10
 POLISH = 3  # full-size ECC iterations after the half-size ones (a full-size call costs as much as the half-size run)
 
 
@@ -161,7 +165,7 @@ def refine(q: Canvas, w: Canvas, matrix: np.ndarray,
     warp = matrix.astype(np.float32) * sw[:, None] / sq[None, :]  # the same placement between half sizes
     stop, polish = cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, POLISH
     try:
-        _, warp = cv2.findTransformECC(q.coarse, w.coarse, warp, cv2.MOTION_AFFINE, (stop, 30, 1e-4),
+        _, warp = cv2.findTransformECC(q.coarse, w.coarse, warp, cv2.MOTION_AFFINE, (stop, COARSE, 1e-3),
                                        _mask(w, focus, coarse=True), 1)
         warp = warp * sq[None, :] / sw[:, None]
     except cv2.error:  # too little structure at half size: all the way at full size
