@@ -74,22 +74,25 @@ class Embedders:
         out = [{"hash": [(FULL, b[0])],
                 "style": [(FULL, style.style_vector(im))],
                 "patch": regions.describe(im, regions.WORK_WINDOWS),
-                "kp": _points(local.canvas(im))} for im, b in zip(images, bits)]
+                "kp": _keypoints(im)} for im, b in zip(images, bits)]
         self._add_clip(images, out)
         return [(vecs, thumbnail(im)) for vecs, im in zip(out, images)]
 
     def describe_queries(self, images: list[Image.Image]) -> list[Vectors]:
         """Vectors of images to score: hashes of all 8 flips/rotations, denser windows,
-        keypoints of the image and of its mirror (SIFT is not mirror-invariant).
+        keypoints of the image and of its mirror (SIFT is not mirror-invariant; the mirror's
+        are the image's own, moved by `local.mirrored`, not a second SIFT run).
         CLIP, when loaded, embeds the whole list in one forward pass."""
         out: list[Vectors] = []
         turns = hashes.dihedral_bits_many([hashes.autocrop(img) for img in images])
         for img, bits in zip(images, turns):
             can = local.canvas(img)
+            pts, desc = local.keypoints(can)
             out.append({"hash": [(FULL, b) for b in bits],
                         "style": [(FULL, style.style_vector(img))],
                         "patch": regions.describe(img, regions.QUERY_WINDOWS),
-                        "kp": _points(can), "kp_flip": _points(np.ascontiguousarray(can[:, ::-1]))})
+                        "kp": _points(pts, desc, can.shape),
+                        "kp_flip": _points(*local.mirrored(pts, desc, can.shape[1]), can.shape)})
         self._add_clip(images, out)
         return out
 
@@ -118,8 +121,12 @@ def thumbnail(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _points(can: np.ndarray) -> list:
+def _keypoints(img: Image.Image) -> list:
+    can = local.canvas(img)
+    return _points(*local.keypoints(can), can.shape)
+
+
+def _points(pts: np.ndarray, desc: np.ndarray, shape: tuple[int, ...]) -> list:
     """Keypoints as (normalised point-box, descriptor) pairs."""
-    pts, desc = local.keypoints(can)
-    h, w = can.shape[:2]
+    h, w = shape[:2]
     return [((float(x) / w, float(y) / h, float(x) / w, float(y) / h), d) for (x, y), d in zip(pts, desc)]

@@ -40,3 +40,22 @@ def test_a_moved_piece_registers_on_the_part_that_matched(seed, offset):
     exact = lambda a: (a.exact & piece).sum() / piece.sum()  # noqa: E731
     assert exact(local.align(1, q, w, off, 0, focus)) > 0.5  # registered on the piece: proven
     assert exact(local.align(1, q, w, off)) < 0.1  # the whole donor cannot be registered onto a piece of it
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_mirrored_keypoints_are_those_sift_finds_on_the_mirror(seed):
+    """kp_flip (flipped copies) comes from moving the image's own keypoints, not a second SIFT run:
+    it must be what SIFT sees on the mirrored image."""
+    can = local.canvas(draw_icon(seed, (60, 140, 220), size=64))
+    pts, desc = local.keypoints(can)
+    sift_pts, sift_desc = local.keypoints(np.ascontiguousarray(can[:, ::-1]))
+
+    def found(points: np.ndarray, descs: np.ndarray) -> float:
+        """Share of keypoints SIFT also finds on the mirror: within a pixel, descriptor cosine > 0.95."""
+        hits = [(near := np.abs(sift_pts - p).max(axis=1) < 1.0).any() and (sift_desc[near] @ d).max() > 0.95
+                for p, d in zip(points, descs)]
+        return float(np.mean(hits))
+
+    moved_pts, moved_desc = local.mirrored(pts, desc, can.shape[1])
+    assert len(pts) >= 20 and found(moved_pts, moved_desc) >= 0.7
+    assert found(moved_pts, desc) < 0.5  # the descriptors themselves must change, not only the points
