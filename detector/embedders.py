@@ -31,8 +31,9 @@ BASE_SPECS = (
     KindSpec("style", {"embedder": "style", "version": 1, "size": style.SIZE}, style.DIM),
     KindSpec("patch", {"embedder": "patch", "version": 1, "patch": regions.PATCH,
                        "windows": "0.5/0.25+0.333/0.167"}, regions.DIM, factory="HNSW32"),
+    # a scored image searches ~500 keypoints: exact search costs more than all else past ~150 works
     KindSpec("kp", {"embedder": "rootsift", "version": 1, "canvas": local.CANVAS, "features": local.N_FEATURES,
-                    "opencv": cv2.__version__}, 128, factory="HNSW32"),
+                    "opencv": cv2.__version__}, 128, factory="IVF{nlist},Flat", approximate_from=20_000),
     KindSpec("sig", {"embedder": "signature", "version": 4, "shape": list(signatures.SHAPE),
                     "views": list(signatures.VIEWS), "view_sides": [signatures.WORK // 2, signatures.WORK],
                     "view_ratio": signatures.VIEW_RATIO},

@@ -50,7 +50,8 @@ class KindSpec:
     dim: int
     binary: bool = False
     owner: str = "work"
-    factory: str | None = None  # approximate factory this kind switches to past AUTO_APPROXIMATE vectors
+    factory: str | None = None  # approximate factory this kind switches to past `approximate_from` vectors
+    approximate_from: int = 100_000  # ("{nlist}" in it is fitted to the count: index.vectors.fit)
 
     @property
     def dtype(self) -> np.dtype:
@@ -68,7 +69,6 @@ class Hit:
     box: Box
 
 
-AUTO_APPROXIMATE = 100_000  # vectors of a kind past which its declared approximate factory is used
 
 
 def default_store_path() -> Path:
@@ -210,9 +210,11 @@ class Store:
         if chosen:
             return chosen
         auto = cat.get_meta(self.conn, f"auto_factory:{spec.kind}")
-        if auto and self.conn.execute("SELECT COUNT(*) FROM vectors WHERE kind=?",
-                                      (spec.kind,)).fetchone()[0] >= AUTO_APPROXIMATE:
-            return auto
+        if auto:
+            name, _, start = auto.partition("@")  # stores made before 2026-11-26 say only the name
+            n = self.conn.execute("SELECT COUNT(*) FROM vectors WHERE kind=?", (spec.kind,)).fetchone()[0]
+            if n >= int(start or 100_000):
+                return vx.fit(name, n)
         return vx.DEFAULT_BINARY_FACTORY if spec.binary else vx.DEFAULT_FLOAT_FACTORY
 
     def _index(self, spec: KindSpec) -> faiss.Index:
@@ -355,7 +357,7 @@ class Writer:
                                for sp in new])
                 for sp in new:
                     if sp.factory:
-                        cat.set_meta(c, f"auto_factory:{sp.kind}", sp.factory)
+                        cat.set_meta(c, f"auto_factory:{sp.kind}", f"{sp.factory}@{sp.approximate_from}")
 
     def ensure_artist(self, name: str) -> int:
         row = self.conn.execute("SELECT id FROM artists WHERE name=?", (name,)).fetchone()
@@ -502,14 +504,21 @@ class Writer:
         return list(self.store.notes)
 
     def save(self) -> None:
-        """Persist each touched (or missing) index under its current generation; drop older files."""
+        """Persist each touched (or missing) index under its current generation; drop older files.
+
+        An index that no longer has the factory its kind calls for (it outgrew exact search, or
+        its IVF lists outgrew their count) is rebuilt first: adds alone would keep it as it was."""
         (self.store.root / "indexes").mkdir(exist_ok=True)
         for spec in self.store.specs().values():
             gen = cat.generation(self.conn, spec.kind)
             path = self.store.index_path(spec.kind, gen)
             if spec.kind not in self.touched and path.exists():
                 continue
-            if spec.kind in self.dirty:
+            cached = self.store._cache.get(spec.kind)
+            built = vx.factory_of(cached[1]) if cached else None
+            outgrown = (built is not None and built != self.store.factory(spec)
+                        and not cat.get_meta(self.conn, f"factory:{spec.kind}"))  # the user's choice stays
+            if spec.kind in self.dirty or outgrown:
                 self.store._cache.pop(spec.kind, None)
             vx.write_atomic(self.store._index(spec), spec.binary, path)
             for old in path.parent.glob(f"{spec.kind}.*.faiss"):

@@ -7,6 +7,7 @@ FAISS ids are catalogue row ids.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -39,6 +40,27 @@ def _min_train(factory: str) -> int:
 
 NPROBE = 16  # IVF lists visited per query: recall@10 ~0.95 at 1M (docs/benchmarks.md)
 EF_SEARCH = 64  # HNSW candidate list: recall@10 ~0.94 at 1M
+
+
+def fit(factory: str, n: int) -> str:
+    """`factory` with "{nlist}" replaced by a list count for `n` vectors: the power of two nearest
+    4 sqrt(n) (at least 64), FAISS's usual rule, so lists stay a few hundred vectors long as a store grows."""
+    if "{nlist}" not in factory:
+        return factory
+    nlist = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 64)))
+    return factory.replace("{nlist}", str(nlist))
+
+
+def factory_of(index: faiss.Index) -> str | None:
+    """The factory string of an index this module builds (Flat, IVF<n>,Flat, HNSW<m>); None for others."""
+    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else None
+    if isinstance(inner, faiss.IndexFlat):
+        return "Flat"
+    if isinstance(inner, faiss.IndexIVFFlat):
+        return f"IVF{inner.nlist},Flat"
+    if isinstance(inner, faiss.IndexHNSWFlat):
+        return f"HNSW{inner.hnsw.nb_neighbors(1)}"
+    return None
 
 
 def tune(index: faiss.Index) -> faiss.Index:

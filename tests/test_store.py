@@ -199,10 +199,8 @@ def test_readers_work_while_a_writer_writes_and_second_writer_fails_clearly(icon
     assert "carol" not in [a["name"] for a in listing(chimera)["artists"]]
 
 
-def test_exact_by_default_factories_on_request_and_automatic_for_huge_kinds(chimera, icons, store_dir, monkeypatch):
+def test_exact_by_default_and_factories_on_request(chimera, icons, store_dir):
     import faiss
-
-    import index.store as store_mod
 
     def inner(s: Store, kind: str) -> str:
         return type(faiss.downcast_index(s._index(s.specs()[kind]).index)).__name__
@@ -210,11 +208,6 @@ def test_exact_by_default_factories_on_request_and_automatic_for_huge_kinds(chim
     assert chimera("index", "add", "--artist", "alice", str(icons("alice", 6, (230, 180, 40))))[0] == 0
     with Store.open(store_dir) as s:
         assert {inner(s, k) for k in ("style", "kp", "patch")} == {"IndexFlatIP"}
-    monkeypatch.setattr(store_mod, "AUTO_APPROXIMATE", 50)  # keypoints outgrow exact search early here
-    assert chimera("index", "rebuild")[0] == 0
-    with Store.open(store_dir) as s:
-        assert inner(s, "kp") == "IndexHNSWFlat" and inner(s, "style") == "IndexFlatIP"
-        assert faiss.downcast_index(s._index(s.specs()["kp"]).index).hnsw.efSearch == 64
     code, _, err = chimera("index", "rebuild", "--index-factory", "IVF4,Flat")
     assert code == 0
     with Store.open(store_dir) as s:
@@ -224,6 +217,37 @@ def test_exact_by_default_factories_on_request_and_automatic_for_huge_kinds(chim
     code, _, err = chimera("index", "rebuild", "--index-factory", "IVF4096,Flat")
     assert code == 0 and "needs >= 4096 vectors to train" in err  # too few: exact search, said plainly
     assert chimera("index", "check")[0] == 0
+
+
+def test_keypoint_index_turns_approximate_as_the_store_grows_and_still_finds(icons, store_dir, monkeypatch):
+    """Adds alone switch keypoints to IVF past their threshold and refit the lists when the store has
+    grown about 4x: no `index rebuild` needed, and a registered work's keypoints still find it."""
+    import dataclasses
+
+    import detector.embedders as emb
+    from detector.images import load
+    from index import vectors as vx
+    from service.ingest import add_images
+
+    monkeypatch.setattr(emb, "BASE_SPECS", tuple(dataclasses.replace(sp, approximate_from=600) if sp.kind == "kp"
+                                                 else sp for sp in emb.BASE_SPECS))  # here rather than at 20,000
+    embedders = emb.Embedders.load(use_clip=False, quiet=True)
+    paths = sorted(icons("alice", 40, (230, 180, 40)).glob("*.png"))
+    seen = []
+    for chunk in (paths[:2], paths[2:10], paths[10:40]):
+        with Store.open(store_dir, create=True) as s:
+            add_images(s, embedders, "alice", [load(p) for p in chunk])
+        with Store.open(store_dir, read_only=True) as s:
+            n = len(s.vectors("kp")[0])
+            seen.append((n, vx.factory_of(s._index(s.specs()["kp"]))))
+            _, vecs = s.vectors("kp")
+            hits = s.search("kp", vecs[::7], 1)  # each finds itself (or a keypoint identical to it)
+            assert np.mean([h[0].score > 0.999 for h in hits]) >= 0.95
+    assert seen[0][0] < 600 and seen[0][1] == "Flat"
+    assert [f for _, f in seen[1:]] == [vx.fit("IVF{nlist},Flat", n) for n, _ in seen[1:]]
+    assert seen[1][1] != seen[2][1]  # lists refitted as the store grew
+    with Store.open(store_dir) as s:
+        assert s.check() == []
 
 
 def test_refused_factory_leaves_the_store_as_it_was(chimera, icons, store_dir):
