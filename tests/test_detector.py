@@ -137,6 +137,17 @@ def test_small_benchmark_meets_its_bars(world):
     assert m["signer_accuracy"] >= 0.6
 
 
+def test_the_benchmark_tells_an_artists_own_reuse_from_a_new_work(world):
+    """The benchmark's negatives are "new works in the artist's hand"; one its artist assembled from
+    registered works' parts (as emoji are) is measured apart, by pixels alone."""
+    refs = [Image.open(p).convert("RGB") for p in world["corpus"][0].refs]
+    registered = np.stack([np.asarray(im, np.int16) for im in refs])
+    own_reuse, _ = augment.half_swap(refs[0], refs[1], vertical=True)
+    assert evaluate.reused_in_place(own_reuse, registered) >= 0.9
+    new = Image.open(world["corpus"][0].heldout[0]).convert("RGB")
+    assert evaluate.reused_in_place(new, registered) < evaluate.reused_in_place(own_reuse, registered) - 0.2
+
+
 def test_scan_writes_every_format_and_survives_bad_files(world, tmp_path):
     from service.scan import scan
     folder = tmp_path / "incoming" / "nested"
