@@ -44,7 +44,7 @@ class Query:
     label: str  # the ideal verdict: copy | derivative | style_match
     sources: list[Path] = field(default_factory=list)
     signature: dict[str, Any] | None = None  # {"box", "signer" (None: unknown), "forged"}
-    reuse: float = 0.0  # negatives: share of detail the artist's registered works hold in place (reused_in_place)
+    reuse: float = float("nan")  # negatives: share of detail registered works hold in place (reused_in_place)
 
 
 def _loaded(img: Image.Image, name: str) -> LoadedImage:
@@ -62,7 +62,7 @@ def reused_in_place(img: Image.Image, registered: np.ndarray) -> float:
     `registered`: the artist's works of the image's size, stacked (N x H x W x 3)."""
     a = np.asarray(img.convert("RGB"), np.int16)
     if not len(registered) or registered.shape[1:] != a.shape:
-        return 0.0
+        return float("nan")  # not comparable in place: counted neither fresh nor reused
     g = a.mean(axis=2).astype(np.float32)
     mean = cv2.boxFilter(g, -1, (5, 5))
     detail = cv2.boxFilter(g * g, -1, (5, 5)) - mean * mean > 30
@@ -188,10 +188,11 @@ def metrics(queries: list[Query], results: list[dict[str, Any]], store: Store) -
     neg_d = [der[i] for i, q in enumerate(queries) if q.kind == "heldout" or q.kind.startswith("negative")]
     out["derivative_auc"], out["derivative_tpr@5%fpr"] = roc(pos_d, neg_d)
     # the same with negatives whose detail is under half registered pixels in place (reused_in_place)
-    fresh = [der[i] for i, q in enumerate(queries) if (q.kind == "heldout" or q.kind.startswith("negative"))
-             and q.reuse < 0.5]
+    judged = [i for i, q in enumerate(queries) if (q.kind == "heldout" or q.kind.startswith("negative"))
+              and not np.isnan(q.reuse)]
+    fresh = [der[i] for i in judged if queries[i].reuse < 0.5]
     out["derivative_auc:fresh_negatives"], _ = roc(pos_d, fresh)
-    out["fresh_negatives"] = len(fresh) / max(len(neg_d), 1)
+    out["fresh_negatives"] = len(fresh) / len(judged) if judged else float("nan")
     found = [all(s.resolve() in {source_of.get(m["work"]) for m in r["matches"]} for s in q.sources)
              for q, r in zip(queries, results) if q.label == "derivative"]
     out["sources_found"] = float(np.mean(found)) if found else float("nan")

@@ -118,8 +118,9 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
             m, inl = local.fit(qp, wp, tol=0.03 * local.VERIFY)
             if m is None or inl.sum() < 4:
                 continue
-            if flipped:  # points were on the mirrored canvas: compose with the mirror
-                m = m @ np.float32([[-1, 0, q_size[0]], [0, 1, 0], [0, 0, 1]])
+            if flipped:  # points were on the mirrored canvas: compose with the mirror (local.mirrored's)
+                m = m @ np.float32([[-1, 0, q_size[0] - local.MIRROR_X * local.VERIFY / local.CANVAS],
+                                    [0, 1, 0], [0, 0, 1]])
             out[wid].append((m.astype(np.float32), int(inl.sum()), None))
     # windows: each near-identical window pair votes for (work, shift); pieces moved as a block agree
     votes: dict[tuple[int, float, float], list[tuple]] = defaultdict(list)  # -> the work's matching windows

@@ -50,8 +50,10 @@ class KindSpec:
     dim: int
     binary: bool = False
     owner: str = "work"
-    factory: str | None = None  # approximate factory this kind switches to past `approximate_from` vectors
-    approximate_from: int = 100_000  # ("{nlist}" in it is fitted to the count: index.vectors.fit)
+    # approximate factory this kind switches to past `approximate_from` vectors ("{nlist}" in it is
+    # fitted to the count: index.vectors.fit)
+    factory: str | None = None
+    approximate_from: int = 100_000
 
     @property
     def dtype(self) -> np.dtype:
@@ -69,6 +71,7 @@ class Hit:
     box: Box
 
 
+LEGACY_APPROXIMATE = 100_000  # threshold of auto factories saved without one (stores made before 2026-11-26)
 
 
 def default_store_path() -> Path:
@@ -211,9 +214,9 @@ class Store:
             return chosen
         auto = cat.get_meta(self.conn, f"auto_factory:{spec.kind}")
         if auto:
-            name, _, start = auto.partition("@")  # stores made before 2026-11-26 say only the name
+            name, _, start = auto.partition("@")
             n = self.conn.execute("SELECT COUNT(*) FROM vectors WHERE kind=?", (spec.kind,)).fetchone()[0]
-            if n >= int(start or 100_000):
+            if n >= int(start or LEGACY_APPROXIMATE):
                 return vx.fit(name, n)
         return vx.DEFAULT_BINARY_FACTORY if spec.binary else vx.DEFAULT_FLOAT_FACTORY
 
@@ -350,14 +353,17 @@ class Writer:
                 raise StoreError(f"this run adds '{sp.kind}' vectors but the store already holds {table} without "
                                  f"them; vectors are never mixed (use the store's embedders, e.g. --no-clip, "
                                  f"or a new --store)")
-        if new:
+        # auto factories are the code's, never the user's: new kinds get theirs, and a store made
+        # before thresholds were saved with them takes the current one
+        auto = {sp.kind: f"{sp.factory}@{sp.approximate_from}" for sp in specs if sp.factory and (
+            sp in new or "@" not in (cat.get_meta(self.conn, f"auto_factory:{sp.kind}") or "@"))}
+        if new or auto:
             with self._transaction() as c:
                 c.executemany("INSERT INTO embedders VALUES (?, ?, ?, ?, ?)",
                               [(sp.kind, cat.canonical(sp.descriptor), sp.dim, int(sp.binary), sp.owner)
                                for sp in new])
-                for sp in new:
-                    if sp.factory:
-                        cat.set_meta(c, f"auto_factory:{sp.kind}", f"{sp.factory}@{sp.approximate_from}")
+                for kind, value in auto.items():
+                    cat.set_meta(c, f"auto_factory:{kind}", value)
 
     def ensure_artist(self, name: str) -> int:
         row = self.conn.execute("SELECT id FROM artists WHERE name=?", (name,)).fetchone()
@@ -506,8 +512,9 @@ class Writer:
     def save(self) -> None:
         """Persist each touched (or missing) index under its current generation; drop older files.
 
-        An index that no longer has the factory its kind calls for (it outgrew exact search, or
-        its IVF lists outgrew their count) is rebuilt first: adds alone would keep it as it was."""
+        An index held in memory (by a long-lived process: the HTTP service) that no longer has the
+        factory its kind calls for (it outgrew exact search, or its IVF lists outgrew their count)
+        is rebuilt first: adding to it would keep it as it was. A new process builds it anew anyway."""
         (self.store.root / "indexes").mkdir(exist_ok=True)
         for spec in self.store.specs().values():
             gen = cat.generation(self.conn, spec.kind)
@@ -515,10 +522,11 @@ class Writer:
             if spec.kind not in self.touched and path.exists():
                 continue
             cached = self.store._cache.get(spec.kind)
-            built = vx.factory_of(cached[1]) if cached else None
-            outgrown = (built is not None and built != self.store.factory(spec)
-                        and not cat.get_meta(self.conn, f"factory:{spec.kind}"))  # the user's choice stays
-            if spec.kind in self.dirty or outgrown:
+            current_factory = vx.factory_of(cached[1]) if cached else None
+            chosen = cat.get_meta(self.conn, f"factory:{spec.kind}")  # the user's choice is rebuilt on request only
+            if current_factory is not None and not chosen and current_factory != self.store.factory(spec):
+                self.store._cache[spec.kind] = (gen, self.store._build(spec))
+            elif spec.kind in self.dirty:
                 self.store._cache.pop(spec.kind, None)
             vx.write_atomic(self.store._index(spec), spec.binary, path)
             for old in path.parent.glob(f"{spec.kind}.*.faiss"):

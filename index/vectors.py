@@ -44,10 +44,13 @@ EF_SEARCH = 64  # HNSW candidate list: recall@10 ~0.94 at 1M
 
 def fit(factory: str, n: int) -> str:
     """`factory` with "{nlist}" replaced by a list count for `n` vectors: the power of two nearest
-    4 sqrt(n) (at least 64), FAISS's usual rule, so lists stay a few hundred vectors long as a store grows."""
+    4 sqrt(n) (FAISS's rule of thumb), at least 64 and at most n / 39 (k-means wants 39 points per
+    list), so a search visits nprobe lists of about sqrt(n) / 4 vectors each."""
     if "{nlist}" not in factory:
         return factory
     nlist = 2 ** round(math.log2(max(4 * math.sqrt(max(n, 1)), 64)))
+    while nlist > 64 and nlist * 39 > n:
+        nlist //= 2
     return factory.replace("{nlist}", str(nlist))
 
 

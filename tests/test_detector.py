@@ -133,6 +133,7 @@ def test_small_benchmark_meets_its_bars(world):
     assert m["attribution_top1"] >= 0.95
     assert m["copy_micro_ap"] >= 0.9
     assert m["derivative_auc"] >= 0.9
+    assert m["derivative_auc:fresh_negatives"] >= 0.9 and 0.5 <= m["fresh_negatives"] <= 1.0
     assert m["signature_recall"] >= 0.6 and m["false_region_rate"] <= 0.1
     assert m["signer_accuracy"] >= 0.6
 

@@ -220,34 +220,44 @@ def test_exact_by_default_and_factories_on_request(chimera, icons, store_dir):
 
 
 def test_keypoint_index_turns_approximate_as_the_store_grows_and_still_finds(icons, store_dir, monkeypatch):
-    """Adds alone switch keypoints to IVF past their threshold and refit the lists when the store has
-    grown about 4x: no `index rebuild` needed, and a registered work's keypoints still find it."""
+    """A long-lived store (the HTTP service's) switches keypoints to IVF past their threshold and refits
+    the lists as it grows, without `index rebuild`; a registered keypoint still finds itself; a factory
+    the user chose stays; a store that saved its auto factory without a threshold takes the current one."""
     import dataclasses
 
     import detector.embedders as emb
     from detector.images import load
+    from index import catalogue as cat
     from index import vectors as vx
     from service.ingest import add_images
 
     monkeypatch.setattr(emb, "BASE_SPECS", tuple(dataclasses.replace(sp, approximate_from=600) if sp.kind == "kp"
                                                  else sp for sp in emb.BASE_SPECS))  # here rather than at 20,000
     embedders = emb.Embedders.load(use_clip=False, quiet=True)
-    paths = sorted(icons("alice", 40, (230, 180, 40)).glob("*.png"))
+    paths = sorted(icons("alice", 44, (230, 180, 40)).glob("*.png"))
     seen = []
-    for chunk in (paths[:2], paths[2:10], paths[10:40]):
-        with Store.open(store_dir, create=True) as s:
+    with Store.open(store_dir, create=True) as s:
+        kp = lambda: s._index(s.specs()["kp"])  # noqa: E731 - the index this process holds
+        for chunk in (paths[:2], paths[2:10], paths[10:40]):
             add_images(s, embedders, "alice", [load(p) for p in chunk])
-        with Store.open(store_dir, read_only=True) as s:
             n = len(s.vectors("kp")[0])
-            seen.append((n, vx.factory_of(s._index(s.specs()["kp"]))))
-            _, vecs = s.vectors("kp")
-            hits = s.search("kp", vecs[::7], 1)  # each finds itself (or a keypoint identical to it)
+            seen.append((n, vx.factory_of(kp())))
+            hits = s.search("kp", s.vectors("kp")[1][::7], 1)  # each finds itself (or a keypoint identical to it)
             assert np.mean([h[0].score > 0.999 for h in hits]) >= 0.95
-    assert seen[0][0] < 600 and seen[0][1] == "Flat"
-    assert [f for _, f in seen[1:]] == [vx.fit("IVF{nlist},Flat", n) for n, _ in seen[1:]]
-    assert seen[1][1] != seen[2][1]  # lists refitted as the store grew
-    with Store.open(store_dir) as s:
+        assert seen[0][0] < 600 and seen[0][1] == "Flat"
+        assert [f for _, f in seen[1:]] == [vx.fit("IVF{nlist},Flat", n) for n, _ in seen[1:]]
+        assert seen[1][1] != seen[2][1]  # lists refitted as the store grew
+        with s.writer() as w:
+            w.rebuild("Flat")
+        add_images(s, embedders, "alice", [load(p) for p in paths[40:42]])
+        assert vx.factory_of(kp()) == "Flat"  # the user's choice
         assert s.check() == []
+        with s.writer() as w:
+            cat.set_meta(w.conn, "auto_factory:kp", "HNSW32")  # as stores made before thresholds were saved
+    with Store.open(store_dir) as s:
+        assert cat.get_meta(s.conn, "auto_factory:kp") == "HNSW32"
+        add_images(s, embedders, "alice", [load(p) for p in paths[42:]])
+        assert cat.get_meta(s.conn, "auto_factory:kp") == "IVF{nlist},Flat@600"
 
 
 def test_refused_factory_leaves_the_store_as_it_was(chimera, icons, store_dir):
