@@ -161,8 +161,9 @@ class Canvas:
 
 WANDER = 0.03  # largest shift (share of VERIFY) registration may make before it counts as lost
 # Half-size ECC iterations. Placements arrive within a few pixels (keypoints, hashes) or one window
-# shift (windows), and 10 iterations with a 1e-3 correlation tolerance reach the same verdicts as 30
-# with 1e-4 at two thirds of the cost (docs/benchmarks.md, "Verification cost").
+# shift (windows), and the full-size polish follows: 10 iterations with a 1e-3 correlation tolerance
+# gave the same verdicts as 30 with 1e-4 on 200 scan images at 5/6 of the scoring time
+# (docs/benchmarks.md, detection, "Fewer coarse ECC iterations").
 COARSE = 10
 POLISH = 3  # full-size ECC iterations after the half-size ones (a full-size call costs as much as the half-size run)
 

@@ -354,9 +354,13 @@ class Writer:
                                  f"them; vectors are never mixed (use the store's embedders, e.g. --no-clip, "
                                  f"or a new --store)")
         # auto factories are the code's, never the user's: new kinds get theirs, and a store made
-        # before thresholds were saved with them takes the current one
-        auto = {sp.kind: f"{sp.factory}@{sp.approximate_from}" for sp in specs if sp.factory and (
-            sp in new or "@" not in (cat.get_meta(self.conn, f"auto_factory:{sp.kind}") or "@"))}
+        # before thresholds were saved with them ("HNSW32", no "@") takes the current one
+        def saved_without_threshold(kind: str) -> bool:
+            saved = cat.get_meta(self.conn, f"auto_factory:{kind}")
+            return saved is not None and "@" not in saved
+
+        auto = {sp.kind: f"{sp.factory}@{sp.approximate_from}" for sp in specs
+                if sp.factory and (sp in new or saved_without_threshold(sp.kind))}
         if new or auto:
             with self._transaction() as c:
                 c.executemany("INSERT INTO embedders VALUES (?, ?, ?, ?, ?)",

@@ -54,9 +54,14 @@ def fit(factory: str, n: int) -> str:
     return factory.replace("{nlist}", str(nlist))
 
 
+def _inner(index: faiss.Index) -> faiss.Index | None:
+    """The index inside a float kind's ID map, as its own class (None for binary kinds)."""
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else None
+
+
 def factory_of(index: faiss.Index) -> str | None:
     """The factory string of an index this module builds (Flat, IVF<n>,Flat, HNSW<m>); None for others."""
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else None
+    inner = _inner(index)
     if isinstance(inner, faiss.IndexFlat):
         return "Flat"
     if isinstance(inner, faiss.IndexIVFFlat):
@@ -71,7 +76,7 @@ def tune(index: faiss.Index) -> faiss.Index:
 
     They are saved with the index, so tuning once after building is enough.
     """
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else None
+    inner = _inner(index)
     if inner is None:
         return index
     if hasattr(inner, "nprobe"):
