@@ -7,8 +7,10 @@ Three cheap searches *propose* placements of registered works on the query:
     transform (crops, rescales, rotations, flips, moved pieces),
   - part-sized window descriptors (pieces that stayed in place or moved as a block).
 Every proposal is then *verified* by warping the work onto the query and
-measuring which query detail it explains (local.align). Only verified evidence
-reaches the scores.
+measuring which query detail it explains (local.align). Once one work explains
+most of the query, a *second look* (propose_pieces) searches the works nearest in
+style for the pixels it leaves unexplained: a part pasted from another work.
+Only verified evidence reaches the scores.
 """
 
 from __future__ import annotations
@@ -137,6 +139,75 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
             boxes = np.array(hits)  # the part of the work that matched: register on it
             focus = (*(boxes[:, :2].min(axis=0) * wc.size), *(boxes[:, 2:].max(axis=0) * wc.size))
             out[wid].append((_box_to_box(shifted, (0, 0, *wc.size)), 0, focus))
+    return out
+
+
+PIECE_MAIN = 0.4  # share of the query's detail one work must reproduce exactly before a second look
+PIECE_MIN = 0.03  # share of the query's detail an unexplained blob needs to be looked for
+PIECE_MATCH = 0.95  # normalised correlation (smoothed, half size) at which a blob's pixels are found in a work
+PIECE_INSET = 0.1  # share of a blob's width and height left off each side
+PIECE_CANDIDATES = 128  # works searched for a blob: the query's nearest in style
+
+
+def _unexplained(qc: local.Canvas, aligned: dict[int, local.Alignment]) -> list[tuple[int, int, int, int]]:
+    """Boxes (query canvas pixels) inside the two largest blobs of detail no verified work reproduces
+    exactly, when each holds at least PIECE_MIN of the query's detail."""
+    total = max(int(qc.detail.sum()), 1)
+    explained = np.zeros_like(qc.detail)
+    for a in aligned.values():
+        explained |= a.exact
+    rest = qc.detail & ~explained
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(
+        cv2.dilate(rest.astype(np.uint8), np.ones((local.WIN, local.WIN), np.uint8)), connectivity=8)
+    boxes = []
+    for i in np.argsort(-stats[1:, cv2.CC_STAT_AREA])[:2] + 1:
+        ys, xs = np.nonzero(rest & (labels == i))
+        if len(xs) < PIECE_MIN * total:
+            continue
+        # detail windows reach WIN // 2 beyond a piece, and its rim may hold the main work's
+        # pixels where they happen to agree: the piece's inner part is what is looked for
+        r = local.WIN // 2
+        x0, y0, x1, y1 = xs.min() + r, ys.min() + r, xs.max() + 1 - r, ys.max() + 1 - r
+        mx, my = int((x1 - x0) * PIECE_INSET), int((y1 - y0) * PIECE_INSET)
+        boxes.append((x0 + mx, y0 + my, x1 - mx, y1 - my))
+    return boxes
+
+
+def propose_pieces(store: Store, works: WorkCanvases, q: dict, qc: local.Canvas,
+                   aligned: dict[int, local.Alignment]) -> dict[int, list[Placement]]:
+    """A second look for pieces pasted from other works, once one work explains most of the query.
+
+    A part-sized piece moved by a few pixels carries too few keypoints to outvote the works
+    sharing its face, and no work window fits inside it, so the first look rarely proposes its
+    donor. What the main work leaves unexplained is the piece itself: its pixels are looked for
+    (template matching at half size, at the work's scale, anywhere) in the works nearest the
+    query in style; each work where they are found is proposed at that shift, focused on them.
+    """
+    main = max((int(a.exact.sum()) for a in aligned.values()), default=0)
+    if main < PIECE_MAIN * qc.detail.sum() or not q.get("style"):
+        return {}
+    boxes = _unexplained(qc, aligned)
+    if not boxes:
+        return {}
+    hits = store.search("style", q["style"][0][1][None], PIECE_CANDIDATES)[0]
+    candidates = [(h.work_id, wc) for h in hits if h.work_id is not None and (wc := works.get(h.work_id))]
+    sx, sy = qc.coarse_scale
+    out: dict[int, list[Placement]] = defaultdict(list)
+    for bx0, by0, bx1, by1 in boxes:
+        x0, y0 = int(np.ceil(bx0 * sx)), int(np.ceil(by0 * sy))
+        piece = qc.coarse[y0:int(by1 * sy), x0:int(bx1 * sx)]
+        if min(piece.shape) < 4 or piece.std() < 1.0:
+            continue
+        found = []
+        for wid, wc in candidates:
+            if wc.canvas.coarse.shape[0] >= piece.shape[0] and wc.canvas.coarse.shape[1] >= piece.shape[1]:
+                _, best, _, at = cv2.minMaxLoc(cv2.matchTemplate(wc.canvas.coarse, piece, cv2.TM_CCOEFF_NORMED))
+                if best >= PIECE_MATCH:
+                    found.append((best, wid, wc, at))
+        for _, wid, wc, (ax, ay) in sorted(found, key=lambda f: -f[0])[:MAX_WORKS]:
+            wsx, wsy = wc.canvas.coarse_scale
+            shift = np.float32([[1, 0, ax / wsx - x0 / sx], [0, 1, ay / wsy - y0 / sy]])  # query -> work canvas
+            out[wid].append((shift, 0, (ax / wsx, ay / wsy, (ax + piece.shape[1]) / wsx, (ay + piece.shape[0]) / wsy)))
     return out
 
 

@@ -158,6 +158,11 @@ class Canvas:
     def size(self) -> tuple[int, int]:
         return self.gray.shape[1], self.gray.shape[0]
 
+    @property
+    def coarse_scale(self) -> tuple[float, float]:
+        """(x, y) factors from canvas pixels to `coarse` pixels (about a half; sides are rounded)."""
+        return self.coarse.shape[1] / self.size[0], self.coarse.shape[0] / self.size[1]
+
 
 WANDER = 0.03  # largest shift (share of VERIFY) registration may make before it counts as lost
 # Half-size ECC iterations. Placements arrive within a few pixels (keypoints, hashes) or one window
@@ -190,8 +195,8 @@ def refine(q: Canvas, w: Canvas, matrix: np.ndarray,
     With a focus (the part of the work that matched), only that part is registered: a piece
     pasted from a work sits among pixels the rest of that work does not explain.
     """
-    sq = np.float32([q.coarse.shape[1] / q.size[0], q.coarse.shape[0] / q.size[1], 1.0])
-    sw = np.float32([w.coarse.shape[1] / w.size[0], w.coarse.shape[0] / w.size[1]])
+    sq = np.float32([*q.coarse_scale, 1.0])
+    sw = np.float32(w.coarse_scale)
     warp = matrix.astype(np.float32) * sw[:, None] / sq[None, :]  # the same placement between half sizes
     stop, polish = cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, POLISH
     try:

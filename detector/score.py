@@ -113,15 +113,21 @@ class Scorer:
         x0, y0, x1, y1 = hashes.content_box(img.image)
         q_content = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
         aligned = evidence.verify(self.works, evidence.propose(self.store, self.works, q, qc.size, q_content), qc)
+        placed = list(aligned.values())  # every verified placement: a work may sit in a query twice
+        for wid, a in evidence.verify(self.works, evidence.propose_pieces(self.store, self.works, q, qc, aligned),
+                                      qc).items():
+            aligned.setdefault(wid, a)  # a work placed as a whole keeps that placement for its copy evidence
+            placed.append(a)
         info = {wid: self.store.work(wid) for wid in aligned}
         info = {k: v for k, v in info.items() if v}
+        placed = [a for a in placed if a.work_id in info]
 
         calib, names, kinds = self._style_model()
         style_p = calib.probabilities([normalise(q[k][0][1][None])[0] for k in kinds]) if names and kinds else []
         artists, pieces_all = [], []
-        mixed, mixed_from = self._mixed_hands(aligned, info, names, q_detail)
+        mixed, mixed_from = self._mixed_hands(placed, info, names, q_detail)
         for i, name in enumerate(names):
-            mine = [a for wid, a in aligned.items() if wid in info and info[wid]["artist"] == name]
+            mine = [a for a in placed if info[a.work_id]["artist"] == name]
             pieces, coverage = evidence.cover(mine, q_detail)
             pieces_all += pieces
             derivative = max(derivative_probability(coverage, len(pieces)), mixed if name in mixed_from else 0.0)
@@ -141,12 +147,12 @@ class Scorer:
                 "embedders": dict(self.embedders.status), "error": None}
 
     @staticmethod
-    def _mixed_hands(aligned: dict[int, local.Alignment], info: dict, names: list[str],
+    def _mixed_hands(placed: list[local.Alignment], info: dict, names: list[str],
                      q_detail: np.ndarray) -> tuple[float, set[str]]:
         """(derivative probability, artists whose works gave pieces) of a collage of several artists'
         works: a half of A's icon beside a half of B's is a derivative of both, though neither
         artist's works alone explain it. (0, empty) unless pieces of two or more artists are needed."""
-        known = [a for wid, a in aligned.items() if wid in info and info[wid]["artist"] in names]
+        known = [a for a in placed if info[a.work_id]["artist"] in names]
         if len({info[a.work_id]["artist"] for a in known}) < 2:
             return 0.0, set()  # one artist's works: its own cover above is the whole story
         pieces, coverage = evidence.cover(known, q_detail)

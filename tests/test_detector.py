@@ -359,3 +359,26 @@ def test_a_collage_of_two_artists_works_is_a_derivative_of_both(world):
     # while each artist's own unregistered works, side by side, stay style matches
     held = augment.half_swap(load(world["corpus"][0].heldout[3]).image, load(world["corpus"][1].heldout[3]).image)[0]
     assert all(x["derivative"] < 0.5 for x in score(world, held, "two-new.png")["artists"])
+
+
+def test_a_part_pasted_from_another_work_is_found_with_its_donor(tmp_path, icons):
+    """A part-sized piece of one icon pasted onto another and moved a few pixels carries too few
+    keypoints to outvote the icons sharing its face, and holds no work window: the second look
+    (what the main work leaves unexplained, looked for by its pixels) must find its donor."""
+    emb = Embedders(None, "off")
+    refs = sorted(icons("face", 40, (255, 204, 77)).iterdir())
+    store = Store.open(tmp_path / "store", create=True)
+    add_images(store, emb, "face", [load(p) for p in refs])
+    scorer = Scorer(store, emb)
+    found = []
+    for seed in range(12):
+        rng = random.Random(seed)
+        base, donor = rng.sample(refs, 2)
+        img, (_, pasted) = augment.paste_part(load(base).image, load(donor).image, rng)
+        img.save(tmp_path / "query.png")
+        r = scorer.score(load(tmp_path / "query.png"))
+        boxes = {Path(m["source"]): m["box"] for m in r["matches"]}
+        found.append(r["verdict"]["label"] == "derivative" and base in boxes and donor in boxes
+                     and evaluate.iou(boxes[donor], pasted) >= 0.3)
+    assert sum(found) >= 10, found  # 1 of 12 without the second look
+    store.close()
