@@ -210,30 +210,45 @@ class Scorer:
         return {"label": "unrelated", "artist": None, "confidence": round(1.0 - top, 4)}
 
     def _signatures(self, img: LoadedImage, artists: list[dict]) -> list[dict[str, Any]]:
-        marks = signatures.find_marks(np.asarray(img.image))
+        """Signature-like marks, each matched against the registered samples.
+
+        A mark is often offered in several groupings (with its faint ink, with artwork it touches).
+        The likeliest decides, unless it resembles no registered signature at all: then the artwork
+        it took in may be what hides the name, and the next grouping that matches one clearly is
+        the mark. (A likeliest grouping close to two signers stays unattributed: other groupings
+        of an ambiguous mark picked for matching would turn a coin toss into an accusation.)"""
+        marks = signatures.offered_marks(np.asarray(img.image), min_likeness=min(MARK_MATCHED, MARK_MIN))
         if not marks:
             return []
         hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 200)
         signer_of = self.store.signers([h.signature_id for hits in hits_all for h in hits])
         by_name = {a["artist"]: a for a in artists}
         style_top = artists[0]["artist"] if artists and artists[0]["style"] >= 0.5 else None
-        out = []
-        for (box, likeness, _), hits in zip(marks, hits_all):
+
+        def signer(i: int) -> tuple[str | None, float]:
+            """(the registered signer grouping i clearly matches or None, its closest sample's similarity)."""
             best: dict[str, float] = {}
-            for hit in hits:
+            for hit in hits_all[i]:
                 name = signer_of.get(hit.signature_id)
-                if name and hit.score > best.get(name, -1.0) and signatures.same_size(box, img.image.size, hit.box):
+                if name and hit.score > best.get(name, -1.0) and signatures.same_size(marks[i][0], img.image.size,
+                                                                                      hit.box):
                     best[name] = hit.score
             ranked = sorted(best.items(), key=lambda kv: -kv[1]) + [(None, 0.0)] * 2
-            (signer, sim), (_, runner_up) = ranked[0], ranked[1]
-            if sim < SIG_MATCH or sim - runner_up < SIG_MARGIN:
-                signer = None
-            if likeness < (MARK_MATCHED if signer else MARK_MIN):
+            (name, sim), (_, runner_up) = ranked[0], ranked[1]
+            return (name if sim >= SIG_MATCH and sim - runner_up >= SIG_MARGIN else None), sim
+
+        out = []
+        for group in signatures.groups([m[0] for m in marks]):
+            at, (who, sim) = group[0], signer(group[0])
+            if sim < SIG_MATCH:
+                at, who, sim = next(((i, *found) for i in group[1:] if (found := signer(i))[0]), (at, who, sim))
+            box, likeness, _ = marks[at]
+            if likeness < (MARK_MATCHED if who else MARK_MIN):
                 continue
             forged = False
-            if signer is not None:  # A's mark on what is not A's registered work: made by A's hand?
-                a = by_name.get(signer, {"copy": 0.0, "derivative": 0.0})
-                forged = a["copy"] < 0.5 and (style_top != signer or a["derivative"] >= 0.5)
-            out.append({"box": list(box), "score": round(likeness, 4), "artist": signer,
+            if who is not None:  # A's mark on what is not A's registered work: made by A's hand?
+                a = by_name.get(who, {"copy": 0.0, "derivative": 0.0})
+                forged = a["copy"] < 0.5 and (style_top != who or a["derivative"] >= 0.5)
+            out.append({"box": list(box), "score": round(likeness, 4), "artist": who,
                         "similarity": round(float(sim), 4), "forged": forged})
         return out
