@@ -99,6 +99,7 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
         wc = works.get(wid)
         if wc:
             out[wid].append((_box_to_box(q_content, wc.content, k), 0, None))
+    upright: dict[int, int] = {}  # work -> inliers of its placement from the query's own keypoints
     for kind, flipped in (("kp", False), ("kp_flip", True)):
         items = q.get(kind) or []
         if len(items) < 3:
@@ -120,7 +121,11 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
             m, inl = local.fit(qp, wp, tol=0.03 * local.VERIFY)
             if m is None or inl.sum() < 4:
                 continue
-            if flipped:  # points were on the mirrored canvas: compose with the mirror (local.mirrored's)
+            if not flipped:
+                upright[wid] = int(inl.sum())
+            elif inl.sum() <= upright.get(wid, 0):
+                continue  # a symmetric work fits its mirror too: only a better fit is a flipped copy
+            else:  # points were on the mirrored canvas: compose with the mirror (local.mirrored's)
                 m = m @ np.float32([[-1, 0, q_size[0] - local.MIRROR_X * local.VERIFY / local.CANVAS],
                                     [0, 1, 0], [0, 0, 1]])
             out[wid].append((m.astype(np.float32), int(inl.sum()), None))

@@ -72,6 +72,16 @@ def test_edited_copies_are_copies_of_their_source(world, edit):
     assert Path(r["matches"][0]["source"]) == src
 
 
+def test_mirrored_and_cropped_copies_are_copies(world):
+    """Hashes of the 8 turns see a mirror but not a crop of one: keypoints of the mirrored query
+    must propose these (kept only where they fit better than upright keypoints)."""
+    from PIL import ImageOps
+    for src in world["corpus"][0].refs[:30:5]:
+        img = ImageOps.mirror(load(src).image).crop((16, 12, 62, 58)).resize((80, 80))
+        r = score(world, img, "mirrored-crop.png")
+        assert r["verdict"]["label"] == "copy" and Path(r["matches"][0]["source"]) == src
+
+
 def test_collage_of_registered_works_is_a_derivative_with_its_sources(world):
     a, b = world["corpus"][0].refs[2], world["corpus"][0].refs[11]
     img, boxes = augment.half_swap(load(a).image, load(b).image)
