@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from detector import hashes, local
-from index.store import Store
+from index.store import Hit, Store
 
 HASH_PROPOSE = 0.62  # hash similarity worth verifying
 KP_MATCH = 0.75  # RootSIFT cosine for a tentative keypoint pair
@@ -82,16 +82,34 @@ def _box_to_box(src: tuple, dst: tuple, k: int = 0) -> np.ndarray:
 Placement = tuple[np.ndarray, int, "tuple[float, float, float, float] | None"]
 
 
-def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
+SEARCHES = {"hash": ("hash", 5), "kp": ("kp", 4), "kp_flip": ("kp", 4), "patch": ("patch", 3)}  # -> (index, k)
+
+
+def search(store: Store, queries: list[dict]) -> list[dict[str, list[list[Hit]]]]:
+    """The nearest stored vectors of every proposal kind (SEARCHES), for a batch of queries' vectors:
+    one search per index for the whole batch (a batch of rows costs FAISS and SQLite far less than
+    as many calls), split back per query and kind."""
+    out: list[dict[str, list[list[Hit]]]] = [{kind: [] for kind in SEARCHES} for _ in queries]
+    for index in dict.fromkeys(i for i, _ in SEARCHES.values()):
+        kinds = [kind for kind, (i, _) in SEARCHES.items() if i == index]
+        rows = [(n, kind, v) for n, q in enumerate(queries) for kind in kinds for _, v in q.get(kind) or []]
+        if rows:
+            k = SEARCHES[kinds[0]][1]
+            for (n, kind, _), hits in zip(rows, store.search(index, np.stack([v for _, _, v in rows]), k)):
+                out[n][kind].append(hits)
+    return out
+
+
+def propose(works: WorkCanvases, q: dict, hits: dict[str, list[list[Hit]]], q_size: tuple[int, int],
             q_content: tuple) -> dict[int, list[Placement]]:
     """work id -> candidate placements: (2x3 matrix query canvas -> work canvas, support, focus).
-    focus is the box of the work (canvas pixels) that matched when only a part of it did, so
-    registration looks there; None for whole-work matches."""
+    `hits`: the query's from `search`. focus is the box of the work (canvas pixels) that matched
+    when only a part of it did, so registration looks there; None for whole-work matches."""
     out: dict[int, list[Placement]] = defaultdict(list)
     bits = len(q["hash"][0][1]) * 8
     best_hash: dict[int, tuple[float, int]] = {}
-    for k, hits in enumerate(store.search("hash", np.stack([v for _, v in q["hash"]]), 5)):
-        for hit in hits:
+    for k, row in enumerate(hits["hash"]):
+        for hit in row:
             sim = 1 - hit.score / bits
             if sim >= HASH_PROPOSE and sim > best_hash.get(hit.work_id, (0, 0))[0]:
                 best_hash[hit.work_id] = (sim, k)
@@ -105,19 +123,17 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
         if len(items) < 3:
             continue
         pts = np.float32([(b[0] * q_size[0], b[1] * q_size[1]) for b, _ in items])
-        pairs: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for i, hits in enumerate(store.search("kp", np.stack([d for _, d in items]), 4)):
-            for hit in hits:
+        pairs: dict[int, list[tuple[int, tuple]]] = defaultdict(list)  # work -> (query keypoint, work point)
+        for i, row in enumerate(hits[kind]):
+            for hit in row:
                 if hit.score >= KP_MATCH and hit.work_id is not None:
-                    pairs[hit.work_id].append((i, hit.vector_id))
-        ranked = sorted(pairs.items(), key=lambda kv: -len(kv[1]))[:MAX_WORKS]
-        boxes = store.resolve([v for _, ps in ranked for _, v in ps])
-        for wid, ps in ranked:
+                    pairs[hit.work_id].append((i, hit.box))
+        for wid, ps in sorted(pairs.items(), key=lambda kv: -len(kv[1]))[:MAX_WORKS]:
             wc = works.get(wid)
             if wc is None or len(ps) < 4:
                 continue
             qp = pts[[i for i, _ in ps]]
-            wp = np.float32([(boxes[v][2][0] * wc.size[0], boxes[v][2][1] * wc.size[1]) for _, v in ps])
+            wp = np.float32([(b[0] * wc.size[0], b[1] * wc.size[1]) for _, b in ps])
             m, inl = local.fit(qp, wp, tol=0.03 * local.VERIFY)
             if m is None or inl.sum() < 4:
                 continue
@@ -132,8 +148,8 @@ def propose(store: Store, works: WorkCanvases, q: dict, q_size: tuple[int, int],
     # windows: each near-identical window pair votes for (work, shift); pieces moved as a block agree
     votes: dict[tuple[int, float, float], list[tuple]] = defaultdict(list)  # -> the work's matching windows
     if q.get("patch"):
-        for (qbox, _), hits in zip(q["patch"], store.search("patch", np.stack([v for _, v in q["patch"]]), 3)):
-            for hit in hits:
+        for (qbox, _), row in zip(q["patch"], hits["patch"]):
+            for hit in row:
                 if hit.score >= PATCH_PROPOSE and hit.work_id is not None:
                     dx, dy = round((qbox[0] - hit.box[0]) * 16) / 16, round((qbox[1] - hit.box[1]) * 16) / 16
                     votes[(hit.work_id, dx, dy)].append(hit.box)

@@ -16,7 +16,7 @@ from detector.calibrate import StyleCalibration
 from detector.embedders import Embedders, Vectors
 from detector.images import ImageError, LoadedImage, load
 from index import catalogue as cat
-from index.store import Store
+from index.store import Hit, Store
 from index.vectors import normalise
 
 RESULT_VERSION = "1.0"
@@ -94,7 +94,7 @@ class Scorer:
         """Results for a batch of images: the embedders (CLIP above all) see the whole batch at once."""
         self._check_artist(artist)
         qs = self.embedders.describe_queries([im.image for im in imgs])
-        return [self._score(im, artist, q) for im, q in zip(imgs, qs)]
+        return [self._score(im, artist, q, hits) for im, q, hits in zip(imgs, qs, evidence.search(self.store, qs))]
 
     def score(self, img: LoadedImage, artist: str | None = None) -> dict[str, Any]:
         """The result object for one decoded image (restricted to `artist` when given)."""
@@ -105,14 +105,16 @@ class Scorer:
                                                               (artist,)).fetchone():
             raise ValueError(f"no artist named {artist!r} in the store")
 
-    def _score(self, img: LoadedImage, artist: str | None, q: Vectors) -> dict[str, Any]:
-        """The result object of an image whose query vectors `q` are computed (artist checked)."""
+    def _score(self, img: LoadedImage, artist: str | None, q: Vectors,
+               hits: dict[str, list[list[Hit]]]) -> dict[str, Any]:
+        """The result object of an image whose query vectors `q` and their nearest stored vectors
+        (`hits`, from evidence.search) are computed (artist checked)."""
         qc = local.Canvas.of(local.canvas(img.image, local.VERIFY))
         q_detail = qc.detail
         sx, sy = qc.size[0] / img.width, qc.size[1] / img.height  # differ for extreme aspect ratios
         x0, y0, x1, y1 = hashes.content_box(img.image)
         q_content = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
-        aligned = evidence.verify(self.works, evidence.propose(self.store, self.works, q, qc.size, q_content), qc)
+        aligned = evidence.verify(self.works, evidence.propose(self.works, q, hits, qc.size, q_content), qc)
         placed = list(aligned.values())  # every verified placement: a work may sit in a query twice
         for wid, a in evidence.verify(self.works, evidence.propose_pieces(self.store, self.works, q, qc, aligned),
                                       qc).items():
