@@ -82,7 +82,8 @@ def _box_to_box(src: tuple, dst: tuple, k: int = 0) -> np.ndarray:
 Placement = tuple[np.ndarray, int, "tuple[float, float, float, float] | None"]
 
 
-SEARCHES = {"hash": ("hash", 5), "kp": ("kp", 4), "kp_flip": ("kp", 4), "patch": ("patch", 3)}  # -> (index, k)
+SEARCHES = {"hash": "hash", "kp": "kp", "kp_flip": "kp", "patch": "patch"}  # proposal kind -> index it searches
+NEIGHBOURS = {"hash": 5, "kp": 4, "patch": 3}  # nearest stored vectors taken per query row, per index
 
 
 def search(store: Store, queries: list[dict]) -> list[dict[str, list[list[Hit]]]]:
@@ -90,11 +91,10 @@ def search(store: Store, queries: list[dict]) -> list[dict[str, list[list[Hit]]]
     one search per index for the whole batch (a batch of rows costs FAISS and SQLite far less than
     as many calls), split back per query and kind."""
     out: list[dict[str, list[list[Hit]]]] = [{kind: [] for kind in SEARCHES} for _ in queries]
-    for index in dict.fromkeys(i for i, _ in SEARCHES.values()):
-        kinds = [kind for kind, (i, _) in SEARCHES.items() if i == index]
+    for index, k in NEIGHBOURS.items():
+        kinds = [kind for kind, i in SEARCHES.items() if i == index]
         rows = [(n, kind, v) for n, q in enumerate(queries) for kind in kinds for _, v in q.get(kind) or []]
         if rows:
-            k = SEARCHES[kinds[0]][1]
             for (n, kind, _), hits in zip(rows, store.search(index, np.stack([v for _, _, v in rows]), k)):
                 out[n][kind].append(hits)
     return out
@@ -190,7 +190,8 @@ def _unexplained(qc: local.Canvas, aligned: dict[int, local.Alignment]) -> list[
         r = local.WIN // 2
         x0, y0, x1, y1 = xs.min() + r, ys.min() + r, xs.max() + 1 - r, ys.max() + 1 - r
         mx, my = int((x1 - x0) * PIECE_INSET), int((y1 - y0) * PIECE_INSET)
-        boxes.append((x0 + mx, y0 + my, x1 - mx, y1 - my))
+        if x1 - x0 - 2 * mx >= 8 and y1 - y0 - 2 * my >= 8:  # a sliver (a blob along the edge) is no piece
+            boxes.append((x0 + mx, y0 + my, x1 - mx, y1 - my))
     return boxes
 
 
@@ -201,8 +202,10 @@ def propose_pieces(store: Store, works: WorkCanvases, q: dict, qc: local.Canvas,
     A part-sized piece moved by a few pixels carries too few keypoints to outvote the works
     sharing its face, and no work window fits inside it, so the first look rarely proposes its
     donor. What the main work leaves unexplained is the piece itself: its pixels are looked for
-    (template matching at half size, at the work's scale, anywhere) in the works nearest the
-    query in style; each work where they are found is proposed at that shift, focused on them.
+    (template matching on the half-size canvases, anywhere, without rescaling: a piece is found
+    where query and donor share the working canvas's scale, as icons of one set do) in the works
+    nearest the query in style, the main work among them (a part of it moved elsewhere); each
+    work where they are found is proposed at that shift, focused on them.
     """
     main = max((int(a.exact.sum()) for a in aligned.values()), default=0)
     if main < PIECE_MAIN * qc.detail.sum() or not q.get("style"):
@@ -210,8 +213,8 @@ def propose_pieces(store: Store, works: WorkCanvases, q: dict, qc: local.Canvas,
     boxes = _unexplained(qc, aligned)
     if not boxes:
         return {}
-    hits = store.search("style", q["style"][0][1][None], PIECE_CANDIDATES)[0]
-    candidates = [(h.work_id, wc) for h in hits if h.work_id is not None and (wc := works.get(h.work_id))]
+    nearest = store.search("style", q["style"][0][1][None], PIECE_CANDIDATES)[0]
+    candidates = [(h.work_id, wc) for h in nearest if h.work_id is not None and (wc := works.get(h.work_id))]
     sx, sy = qc.coarse_scale
     out: dict[int, list[Placement]] = defaultdict(list)
     for bx0, by0, bx1, by1 in boxes:

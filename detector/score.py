@@ -169,7 +169,8 @@ class Scorer:
         region: dict[int, tuple[float, np.ndarray]] = {}  # work -> (strength, query region it explains)
         for a, new in pieces:
             share, size = float(new.sum()) / total, max(int(new.sum()), 1)
-            region[a.work_id] = (share, new)
+            if share > region.get(a.work_id, (0.0, None))[0]:  # a work may give two pieces: its larger
+                region[a.work_id] = (share, new)
             for wid, b in aligned.items():
                 same = wid != a.work_id and info.get(wid, {}).get("artist") == info.get(a.work_id, {}).get("artist")
                 overlap = float((b.exact & new).sum()) / size
@@ -219,7 +220,8 @@ class Scorer:
         it took in may be what hides the name, and the next grouping that matches one clearly is
         the mark. (A likeliest grouping close to two signers stays unattributed: other groupings
         of an ambiguous mark picked for matching would turn a coin toss into an accusation.)"""
-        marks = signatures.offered_marks(np.asarray(img.image), min_likeness=min(MARK_MATCHED, MARK_MIN))
+        found = signatures.find_marks(np.asarray(img.image), min_likeness=min(MARK_MATCHED, MARK_MIN))
+        marks = [m for groupings in found for m in groupings]
         if not marks:
             return []
         hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 200)
@@ -239,11 +241,15 @@ class Scorer:
             (name, sim), (_, runner_up) = ranked[0], ranked[1]
             return (name if sim >= SIG_MATCH and sim - runner_up >= SIG_MARGIN else None), sim
 
-        out = []
-        for group in signatures.groups([m[0] for m in marks]):
-            at, (who, sim) = group[0], signer(group[0])
-            if sim < SIG_MATCH:
-                at, who, sim = next(((i, *found) for i in group[1:] if (found := signer(i))[0]), (at, who, sim))
+        out, first = [], 0
+        for groupings in found:
+            at, (who, sim) = first, signer(first)
+            if sim < SIG_MATCH:  # the likeliest grouping resembles no signature: does another?
+                for i in range(first + 1, first + len(groupings)):
+                    if (clear := signer(i))[0]:
+                        at, (who, sim) = i, clear
+                        break
+            first += len(groupings)
             box, likeness, _ = marks[at]
             if likeness < (MARK_MATCHED if who else MARK_MIN):
                 continue

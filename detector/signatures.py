@@ -264,31 +264,23 @@ def likeness(features: np.ndarray, model: Trees | None = None) -> float:
 Mark = tuple[tuple[int, int, int, int], float, np.ndarray]  # (pixel box, signature-likeness, ink mask crop)
 
 
-def offered_marks(rgb: np.ndarray, min_likeness: float = 0.0) -> list[Mark]:
-    """Every candidate at least `min_likeness` signature-like, likeliest first (the larger on a tie).
-    One mark is often offered more than once (grouped with and without its faint ink, or with
-    artwork it touches): `groups` gathers them into one mark each."""
-    marks = ((c.box, likeness(c.features), c.ink) for c in candidates(rgb))
-    return sorted((m for m in marks if m[1] >= min_likeness), key=lambda m: (-m[1], -_area(m[0])))
-
-
-def groups(boxes: list[tuple[int, int, int, int]], max_marks: int = 3) -> list[list[int]]:
-    """Indices of the boxes as marks: each box joins the first mark whose first box it mostly
-    overlaps, else starts a new one (at most `max_marks`); the first box of a mark leads it."""
-    marks: list[list[int]] = []
-    for i, box in enumerate(boxes):
-        mark = next((m for m in marks if _overlap(box, boxes[m[0]]) >= 0.5), None)
+def find_marks(rgb: np.ndarray, min_likeness: float = 0.0, max_marks: int = 3) -> list[list[Mark]]:
+    """Candidate signature regions at least `min_likeness` signature-like, likeliest first, each as
+    the groupings its ink was offered in (with its faint ink, without, its darkest ink alone, or
+    joined to artwork it touches), the likeliest first (the larger on a tie). A grouping belongs
+    to the first mark whose likeliest grouping it mostly overlaps."""
+    offered = sorted(((c.box, likeness(c.features), c.ink) for c in candidates(rgb)),
+                     key=lambda m: (-m[1], -_area(m[0])))
+    marks: list[list[Mark]] = []
+    for m in offered:
+        if m[1] < min_likeness:
+            break
+        mark = next((g for g in marks if _overlap(m[0], g[0][0]) >= 0.5), None)
         if mark is not None:
-            mark.append(i)
+            mark.append(m)
         elif len(marks) < max_marks:
-            marks.append([i])
+            marks.append([m])
     return marks
-
-
-def find_marks(rgb: np.ndarray, max_marks: int = 3) -> list[Mark]:
-    """Candidate signature regions, likeliest first, each mark once (the likeliest of its groupings)."""
-    marks = offered_marks(rgb)
-    return [marks[g[0]] for g in groups([m[0] for m in marks], max_marks)]
 
 
 def _area(box: tuple[int, int, int, int]) -> int:

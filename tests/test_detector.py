@@ -353,7 +353,7 @@ def test_a_mark_is_reported_once():
         sig = render_signature(Hand.from_seed(30 + seed), 160, jitter_seed=seed)
         img, box = augment.paste_signature(Image.new("RGB", (96, 96), "white"), sig, random.Random(seed))
         offered = [c.box for c in signatures.candidates(np.asarray(img)) if evaluate.iou(c.box, box) > 0.1]
-        reported = [m[0] for m in signatures.find_marks(np.asarray(img)) if evaluate.iou(m[0], box) > 0.1]
+        reported = [g[0][0] for g in signatures.find_marks(np.asarray(img)) if evaluate.iou(g[0][0], box) > 0.1]
         assert len(reported) == 1, (offered, reported)
 
 
@@ -391,4 +391,12 @@ def test_a_part_pasted_from_another_work_is_found_with_its_donor(tmp_path, icons
         found.append(r["verdict"]["label"] == "derivative" and base in boxes and donor in boxes
                      and evaluate.iou(boxes[donor], pasted) >= 0.3)
     assert sum(found) >= 10, found  # 1 of 12 without the second look
+    for seed in range(4):  # a part of a work moved within it: a derivative of it, which keeps its whole box
+        base = refs[seed]
+        img, _ = augment.paste_part(load(base).image, load(base).image, random.Random(seed))
+        img.save(tmp_path / "query.png")
+        r = scorer.score(load(tmp_path / "query.png"))
+        top = r["matches"][0]
+        assert r["verdict"]["label"] == "derivative" and Path(top["source"]) == base
+        assert top["box"][2] - top["box"][0] >= 48 and top["box"][3] - top["box"][1] >= 48  # of 64 px
     store.close()
