@@ -279,7 +279,8 @@ def _solid(mask: np.ndarray) -> np.ndarray:
 
 def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: float = 0.03,
           max_pieces: int = 6) -> tuple[list[tuple[local.Alignment, np.ndarray]], float]:
-    """Greedy set cover of the query's detail by exact pieces: [(alignment, its new pixels)], coverage.
+    """Greedy set cover of the query's detail (or any part of it, `q_detail`) by exact pieces:
+    [(alignment, its new pixels)], coverage.
 
     Exact agreement, not mere resemblance: sibling icons that share an outline
     resemble each other everywhere but reproduce each other only where truly shared.
@@ -291,7 +292,7 @@ def cover(alignments: list[local.Alignment], q_detail: np.ndarray, min_gain: flo
     pieces = []
     pool = list(alignments)
     while pool and len(pieces) < max_pieces:
-        news = [_solid(a.exact & ~covered & allowed) if pieces else a.exact for a in pool]
+        news = [_solid(a.exact & q_detail & ~covered & allowed) if pieces else a.exact & q_detail for a in pool]
         gains = [int(n.sum()) for n in news]
         i = int(np.argmax(gains))
         if gains[i] < min_gain * total:

@@ -164,18 +164,29 @@ class Scorer:
     def _matches(self, aligned: dict[int, local.Alignment], info: dict, pieces: list, q_detail: np.ndarray,
                  to_px: tuple[float, float], artist: str | None) -> list[dict[str, Any]]:
         """Registered works in evidence: copies, the pieces a collage is made of, and works that
-        reproduce a piece just as exactly (icons sharing a part are equally likely sources)."""
+        reproduce a piece just as exactly (icons sharing a part are equally likely sources), alone or
+        together: a sibling that reproduces two quadrants of a collage hides the two works each
+        quadrant came from, unless pieces of other works that cover its piece between them are listed."""
         total = max(int(q_detail.sum()), 1)
         region: dict[int, tuple[float, np.ndarray]] = {}  # work -> (strength, query region it explains)
+
+        def offer(wid: int, share: float, where: np.ndarray) -> None:
+            if share > region.get(wid, (0.0, None))[0]:
+                region[wid] = (share, where)
+
         for a, new in pieces:
             share, size = float(new.sum()) / total, max(int(new.sum()), 1)
-            if share > region.get(a.work_id, (0.0, None))[0]:  # a work may give two pieces: its larger
-                region[a.work_id] = (share, new)
-            for wid, b in aligned.items():
-                same = wid != a.work_id and info.get(wid, {}).get("artist") == info.get(a.work_id, {}).get("artist")
+            offer(a.work_id, share, new)  # a work may give two pieces: it keeps its larger
+            siblings = [b for wid, b in aligned.items()
+                        if wid != a.work_id and info.get(wid, {}).get("artist") == info.get(a.work_id, {}).get("artist")]
+            for b in siblings:
                 overlap = float((b.exact & new).sum()) / size
-                if same and overlap >= 0.9 and share * overlap > region.get(wid, (0.0, None))[0]:
-                    region[wid] = (0.99 * share * overlap, new)
+                if overlap >= 0.9:
+                    offer(b.work_id, 0.99 * share * overlap, new)
+            parts, coverage = evidence.cover(siblings, new)
+            if len(parts) >= 2 and coverage >= 0.9:
+                for b, part in parts:
+                    offer(b.work_id, 0.99 * float(part.sum()) / total, part)
         out = []
         for wid, a in aligned.items():
             if wid not in info or (artist is not None and info[wid]["artist"] != artist):

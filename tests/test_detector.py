@@ -92,6 +92,20 @@ def test_collage_of_registered_works_is_a_derivative_with_its_sources(world):
     assert sources[a][0] < 32 <= sources[b][2]  # a's piece is on the left, b's reaches the right half
 
 
+def test_quadrant_collages_list_all_four_sources(world):
+    """A sibling that reproduces two quadrants exactly wins the cover and hides the two works they
+    came from; those are listed because between them they cover its piece."""
+    complete = []
+    for seed in range(16):
+        rng = random.Random(seed)
+        picks = rng.sample(world["corpus"][seed % 2].refs, 4)
+        img, _ = augment.quad_collage([load(p).image for p in picks])
+        r = score(world, img, "quad.png")
+        assert r["verdict"]["label"] == "derivative"
+        complete.append(set(picks) <= {Path(m["source"]) for m in r["matches"]})
+    assert sum(complete) >= 11, complete  # 5 of 16 when only single works reproducing a piece were listed
+
+
 def test_part_swap_chimera_is_a_derivative(world):
     chimeras = make_chimeras(world["root"] / "data", world["root"] / "chimeras", n=8, seed=0)
     swaps = [c for c in chimeras if c["kind"] in ("part_swap", "half_swap", "collage")]
