@@ -177,8 +177,8 @@ class Scorer:
         for a, new in pieces:
             share, size = float(new.sum()) / total, max(int(new.sum()), 1)
             offer(a.work_id, share, new)  # a work may give two pieces: it keeps its larger
-            siblings = [b for wid, b in aligned.items()
-                        if wid != a.work_id and info.get(wid, {}).get("artist") == info.get(a.work_id, {}).get("artist")]
+            hand = info.get(a.work_id, {}).get("artist")
+            siblings = [b for wid, b in aligned.items() if wid != a.work_id and info.get(wid, {}).get("artist") == hand]
             for b in siblings:
                 overlap = float((b.exact & new).sum()) / size
                 if overlap >= 0.9:
