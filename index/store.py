@@ -206,10 +206,14 @@ class Store:
     def index_path(self, kind: str, gen: int) -> Path:
         return self.root / "indexes" / f"{kind}.{gen}.faiss"
 
+    def chosen_factory(self, kind: str) -> str | None:
+        """The factory the user chose for a kind (`index rebuild --index-factory`), if any."""
+        return cat.get_meta(self.conn, f"factory:{kind}")
+
     def factory(self, spec: KindSpec) -> str:
         """The FAISS factory for a kind: the user's (`index rebuild --index-factory`), else exact search,
         except for kinds that declare an approximate factory once they outgrow exact search."""
-        chosen = cat.get_meta(self.conn, f"factory:{spec.kind}")
+        chosen = self.chosen_factory(spec.kind)
         if chosen:
             return chosen
         auto = cat.get_meta(self.conn, f"auto_factory:{spec.kind}")
@@ -527,8 +531,8 @@ class Writer:
                 continue
             cached = self.store._cache.get(spec.kind)
             current_factory = vx.factory_of(cached[1]) if cached else None
-            chosen = cat.get_meta(self.conn, f"factory:{spec.kind}")  # the user's choice is rebuilt on request only
-            if current_factory is not None and not chosen and current_factory != self.store.factory(spec):
+            if (current_factory is not None and not self.store.chosen_factory(spec.kind)  # rebuilt on request only
+                    and current_factory != self.store.factory(spec)):
                 self.store._cache[spec.kind] = (gen, self.store._build(spec))
             elif spec.kind in self.dirty:
                 self.store._cache.pop(spec.kind, None)
