@@ -120,8 +120,7 @@ class Scorer:
                                       qc).items():
             aligned.setdefault(wid, a)  # a work placed as a whole keeps that placement for its copy evidence
             placed.append(a)
-        info = {wid: self.store.work(wid) for wid in aligned}
-        info = {k: v for k, v in info.items() if v}
+        info = self.store.works(list(aligned))
         placed = [a for a in placed if a.work_id in info]
 
         calib, names, kinds = self._style_model()

@@ -303,3 +303,34 @@ def test_demo_shows_every_verdict_and_flags_its_forged_signature(tmp_path, capsy
         "new-original-by-artist_00": "style_match", "artist_00-work-signed-as-artist_01": "style_match"}
     marks = rows["artist_00-work-signed-as-artist_01"]["signatures"]
     assert [(m["artist"], m["forged"]) for m in marks] == [("artist_01", True)]
+
+
+def test_one_open_store_resolves_hits_to_current_owners_across_writes(icons, store_dir):
+    """A long-lived Store (the server's, a scan worker's) remembers where stored vectors belong; after
+    works are removed and others added (SQLite hands the freed ids out again), its searches must
+    place every hit where the catalogue now says, never where a removed work had it."""
+    from detector.embedders import Embedders
+    from detector.images import load
+    from service.ingest import add_images
+    emb = Embedders(None, "off")
+    alice = [load(p) for p in sorted(icons("alice", 4, (230, 180, 40)).iterdir())]
+    bob = [load(p) for p in sorted(icons("bob", 4, (60, 120, 220)).iterdir())]
+
+    def catalogue(s: Store) -> dict[int, tuple]:
+        return {int(r[0]): (r[1], (r[2], r[3], r[4], r[5])) for r in
+                s.conn.execute("SELECT id, work_id, x0, y0, x1, y1 FROM vectors WHERE kind='kp'")}
+
+    with Store.open(store_dir, create=True) as s:
+        add_images(s, emb, "alice", alice)
+        _, vecs = s.vectors("kp")
+        assert all(catalogue(s)[h.vector_id] == (h.work_id, h.box) for row in s.search("kp", vecs, 4) for h in row)
+        old = catalogue(s)
+        with s.writer() as w:
+            w.remove_artist("alice")
+        add_images(s, emb, "bob", bob)
+        now = catalogue(s)
+        assert any(old.get(i) not in (None, place) for i, place in now.items())  # ids did change hands
+        _, vecs = s.vectors("kp")
+        hits = [h for row in s.search("kp", vecs, 4) for h in row]
+        assert hits and all(now[h.vector_id] == (h.work_id, h.box) for h in hits)
+        assert {s.work(h.work_id)["artist"] for h in hits} == {"bob"}
