@@ -11,6 +11,7 @@ collage or chimera.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -89,13 +90,23 @@ AGREE = 0.75  # ZNCC above which two windows show the same thing (copies survive
 EXACT = 0.93  # ZNCC above which (with equal tone and contrast) a window is a cut-out of the work
 
 
-def _local_stats(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per-pixel window variances of a and b, their zero-normalised cross-correlation, and means."""
-    box = lambda x: cv2.boxFilter(x, cv2.CV_32F, (WIN, WIN), borderType=cv2.BORDER_REFLECT)  # noqa: E731
-    ma, mb = box(a), box(b)
-    va = np.maximum(box(a * a) - ma * ma, 0)
-    vb = np.maximum(box(b * b) - mb * mb, 0)
-    cov = box(a * b) - ma * mb
+def _box(x: np.ndarray) -> np.ndarray:
+    return cv2.boxFilter(x, cv2.CV_32F, (WIN, WIN), borderType=cv2.BORDER_REFLECT)
+
+
+def _moments(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel window means and variances."""
+    m = _box(a)
+    return m, np.maximum(_box(a * a) - m * m, 0)
+
+
+def _local_stats(a: np.ndarray, b: np.ndarray,
+                 a_moments: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, ...]:
+    """Per-pixel window variances of a and b, their zero-normalised cross-correlation, and means.
+    `a_moments`: a's `_moments`, when known (the query's, the same for every work placed on it)."""
+    ma, va = a_moments or _moments(a)
+    mb, vb = _moments(b)
+    cov = _box(a * b) - ma * mb
     return va, vb, cov / np.sqrt(va * vb + 1e-6), ma, mb
 
 
@@ -146,13 +157,20 @@ class Canvas:
     smooth: np.ndarray
     detail: np.ndarray  # bool: windows with detail worth explaining
     coarse: np.ndarray  # `smooth` at half size: registration runs there (a quarter of the pixels)
+    gray_moments: tuple[np.ndarray, np.ndarray]  # window means and variances of `gray`
 
     @classmethod
     def of(cls, rgb: np.ndarray) -> "Canvas":
         g = gray(rgb).astype(np.float32)
         s = smooth(g)
         half = cv2.resize(s, (max(4, s.shape[1] // 2), max(4, s.shape[0] // 2)), interpolation=cv2.INTER_AREA)
-        return cls(g, s, _local_stats(g, g)[0] > DETAIL, half)
+        moments = _moments(g)
+        return cls(g, s, moments[1] > DETAIL, half, moments)
+
+    @functools.cached_property
+    def smooth_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Window means and variances of `smooth` (a query's, computed once for all the works placed on it)."""
+        return _moments(self.smooth)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -245,8 +263,8 @@ def _measure(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: in
     inside = cv2.warpAffine(np.ones(w.gray.shape, np.uint8), matrix, size,
                             flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
     inside = cv2.erode(inside, np.ones((WIN, WIN), np.uint8)) > 0
-    _, vw, zs, _, _ = _local_stats(q.smooth, warped_s)
-    vq, vw_raw, z, mq, mw = _local_stats(q.gray, warped)
+    _, vw, zs, _, _ = _local_stats(q.smooth, warped_s, q.smooth_moments)
+    vq, vw_raw, z, mq, mw = _local_stats(q.gray, warped, q.gray_moments)
     w_detail = (vw_raw > DETAIL) & inside
     q_in = q.detail & inside
     explained = q_in & (zs > AGREE)
