@@ -159,6 +159,7 @@ class Candidate:
     box: tuple[int, int, int, int]  # pixels of the input image
     ink: np.ndarray  # bool crop of the stroke mask
     features: np.ndarray  # FEATURES, in order
+    beyond_body: bool = False  # grouped from the ink beyond the picture's filled shapes (`_body`)
 
 
 def candidates(rgb: np.ndarray) -> list[Candidate]:
@@ -170,7 +171,9 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     stroke cut by the edge belongs to a shape that goes on beyond it. Groups come from the ink with
     and without its faint stretches, and from its darkest ink alone: faint ink completes a thin name
     but can also join it to nearby artwork, as can lighter artwork the name touches, so every grouping
-    is offered and the likeness model judges. Features: shape
+    is offered and the likeness model judges. A name touching dark artwork joins it at every level;
+    the ink beyond the picture's filled shapes (`_body`) is offered last, for `find_marks` to use
+    where nothing else is. Features: shape
     (wide, short), stroke count, ink density, stroke width, ink path length per box
     diagonal (writing folds a long path into a small box; an outline does not),
     distance to the nearest edge, size, darkness of the ink and how isolated it is.
@@ -183,10 +186,28 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     seen: set[tuple[int, ...]] = set()
     for faint, strong in INK_LEVELS:
         out += _groups(rgb.shape[:2], gray, _ink(bh, faint, strong), seen)
+    out += _groups(rgb.shape[:2], gray, _ink(bh, FAINT_INK, INK) & ~_body(rgb, (H, W)), seen, beyond_body=True)
     return out
 
 
-def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set) -> list[Candidate]:
+BODY_OPEN = 7  # side (WORK pixels) of the opening that leaves a picture's filled shapes and drops pen strokes
+
+
+def _body(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The picture's filled shapes on the WORK canvas (`size`: height, width): what differs from the
+    background colour, opened so that pen strokes drop out, then grown by a pixel. A name that
+    touches dark artwork (hair, an outline) joins it in every ink mask and is set aside with it as
+    too large; its ink beyond the body is the name alone. Empty for a picture without a background
+    (`_from_paper` then finds everything different)."""
+    h, w = size
+    small = cv2.resize(np.ascontiguousarray(rgb[..., :3]), (w, h), interpolation=cv2.INTER_AREA)
+    shapes = (_from_paper(small) > PAPER_INK).astype(np.uint8)
+    body = cv2.morphologyEx(shapes, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (BODY_OPEN,) * 2))
+    return cv2.dilate(body, np.ones((3, 3), np.uint8)) > 0
+
+
+def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set,
+            beyond_body: bool = False) -> list[Candidate]:
     """The candidates of one ink mask (on the WORK canvas, as `gray`) whose (x, y, w, h) is not in `seen`
     yet; boxes are returned in the pixels of the picture, whose (height, width) is `size`."""
     h, w = size
@@ -221,7 +242,7 @@ def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set)
                  comp.sum() / max(width, 1) / np.hypot(bw, bh), min(cx, 1 - cx, cy, 1 - cy), bw / W, bh / H,
                  1 - gray[y:y + bh, x:x + bw][comp].mean() / 255, ring / max(ring_area, 1)]
         box = (int(x * w / W), int(y * h / H), int(np.ceil((x + bw) * w / W)), int(np.ceil((y + bh) * h / H)))
-        out.append(Candidate(box, comp, np.array(feats, np.float32)))
+        out.append(Candidate(box, comp, np.array(feats, np.float32), beyond_body))
     return out
 
 
@@ -268,8 +289,14 @@ def find_marks(rgb: np.ndarray, min_likeness: float = 0.0, max_marks: int = 3) -
     """Candidate signature regions at least `min_likeness` signature-like, likeliest first, each as
     the groupings its ink was offered in (with its faint ink, without, its darkest ink alone, or
     joined to artwork it touches), the likeliest first (the larger on a tie). A grouping belongs
-    to the first mark whose likeliest grouping it mostly overlaps."""
-    offered = sorted(((c.box, likeness(c.features), c.ink) for c in candidates(rgb)),
+    to the first mark whose likeliest grouping it mostly overlaps. Groupings of the ink beyond the
+    picture's body are offered only where no other grouping at least `min_likeness` lies."""
+    found = [(c, likeness(c.features)) for c in candidates(rgb)]
+    # ink beyond the body only adds marks where the ink masks offered nothing signature-like: cut at
+    # the body's edge, a name partly over artwork would also be offered as its loose fragments
+    plain = [(c.box, p) for c, p in found if not c.beyond_body and p >= min_likeness]
+    offered = sorted(((c.box, p, c.ink) for c, p in found
+                      if not c.beyond_body or all(_overlap(c.box, b) < 0.5 for b, _ in plain)),
                      key=lambda m: (-m[1], -_area(m[0])))
     marks: list[list[Mark]] = []
     for m in offered:
