@@ -447,12 +447,22 @@ class Writer:
         return added
 
     def _apply_adds(self, added: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
-        """Mirror committed vectors into the cached index and advance its generation."""
+        """Mirror committed vectors into the cached index and advance its generation.
+
+        A process that has not searched a kind yet (`chimera index add`) takes the index saved before
+        this add from its file: else `save` would rebuild it from the catalogue, retraining an IVF
+        index's lists on every add."""
         specs = self.store.specs()
         for kind, (ids, vecs) in added.items():
             spec = specs[kind]
             cached = self.store._cache.get(kind)
             gen = cat.generation(self.conn, kind)
+            if cached is None and kind not in self.dirty:
+                try:
+                    cached = self.store._cache[kind] = (gen - 1, vx.read(self.store.index_path(kind, gen - 1),
+                                                                         spec.binary))
+                except (RuntimeError, OSError):
+                    pass  # none saved (or unreadable): save() builds it from the catalogue
             if cached and cached[0] == gen - 1 and kind not in self.dirty and ids:
                 vx.add(cached[1], spec.binary, np.array(ids, np.int64), np.stack(vecs))
                 self.store._cache[kind] = (gen, cached[1])

@@ -219,6 +219,30 @@ def test_exact_by_default_and_factories_on_request(chimera, icons, store_dir):
     assert chimera("index", "check")[0] == 0
 
 
+def test_adding_in_a_new_process_extends_the_saved_index_instead_of_retraining_it(chimera, icons, store_dir):
+    """`chimera index add` runs in a process of its own: it must add to the index saved before it,
+    not rebuild it from the catalogue (for an IVF index, a k-means retrain on every add)."""
+    import faiss
+
+    def lists(kind: str) -> np.ndarray:
+        """The centroids of the kind's IVF lists, as saved."""
+        with Store.open(store_dir) as s:
+            ivf = faiss.extract_index_ivf(faiss.downcast_index(s._index(s.specs()[kind]).index))
+            return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 12, (230, 180, 40))))[0] == 0
+    assert chimera("index", "rebuild", "--index-factory", "IVF4,Flat")[0] == 0
+    before = lists("style")
+    new = icons("bob", 3, (60, 120, 220))
+    assert chimera("index", "add", "--artist", "bob", str(new))[0] == 0
+    after = lists("style")
+    assert len(before) == 4 and np.array_equal(before, after)  # the lists trained once, kept
+    assert chimera("index", "check")[0] == 0
+    with Store.open(store_dir) as s:
+        ids, vecs = s.vectors("style")
+        assert [hits[0].vector_id for hits in s.search("style", vecs[-3:], 1)] == ids[-3:].tolist()
+
+
 def test_keypoint_index_turns_approximate_as_the_store_grows_and_still_finds(icons, store_dir, monkeypatch):
     """A long-lived store (the HTTP service's) switches keypoints to IVF past their threshold and refits
     the lists as it grows, without `index rebuild`; a registered keypoint still finds itself; a factory
