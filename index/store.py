@@ -549,7 +549,8 @@ class Writer:
 
         An index held in memory (by a long-lived process: the HTTP service) that no longer has the
         factory its kind calls for (it outgrew exact search, or its IVF lists outgrew their count)
-        is rebuilt first: adding to it would keep it as it was. A new process builds it anew anyway."""
+        is rebuilt first: adding to it would keep it as it was. A new process adding works holds the
+        index it read from its file (`_apply_adds`), so the same check applies there."""
         (self.store.root / "indexes").mkdir(exist_ok=True)
         for spec in self.store.specs().values():
             gen = cat.generation(self.conn, spec.kind)
