@@ -157,19 +157,22 @@ class Canvas:
     smooth: np.ndarray
     detail: np.ndarray  # bool: windows with detail worth explaining
     coarse: np.ndarray  # `smooth` at half size: registration runs there (a quarter of the pixels)
-    gray_moments: tuple[np.ndarray, np.ndarray]  # window means and variances of `gray`
 
     @classmethod
     def of(cls, rgb: np.ndarray) -> "Canvas":
         g = gray(rgb).astype(np.float32)
         s = smooth(g)
         half = cv2.resize(s, (max(4, s.shape[1] // 2), max(4, s.shape[0] // 2)), interpolation=cv2.INTER_AREA)
-        moments = _moments(g)
-        return cls(g, s, moments[1] > DETAIL, half, moments)
+        return cls(g, s, _moments(g)[1] > DETAIL, half)
+
+    # A query's window means and variances, computed once for all the works placed on it (on first
+    # use: a work's canvas, cached by the hundred, never needs its own)
+    @functools.cached_property
+    def gray_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        return _moments(self.gray)
 
     @functools.cached_property
     def smooth_moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Window means and variances of `smooth` (a query's, computed once for all the works placed on it)."""
         return _moments(self.smooth)
 
     @property

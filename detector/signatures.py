@@ -180,27 +180,25 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     """
     bh = _blackhat(rgb)
     H, W = bh.shape
-    gray = cv2.cvtColor(cv2.resize(np.ascontiguousarray(rgb[..., :3]), (W, H), interpolation=cv2.INTER_AREA),
-                        cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(np.ascontiguousarray(rgb[..., :3]), (W, H), interpolation=cv2.INTER_AREA)
+    gray = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
     out: list[Candidate] = []
     seen: set[tuple[int, ...]] = set()
     for faint, strong in INK_LEVELS:
         out += _groups(rgb.shape[:2], gray, _ink(bh, faint, strong), seen)
-    out += _groups(rgb.shape[:2], gray, _ink(bh, FAINT_INK, INK) & ~_body(rgb, (H, W)), seen, beyond_body=True)
+    out += _groups(rgb.shape[:2], gray, _ink(bh, FAINT_INK, INK) & ~_body(small), seen, beyond_body=True)
     return out
 
 
 BODY_OPEN = 7  # side (WORK pixels) of the opening that leaves a picture's filled shapes and drops pen strokes
 
 
-def _body(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """The picture's filled shapes on the WORK canvas (`size`: height, width): what differs from the
+def _body(small: np.ndarray) -> np.ndarray:
+    """The picture's filled shapes (`small`: the picture on the WORK canvas): what differs from the
     background colour, opened so that pen strokes drop out, then grown by a pixel. A name that
     touches dark artwork (hair, an outline) joins it in every ink mask and is set aside with it as
     too large; its ink beyond the body is the name alone. Empty for a picture without a background
     (`_from_paper` then finds everything different)."""
-    h, w = size
-    small = cv2.resize(np.ascontiguousarray(rgb[..., :3]), (w, h), interpolation=cv2.INTER_AREA)
     shapes = (_from_paper(small) > PAPER_INK).astype(np.uint8)
     body = cv2.morphologyEx(shapes, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (BODY_OPEN,) * 2))
     return cv2.dilate(body, np.ones((3, 3), np.uint8)) > 0

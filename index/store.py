@@ -71,7 +71,7 @@ class Hit:
     box: Box
 
 
-RESOLVED_MAX = 500_000  # vector ids `Store.resolve` remembers per kind (~300 bytes each)
+RESOLVED_MAX = 200_000  # vector ids `Store.resolve` remembers per kind (~350 bytes each: ~70 MB at most)
 LEGACY_APPROXIMATE = 100_000  # threshold of auto factories saved without one (stores made before 2026-11-26)
 
 
@@ -138,7 +138,7 @@ class Store:
 
     def works(self, work_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """work id -> its catalogue row (artist name, generated run...), in one query; unknown ids left out."""
-        ids = sorted({int(i) for i in work_ids})
+        ids = sorted({int(i) for i in work_ids if i is not None})
         if not ids:
             return {}
         rows = self.conn.execute(
@@ -202,13 +202,14 @@ class Store:
         if known is None or known[0] != gen or len(known[1]) > RESOLVED_MAX:
             known = self._resolved[kind] = (gen, {})
         places = known[1]
-        missing = [int(i) for i in vector_ids if i >= 0 and int(i) not in places]
+        wanted = [int(i) for i in vector_ids if i >= 0]
+        missing = [i for i in wanted if i not in places]
         for start in range(0, len(missing), 900):
             chunk = missing[start:start + 900]
             q = f"SELECT id, work_id, signature_id, x0, y0, x1, y1 FROM vectors WHERE id IN ({','.join('?' * len(chunk))})"
             for r in self.conn.execute(q, chunk):
                 places[r[0]] = (r[1], r[2], (r[3], r[4], r[5], r[6]))
-        return places
+        return {i: places[i] for i in wanted if i in places}
 
     def search(self, kind: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """k nearest stored vectors of `kind` for each query row, resolved to owners."""
@@ -458,15 +459,25 @@ class Writer:
             cached = self.store._cache.get(kind)
             gen = cat.generation(self.conn, kind)
             if cached is None and kind not in self.dirty:
-                try:
-                    cached = self.store._cache[kind] = (gen - 1, vx.read(self.store.index_path(kind, gen - 1),
-                                                                         spec.binary))
-                except (RuntimeError, OSError):
-                    pass  # none saved (or unreadable): save() builds it from the catalogue
+                cached = self._saved(spec, gen - 1)
             if cached and cached[0] == gen - 1 and kind not in self.dirty and ids:
                 vx.add(cached[1], spec.binary, np.array(ids, np.int64), np.stack(vecs))
                 self.store._cache[kind] = (gen, cached[1])
             self.touched.add(kind)
+
+    def _saved(self, spec: KindSpec, gen: int) -> tuple[int, faiss.Index] | None:
+        """(gen, the index saved at generation `gen`), cached, when it is built as the kind now calls for;
+        else None, and save() builds it from the catalogue: none was saved, it is unreadable, its IVF
+        lists no longer fit the kind's size, or it is the exact search a chosen factory fell back to
+        while there were too few vectors to train (or a factory `vx.factory_of` cannot name)."""
+        try:
+            index = vx.read(self.store.index_path(spec.kind, gen), spec.binary)
+        except (RuntimeError, OSError):
+            return None
+        if vx.factory_of(index) != self.store.factory(spec):
+            return None
+        self.store._cache[spec.kind] = (gen, index)
+        return gen, index
 
     def _delete_owned(self, where: str, args: tuple,
                       delete: Callable[[sqlite3.Connection], object]) -> None:

@@ -243,6 +243,47 @@ def test_adding_in_a_new_process_extends_the_saved_index_instead_of_retraining_i
         assert [hits[0].vector_id for hits in s.search("style", vecs[-3:], 1)] == ids[-3:].tolist()
 
 
+def test_a_chosen_factory_too_large_to_train_yet_is_trained_once_the_store_has_grown(chimera, icons, store_dir):
+    """A chosen IVF factory falls back to exact search while there are too few vectors to train it;
+    a later add (in a process of its own) must not keep extending that stand-in."""
+    from index import vectors as vx
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 4, (230, 180, 40))))[0] == 0
+    code, _, err = chimera("index", "rebuild", "--index-factory", "IVF2048,Flat")
+    assert code == 0 and "needs >= 2048 vectors to train" in err
+    with Store.open(store_dir) as s:
+        assert vx.factory_of(s._index(s.specs()["kp"])) == "Flat"
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 12, (230, 180, 40), start=4)))[0] == 0
+    with Store.open(store_dir) as s:
+        assert len(s.vectors("kp")[0]) >= 2048 and vx.factory_of(s._index(s.specs()["kp"])) == "IVF2048,Flat"
+
+
+def test_adds_in_new_processes_still_switch_and_refit_the_automatic_factory(icons, store_dir, monkeypatch):
+    """Each add in a process of its own extends the index saved before it, unless the kind now calls
+    for another factory (it outgrew exact search, its IVF lists outgrew their count): then it is built anew."""
+    import dataclasses
+
+    import detector.embedders as emb
+    from detector.images import load
+    from index import vectors as vx
+    from service.ingest import add_images
+
+    monkeypatch.setattr(emb, "BASE_SPECS", tuple(dataclasses.replace(sp, approximate_from=600) if sp.kind == "kp"
+                                                 else sp for sp in emb.BASE_SPECS))
+    embedders = emb.Embedders.load(use_clip=False, quiet=True)
+    paths = sorted(icons("alice", 44, (230, 180, 40)).glob("*.png"))
+    seen = []
+    for chunk in (paths[:2], paths[2:4], paths[4:12], paths[12:44]):
+        with Store.open(store_dir, create=True) as s:  # a new process's Store each time
+            add_images(s, embedders, "alice", [load(p) for p in chunk])
+        with Store.open(store_dir, read_only=True) as s:
+            n = len(s.vectors("kp")[0])
+            seen.append((n, vx.factory_of(s._index(s.specs()["kp"])), vx.fit("IVF{nlist},Flat", n)))
+            assert s.check() == []
+    assert [f for n, f, _ in seen if n < 600] == ["Flat"] * sum(n < 600 for n, _, _ in seen) and seen[0][0] < 600
+    assert [f for n, f, want in seen if n >= 600] == [want for n, _, want in seen if n >= 600]
+    assert len({f for _, f, _ in seen}) >= 3  # exact, then IVF, then IVF with more lists
+
+
 def test_keypoint_index_turns_approximate_as_the_store_grows_and_still_finds(icons, store_dir, monkeypatch):
     """A long-lived store (the HTTP service's) switches keypoints to IVF past their threshold and refits
     the lists as it grows, without `index rebuild`; a registered keypoint still finds itself; a factory
@@ -346,15 +387,20 @@ def test_one_open_store_resolves_hits_to_current_owners_across_writes(icons, sto
 
     with Store.open(store_dir, create=True) as s:
         add_images(s, emb, "alice", alice)
-        _, vecs = s.vectors("kp")
-        assert all(catalogue(s)[h.vector_id] == (h.work_id, h.box) for row in s.search("kp", vecs, 4) for h in row)
+        reader = Store.open(store_dir, read_only=True)  # as a scan worker's, while another process writes
+        for store in (s, reader):
+            _, vecs = store.vectors("kp")
+            assert all(catalogue(store)[h.vector_id] == (h.work_id, h.box)
+                       for row in store.search("kp", vecs, 4) for h in row)
         old = catalogue(s)
         with s.writer() as w:
             w.remove_artist("alice")
         add_images(s, emb, "bob", bob)
         now = catalogue(s)
         assert any(old.get(i) not in (None, place) for i, place in now.items())  # ids did change hands
-        _, vecs = s.vectors("kp")
-        hits = [h for row in s.search("kp", vecs, 4) for h in row]
-        assert hits and all(now[h.vector_id] == (h.work_id, h.box) for h in hits)
-        assert {s.work(h.work_id)["artist"] for h in hits} == {"bob"}
+        for store in (s, reader):
+            _, vecs = store.vectors("kp")
+            hits = [h for row in store.search("kp", vecs, 4) for h in row]
+            assert hits and all(now[h.vector_id] == (h.work_id, h.box) for h in hits)
+            assert {store.work(h.work_id)["artist"] for h in hits} == {"bob"}
+        reader.close()
