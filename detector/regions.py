@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from detector import resample
+
 PATCH = 12  # descriptor side: 12x12 RGB
 DIM = PATCH * PATCH * 3
 MIN_CONTENT = 10.0  # grey-level std below which a window is flat background: uninformative
@@ -34,18 +36,25 @@ QUERY_WINDOWS = windows(((0.5, 0.125), (1 / 3, 1 / 12)))
 
 
 def describe(img: Image.Image, boxes: list[Box]) -> list[tuple[Box, np.ndarray]]:
-    """(box, descriptor) for each informative window: mean-centred, L2-normalised RGB thumbnail."""
+    """(box, descriptor) for each informative window: mean-centred, L2-normalised RGB thumbnail
+    (Pillow's BOX reduction to PATCH x PATCH, pixel for pixel: `resample.resize_colour` makes the
+    thumbnails of all windows of one size in one batch)."""
     w, h = img.size
-    arr = np.asarray(img, np.float32)
-    out = []
-    for box in boxes:
+    rgb = np.asarray(img)
+    by_shape: dict[tuple[int, int], list[tuple[int, int, int]]] = {}  # crop (h, w) -> (window, x0, y0)
+    for i, box in enumerate(boxes):
         x0, y0 = int(box[0] * w), int(box[1] * h)
         x1, y1 = max(int(box[2] * w), x0 + 1), max(int(box[3] * h), y0 + 1)
-        crop = arr[y0:y1, x0:x1]
-        if crop.mean(axis=2).std() < MIN_CONTENT:
-            continue
-        thumb = np.asarray(Image.fromarray(crop.astype(np.uint8)).resize((PATCH, PATCH), Image.Resampling.BOX),
-                           np.float32)
-        vec = (thumb - thumb.mean()).ravel()
-        out.append((box, vec / max(float(np.linalg.norm(vec)), 1e-6)))
+        by_shape.setdefault((y1 - y0, x1 - x0), []).append((i, x0, y0))
+    thumbs: dict[int, np.ndarray] = {}
+    for (ch, cw), group in by_shape.items():
+        crops = np.stack([rgb[y0:y0 + ch, x0:x0 + cw] for _, x0, y0 in group])
+        informative = crops.mean(axis=3).std(axis=(1, 2)) >= MIN_CONTENT
+        if informative.any():
+            small = np.ascontiguousarray(resample.resize_colour(crops[informative], (PATCH, PATCH)), np.float32)
+            thumbs.update(zip([i for (i, _, _), keep in zip(group, informative) if keep], small))
+    out = []
+    for i in sorted(thumbs):
+        vec = (thumbs[i] - thumbs[i].mean()).ravel()
+        out.append((boxes[i], vec / max(float(np.linalg.norm(vec)), 1e-6)))
     return out

@@ -38,9 +38,17 @@ def _lanczos(x: np.ndarray) -> np.ndarray:
     return np.where((-SUPPORT <= x) & (x < SUPPORT), _sinc(x) * _sinc(x / 3), 0.0)
 
 
+def _box(x: np.ndarray) -> np.ndarray:
+    return np.where((x > -0.5) & (x <= 0.5), 1.0, 0.0)
+
+
+FILTERS = {"lanczos": (_lanczos, SUPPORT), "box": (_box, 0.5)}  # Pillow's filter functions and supports
+
+
 @functools.lru_cache(maxsize=1024)  # lengths up to BATCH_MAX, outputs up to 128: at most 1024 x 128 KiB
-def kernel(in_size: int, out_size: int) -> np.ndarray:
-    """(out_size, in_size) weights of one axis, Pillow's fixed-point integers times 2^-22.
+def kernel(in_size: int, out_size: int, name: str = "lanczos") -> np.ndarray:
+    """(out_size, in_size) weights of one axis, Pillow's fixed-point integers times 2^-22,
+    for Pillow's filter `name` (FILTERS).
 
     Each step is the same IEEE operation as Pillow's C, and the weights of an output are
     summed left to right (a cumulative sum) as Pillow sums them, so the rounding to fixed
@@ -48,15 +56,16 @@ def kernel(in_size: int, out_size: int) -> np.ndarray:
     """
     if in_size == out_size:  # Pillow skips the pass; unit weights leave 8-bit pixels as they are
         return np.eye(in_size)
+    filt, reach = FILTERS[name]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
-    support = SUPPORT * filterscale
+    support = reach * filterscale
     center = (np.arange(out_size) + 0.5) * scale
     lo = np.maximum((center - support + 0.5).astype(int), 0)  # C's (int) truncates toward zero, as astype does
     n = np.minimum((center + support + 0.5).astype(int), in_size) - lo
     x = np.arange(n.max())
     used = x[None, :] < n[:, None]
-    w = np.where(used, _lanczos(((x[None, :] + lo[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
+    w = np.where(used, filt(((x[None, :] + lo[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale)), 0.0)
     total = np.cumsum(w, axis=1)[:, -1:]
     w = np.where(total != 0.0, w / np.where(total != 0.0, total, 1.0), w)
     fixed = np.trunc(w * (1 << PRECISION_BITS) + np.where(w < 0, -0.5, 0.5))
@@ -127,3 +136,18 @@ def resize_batch(greys: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[
         for j, i in enumerate(small):
             out[i].append(result[j])
     return out
+
+
+def resize_colour(crops: np.ndarray, size: tuple[int, int], name: str = "box") -> np.ndarray:
+    """`Image.fromarray(crop).resize(size, filter)` for a stack of same-sized 8-bit RGB crops
+    (N x h x w x 3), as float64 arrays of its (integer) pixels (N x size[1] x size[0] x 3): Pillow
+    resizes each band with the same weights, so the bands are three more images of the batch."""
+    n, h, w, _ = crops.shape
+    bands = np.moveaxis(crops, 3, 1).astype(np.float64)  # N x 3 x h x w
+    across, down = kernel(w, size[0], name), kernel(h, size[1], name)
+    if _down_first(h, w, size):
+        out = _round(_round(down @ bands) @ across.T)
+    else:
+        out = _round(down @ _round(bands @ across.T))
+    return np.moveaxis(out, 1, 3)
+

@@ -51,6 +51,20 @@ def test_resampler_gives_pillows_pixels_in_batches_and_alone():
             assert np.array_equal(resample.resize(grey, size), _pillow(grey, size)), (grey.shape, size)
 
 
+
+def test_colour_box_reduction_gives_pillows_pixels():
+    """Window descriptors (detector/regions.py) reduce crops of every size to 12x12 with Pillow's BOX
+    filter, a stack at a time: the pixels must be Pillow's, so stored and new descriptors agree."""
+    rng = np.random.default_rng(1)
+    shapes = [(h, w) for h in (2, 5, 12, 21, 22, 32, 33, 64, 90) for w in (3, 12, 13, 21, 32, 43, 64)]
+    assert any(resample._down_first(h, w, (12, 12)) for h, w in shapes)
+    for h, w in shapes:
+        crops = rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+        crops[2] = crops[2] // 64 * 64  # flat stretches: exact ties in the rounding
+        for crop, ours in zip(crops, resample.resize_colour(crops, (12, 12))):
+            ref = np.asarray(Image.fromarray(crop).resize((12, 12), Image.Resampling.BOX), np.float64)
+            assert np.array_equal(ours, ref), (h, w)
+
 def _images() -> list[Image.Image]:
     rng = np.random.default_rng(1)
     icons = [draw_icon(k, (200 - 20 * k, 90, 40 + 25 * k), size=64 + 16 * k) for k in range(6)]
