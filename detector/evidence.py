@@ -84,6 +84,7 @@ Placement = tuple[np.ndarray, int, "tuple[float, float, float, float] | None"]
 
 SEARCHES = {"hash": "hash", "kp": "kp", "kp_flip": "kp", "patch": "patch"}  # proposal kind -> index it searches
 NEIGHBOURS = {"hash": 5, "kp": 4, "patch": 3}  # nearest stored vectors taken per query row, per index
+WORTH = {"kp": KP_MATCH, "patch": PATCH_PROPOSE}  # similarity under which `propose` ignores a hit: not resolved
 
 
 def search(store: Store, queries: list[dict]) -> list[dict[str, list[list[Hit]]]]:
@@ -95,7 +96,8 @@ def search(store: Store, queries: list[dict]) -> list[dict[str, list[list[Hit]]]
         kinds = [kind for kind, i in SEARCHES.items() if i == index]
         rows = [(n, kind, v) for n, q in enumerate(queries) for kind in kinds for _, v in q.get(kind) or []]
         if rows:
-            for (n, kind, _), hits in zip(rows, store.search(index, np.stack([v for _, _, v in rows]), k)):
+            for (n, kind, _), hits in zip(rows, store.search(index, np.stack([v for _, _, v in rows]), k,
+                                                             WORTH.get(index))):
                 out[n][kind].append(hits)
     return out
 

@@ -211,15 +211,21 @@ class Store:
                 places[r[0]] = (r[1], r[2], (r[3], r[4], r[5], r[6]))
         return {i: places[i] for i in wanted if i in places}
 
-    def search(self, kind: str, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """k nearest stored vectors of `kind` for each query row, resolved to owners."""
+    def search(self, kind: str, queries: np.ndarray, k: int, min_score: float | None = None) -> list[list[Hit]]:
+        """k nearest stored vectors of `kind` for each query row, resolved to owners; with `min_score`
+        (float kinds: cosine), only those at least that similar (the rest are never resolved)."""
         spec = self.specs().get(kind)
         if spec is None:
             return [[] for _ in range(len(queries))]
         scores, ids = vx.search(self._index(spec), spec.binary, queries, k)
-        owners = self.resolve(kind, np.unique(ids).tolist())
-        return [[Hit(int(i), float(s), *owners[int(i)]) for s, i in zip(srow, irow) if int(i) in owners]
-                for srow, irow in zip(scores, ids)]
+        keep = ids >= 0
+        if min_score is not None:
+            if spec.binary:
+                raise ValueError(f"{kind} scores are Hamming distances: min_score is for similarities")
+            keep &= scores.astype(np.float64) >= min_score  # as a Hit's (float64) score compares
+        owners = self.resolve(kind, np.unique(ids[keep]).tolist())
+        return [[Hit(i, s, *owners[i]) for s, i, ok in zip(srow, irow, krow) if ok and i in owners]
+                for srow, irow, krow in zip(scores.tolist(), ids.tolist(), keep.tolist())]
 
     def index_path(self, kind: str, gen: int) -> Path:
         return self.root / "indexes" / f"{kind}.{gen}.faiss"

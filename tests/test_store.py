@@ -404,3 +404,22 @@ def test_one_open_store_resolves_hits_to_current_owners_across_writes(icons, sto
             assert hits and all(now[h.vector_id] == (h.work_id, h.box) for h in hits)
             assert {store.work(h.work_id)["artist"] for h in hits} == {"bob"}
         reader.close()
+
+
+def test_a_search_with_a_floor_returns_exactly_the_hits_at_least_that_similar(icons, store_dir):
+    """Scoring asks only for keypoint and window hits it can use; those must be the plain search's hits
+    that reach the floor, nothing dropped or added, and a floor on a binary kind is refused."""
+    from detector.embedders import Embedders
+    from detector.images import load
+    from service.ingest import add_images
+    with Store.open(store_dir, create=True) as s:
+        add_images(s, Embedders(None, "off"), "alice", [load(p) for p in sorted(icons("alice", 5, (230, 180, 40)).iterdir())])
+        _, vecs = s.vectors("kp")
+        queries = vecs[::5] + np.random.default_rng(0).normal(0, 0.02, vecs[::5].shape).astype(np.float32)
+        plain = s.search("kp", queries, 4)
+        floored = s.search("kp", queries, 4, min_score=0.9)
+        assert len(floored) == len(plain)
+        assert floored == [[h for h in row if h.score >= 0.9] for row in plain]
+        assert 0 < sum(map(len, floored)) < sum(map(len, plain))
+        with pytest.raises(ValueError):
+            s.search("hash", s.vectors("hash")[1][:1], 3, min_score=0.5)
