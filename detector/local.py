@@ -155,7 +155,6 @@ class Canvas:
 
     gray: np.ndarray  # float32
     smooth: np.ndarray
-    detail: np.ndarray  # bool: windows with detail worth explaining
     coarse: np.ndarray  # `smooth` at half size: registration runs there (a quarter of the pixels)
 
     @classmethod
@@ -163,10 +162,15 @@ class Canvas:
         g = gray(rgb).astype(np.float32)
         s = smooth(g)
         half = cv2.resize(s, (max(4, s.shape[1] // 2), max(4, s.shape[0] // 2)), interpolation=cv2.INTER_AREA)
-        return cls(g, s, _moments(g)[1] > DETAIL, half)
+        return cls(g, s, half)
 
-    # A query's window means and variances, computed once for all the works placed on it (on first
-    # use: a work's canvas, cached by the hundred, never needs its own)
+    # What only a query needs, computed on first use and kept for all the works placed on it (a
+    # work's canvas, cached by the hundred, never needs these)
+    @functools.cached_property
+    def detail(self) -> np.ndarray:
+        """bool: windows with detail worth explaining."""
+        return self.gray_moments[1] > DETAIL
+
     @functools.cached_property
     def gray_moments(self) -> tuple[np.ndarray, np.ndarray]:
         return _moments(self.gray)
@@ -266,7 +270,7 @@ def _measure(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: in
     inside = cv2.warpAffine(np.ones(w.gray.shape, np.uint8), matrix, size,
                             flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
     inside = cv2.erode(inside, np.ones((WIN, WIN), np.uint8)) > 0
-    _, vw, zs, _, _ = _local_stats(q.smooth, warped_s, q.smooth_moments)
+    _, _, zs, _, _ = _local_stats(q.smooth, warped_s, q.smooth_moments)
     vq, vw_raw, z, mq, mw = _local_stats(q.gray, warped, q.gray_moments)
     w_detail = (vw_raw > DETAIL) & inside
     q_in = q.detail & inside
