@@ -211,19 +211,37 @@ class Store:
                 places[r[0]] = (r[1], r[2], (r[3], r[4], r[5], r[6]))
         return {i: places[i] for i in wanted if i in places}
 
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see the catalogue as it was at their first read, whatever other connections
+        commit meanwhile (a read transaction; inside a writer's own transaction, that one).
+
+        A search reads the generation, searches that generation's index, then resolves the vector ids
+        it found: a work removed and another added in between could otherwise hand a removed vector's
+        id (SQLite reuses the largest rowid) to the new work, and the hit to the wrong owner."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
     def search(self, kind: str, queries: np.ndarray, k: int, min_score: float | None = None) -> list[list[Hit]]:
         """k nearest stored vectors of `kind` for each query row, resolved to owners; with `min_score`
         (float kinds: cosine), only those at least that similar (the rest are never resolved)."""
-        spec = self.specs().get(kind)
-        if spec is None:
-            return [[] for _ in range(len(queries))]
-        scores, ids = vx.search(self._index(spec), spec.binary, queries, k)
-        keep = ids >= 0
-        if min_score is not None:
-            if spec.binary:
-                raise ValueError(f"{kind} scores are Hamming distances: min_score is for similarities")
-            keep &= scores.astype(np.float64) >= min_score  # as a Hit's (float64) score compares
-        owners = self.resolve(kind, np.unique(ids[keep]).tolist())
+        with self.snapshot():  # the index searched and the ids resolved are of one generation
+            spec = self.specs().get(kind)
+            if spec is None:
+                return [[] for _ in range(len(queries))]
+            scores, ids = vx.search(self._index(spec), spec.binary, queries, k)
+            keep = ids >= 0
+            if min_score is not None:
+                if spec.binary:
+                    raise ValueError(f"{kind} scores are Hamming distances: min_score is for similarities")
+                keep &= scores.astype(np.float64) >= min_score  # as a Hit's (float64) score compares
+            owners = self.resolve(kind, np.unique(ids[keep]).tolist())
         return [[Hit(i, s, *owners[i]) for s, i, ok in zip(srow, irow, krow) if ok and i in owners]
                 for srow, irow, krow in zip(scores.astype(np.float64).tolist(), ids.tolist(), keep.tolist())]
 

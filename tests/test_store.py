@@ -423,3 +423,34 @@ def test_a_search_with_a_floor_returns_exactly_the_hits_at_least_that_similar(ic
         assert 0 < sum(map(len, floored)) < sum(map(len, plain))
         with pytest.raises(ValueError):
             s.search("hash", s.vectors("hash")[1][:1], 3, min_score=0.5)
+
+
+def test_a_snapshot_keeps_the_generation_it_searched_while_another_process_rewrites(icons, store_dir):
+    """A search reads the generation, searches its index, then resolves the ids found. Inside one
+    snapshot, a removal and an add committed by another connection meanwhile (which hand the removed
+    vectors' ids to the new work) must not reach the reader: its ids resolve to the owners its index
+    had, and the new owners appear once the snapshot ends."""
+    from detector.embedders import Embedders
+    from detector.images import load
+    from service.ingest import add_images
+    emb = Embedders(None, "off")
+    alice = [load(p) for p in sorted(icons("alice", 3, (230, 180, 40)).iterdir())]
+    bob = [load(p) for p in sorted(icons("bob", 3, (60, 120, 220)).iterdir())]
+    with Store.open(store_dir, create=True) as s:
+        add_images(s, emb, "alice", alice)
+        reader = Store.open(store_dir, read_only=True)
+        ids, vecs = reader.vectors("kp")
+        with reader.snapshot():
+            hits = reader.search("kp", vecs[:20], 1)
+            with s.writer() as w:  # another connection, committed while the reader's snapshot is open
+                w.remove_artist("alice")
+            add_images(s, emb, "bob", bob)
+            reused = set(ids.tolist()) & set(s.vectors("kp")[0].tolist())
+            assert reused  # the removed vectors' ids now belong to bob's works
+            owners = reader.resolve("kp", sorted(reused))
+            assert {reader.work(w)["artist"] for w, _, _ in owners.values()} == {"alice"}
+            assert [[h.work_id for h in row] for row in reader.search("kp", vecs[:20], 1)] == \
+                [[h.work_id for h in row] for row in hits]
+        now = [h for row in reader.search("kp", vecs[:20], 1) for h in row]
+        assert now and {reader.work(h.work_id)["artist"] for h in now} == {"bob"}
+        reader.close()
