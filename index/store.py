@@ -138,14 +138,19 @@ class Store:
 
     def works(self, work_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """work id -> its catalogue row (artist name, generated run...), in one query; unknown ids left out."""
-        ids = sorted({int(i) for i in work_ids if i is not None})
-        if not ids:
-            return {}
-        rows = self.conn.execute(
+        rows = self._rows_in(
             "SELECT w.id, w.kind, w.source, w.sha256, w.width, w.height, w.added_at, a.name AS artist,"
             " g.run, g.checkpoint, g.seed, g.sample_index FROM works w LEFT JOIN artists a ON a.id=w.artist_id"
-            f" LEFT JOIN generated g ON g.work_id=w.id WHERE w.id IN ({','.join('?' * len(ids))})", ids)
+            " LEFT JOIN generated g ON g.work_id=w.id WHERE w.id IN ({})", work_ids)
         return {r["id"]: dict(r) for r in rows}
+
+    def _rows_in(self, sql: str, ids: Sequence[int | None]) -> Iterator[sqlite3.Row]:
+        """The rows of `sql` for these ids (None and repeats dropped), its `{}` the IN list: in chunks
+        of at most 900, within the bound parameters every SQLite build accepts."""
+        wanted = sorted({int(i) for i in ids if i is not None})
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start:start + 900]
+            yield from self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
     def holds(self, sha256: str, signature: bool = False) -> bool:
         """Whether these exact bytes are already a work (or a signature sample)."""
@@ -159,11 +164,8 @@ class Store:
 
     def signers(self, signature_ids: Sequence[int]) -> dict[int, str]:
         """signature sample id -> its artist's name, in one query."""
-        ids = sorted({int(i) for i in signature_ids if i is not None})
-        if not ids:
-            return {}
-        rows = self.conn.execute("SELECT s.id, a.name FROM signatures s JOIN artists a ON a.id=s.artist_id"
-                                 f" WHERE s.id IN ({','.join('?' * len(ids))})", ids)
+        rows = self._rows_in("SELECT s.id, a.name FROM signatures s JOIN artists a ON a.id=s.artist_id"
+                             " WHERE s.id IN ({})", signature_ids)
         return {r[0]: r[1] for r in rows}
 
     def owners(self, kind: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -203,12 +205,9 @@ class Store:
             known = self._resolved[kind] = (gen, {})
         places = known[1]
         wanted = [int(i) for i in vector_ids if i >= 0]
-        missing = [i for i in wanted if i not in places]
-        for start in range(0, len(missing), 900):
-            chunk = missing[start:start + 900]
-            q = f"SELECT id, work_id, signature_id, x0, y0, x1, y1 FROM vectors WHERE id IN ({','.join('?' * len(chunk))})"
-            for r in self.conn.execute(q, chunk):
-                places[r[0]] = (r[1], r[2], (r[3], r[4], r[5], r[6]))
+        for r in self._rows_in("SELECT id, work_id, signature_id, x0, y0, x1, y1 FROM vectors WHERE id IN ({})",
+                               [i for i in wanted if i not in places]):
+            places[r[0]] = (r[1], r[2], (r[3], r[4], r[5], r[6]))
         return {i: places[i] for i in wanted if i in places}
 
     @contextmanager
