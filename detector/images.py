@@ -45,10 +45,26 @@ def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def shown(path: Path | str) -> str:
+    """A path as text every record, catalogue and report can hold: bytes of a file name that are not
+    UTF-8 (Python keeps them as lone surrogates, which SQLite, CSV and HTML writers refuse) as \\xNN."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why `path` (links followed) cannot be read as an image file: a pipe would block a scan for
+    ever and a device (/dev/zero) never ends; None for a regular file."""
+    return None if path.is_file() else "not a regular file (a pipe, device, socket or broken link)"
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode to RGB, compositing transparency over white (how a viewer shows it)."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        img = img.point(lambda v: v / 256).convert("L") if img.mode != "I" else img.convert("L")
+    if img.mode in ("I;16", "I;16B", "I;16L"):
+        img = img.point(lambda v: v / 256).convert("L")
+    elif img.mode in ("I", "F"):  # 32-bit integer or float grey: scaled by its range, not clipped to white
+        lo, hi = img.getextrema()
+        top = 1.0 if img.mode == "F" and hi <= 1.0 else 255 if hi <= 255 else 65535 if hi <= 65535 else hi
+        img = img.convert("F").point(lambda v: v * 255.0 / top).convert("L")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -65,7 +81,9 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
         raise ImageError(source, "empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # our budget, not Pillow's, decides (checked below before any pixel is decoded); Pillow
+            # still refuses outright past twice its own, whatever CHIMERA_MAX_PIXELS says
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > limit:
@@ -77,8 +95,9 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
             rgb = to_rgb(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(source, "too many pixels (possible decompression bomb)") from None
+    except Image.DecompressionBombError:
+        raise ImageError(source, f"too many pixels (possible decompression bomb; Pillow refuses over "
+                                 f"{2 * (Image.MAX_IMAGE_PIXELS or 0)})") from None
     except Image.UnidentifiedImageError:
         raise ImageError(source, "not an image (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
@@ -90,11 +109,13 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
 
 def load(path: Path | str, max_pixels: int | None = None) -> LoadedImage:
     path = Path(path)
+    if (problem := _not_regular(path)) and path.exists():
+        raise ImageError(shown(path), problem)
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise ImageError(str(path), f"cannot read ({e.strerror or e})") from None
-    return decode(data, str(path), max_pixels)
+        raise ImageError(shown(path), f"cannot read ({e.strerror or e})") from None
+    return decode(data, shown(path), max_pixels)
 
 
 def iter_image_paths(paths: list[Path]):
@@ -110,8 +131,8 @@ def iter_image_paths(paths: list[Path]):
                 for name in sorted(files):
                     f = Path(root) / name
                     if is_image_path(f):
-                        yield f, None
+                        yield f, _not_regular(f)
         elif p.is_file():
             yield (p, None) if is_image_path(p) else (p, f"not an image file suffix ({p.suffix or 'none'})")
         else:
-            yield p, "no such file or directory"
+            yield p, _not_regular(p) if p.exists() else "no such file or directory"

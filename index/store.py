@@ -71,6 +71,7 @@ class Hit:
     box: Box
 
 
+SQLITE_INTEGER = range(-(1 << 63), 1 << 63)  # ids beyond this are no row's: SQLite refuses to compare them
 RESOLVED_MAX = 200_000  # vector ids `Store.resolve` remembers per kind (~350 bytes each: ~70 MB at most)
 LEGACY_APPROXIMATE = 100_000  # threshold of auto factories saved without one (stores made before 2026-11-26)
 
@@ -147,7 +148,7 @@ class Store:
     def _rows_in(self, sql: str, ids: Sequence[int | None]) -> Iterator[sqlite3.Row]:
         """The rows of `sql` for these ids (None and repeats dropped), its `{}` the IN list: in chunks
         of at most 900, within the bound parameters every SQLite build accepts."""
-        wanted = sorted({int(i) for i in ids if i is not None})
+        wanted = sorted({int(i) for i in ids if i is not None and int(i) in SQLITE_INTEGER})
         for start in range(0, len(wanted), 900):
             chunk = wanted[start:start + 900]
             yield from self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk)
@@ -159,6 +160,8 @@ class Store:
 
     def thumbnail(self, work_id: int) -> bytes | None:
         """The work's pixels as stored (PNG, longer side at most 256): evidence needs no source file."""
+        if work_id not in SQLITE_INTEGER:
+            return None
         row = self.conn.execute("SELECT png FROM thumbnails WHERE work_id=?", (work_id,)).fetchone()
         return row[0] if row else None
 
@@ -309,13 +312,13 @@ class Store:
             indexed = set(faiss.vector_to_array(index.id_map).tolist())
             if stored != indexed:
                 problems.append(f"{path.name}: {len(indexed)} ids indexed, {len(stored)} in the catalogue")
-            owner = "work_id" if spec.owner == "work" else "signature_id"
-            table = "works" if spec.owner == "work" else "signatures"
-            missing = self.conn.execute(
-                f"SELECT COUNT(*) FROM {table} t WHERE NOT EXISTS"
-                f" (SELECT 1 FROM vectors v WHERE v.kind=? AND v.{owner}=t.id)", (spec.kind,)).fetchone()[0]
+        # a work and its vectors are written in one transaction, so none can lack them all; one may lack
+        # a kind (a blank picture has no keypoints and no detailed windows) and that is no inconsistency
+        for table, owner in (("works", "work_id"), ("signatures", "signature_id")):
+            missing = self.conn.execute(f"SELECT COUNT(*) FROM {table} t WHERE NOT EXISTS"
+                                        f" (SELECT 1 FROM vectors v WHERE v.{owner}=t.id)").fetchone()[0]
             if missing:
-                problems.append(f"{missing} {table} without {spec.kind} vectors")
+                problems.append(f"{missing} {table} without any vectors")
         return problems
 
     # ------------------------------------------------------------------ writes
@@ -329,7 +332,11 @@ class Store:
         if self.read_only:
             raise StoreError(f"the store at {self.root} was opened read-only")
         if timeout is None:
-            timeout = float(os.environ.get("CHIMERA_LOCK_TIMEOUT", "60"))
+            try:
+                timeout = float(os.environ.get("CHIMERA_LOCK_TIMEOUT", "60"))
+            except ValueError:
+                raise StoreError(f"CHIMERA_LOCK_TIMEOUT must be a number of seconds "
+                                 f"(got {os.environ['CHIMERA_LOCK_TIMEOUT']!r})") from None
         lock = filelock.FileLock(str(self.root / "write.lock"))
         pidfile = self.root / "writer.pid"
         try:
@@ -415,6 +422,8 @@ class Writer:
                     cat.set_meta(c, f"auto_factory:{kind}", value)
 
     def ensure_artist(self, name: str) -> int:
+        if not name or not name.strip():
+            raise StoreError("an artist needs a name (got an empty one)")
         row = self.conn.execute("SELECT id FROM artists WHERE name=?", (name,)).fetchone()
         if row:
             return row[0]
@@ -425,7 +434,7 @@ class Writer:
                  vectors: dict[str, list[tuple[Box, np.ndarray]]],
                  generated: dict[str, Any] | None = None, thumbnail: bytes | None = None) -> int:
         """Add one work, its thumbnail and all its vectors atomically; returns the work id."""
-        artist_id = self.ensure_artist(artist) if artist else None
+        artist_id = self.ensure_artist(artist) if artist is not None else None
         with self._transaction() as c:
             wid = c.execute("INSERT INTO works (artist_id, kind, source, sha256, width, height, added_at)"
                             " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -541,7 +550,7 @@ class Writer:
 
     def remove_work(self, name: str, work_id: int) -> None:
         row = self.conn.execute("SELECT w.id FROM works w JOIN artists a ON a.id=w.artist_id"
-                                " WHERE a.name=? AND w.id=?", (name, work_id)).fetchone()
+                                " WHERE a.name=? AND w.id=?", (name, work_id)).fetchone() if work_id in SQLITE_INTEGER else None
         if row is None:
             raise StoreError(f"artist {name!r} has no work {work_id}")
         self._delete_owned("w.id=?", (work_id,), lambda c: c.execute("DELETE FROM works WHERE id=?", (work_id,)))

@@ -258,9 +258,10 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     return app
 
 
-def serve(host: str, port: int, store: Path | str | None, threads: int = 8) -> None:
+def serve(host: str, port: int, store: Path | str | None, threads: int = 8,
+          embedders: Embedders | None = None) -> None:
     """Run the app on waitress, a production WSGI server (pure Python, no build step)."""
     import waitress
-    app = create_app(store)
+    app = create_app(store, embedders=embedders)
     print(f"chimera: serving {app.extensions['chimera'].store_path} on http://{host}:{port}/", flush=True)
     waitress.serve(app, host=host, port=port, threads=threads, ident="chimera")

@@ -60,6 +60,8 @@ def cmd_index_list(args: argparse.Namespace) -> int:
     try:
         store = _open(args)
     except StoreError:
+        if (Path(args.store) / "catalogue.sqlite").exists():
+            raise  # there, but unreadable: say so, never "no artists"
         data: dict[str, Any] = {"artists": [], "generated": 0}
     else:
         with store:
@@ -127,20 +129,28 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
+    from collections import Counter
+
     from service.scan import scan
     root = Path(args.dir)
     if not root.is_dir():
         raise UserError(f"{root} is not a directory")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be at least 1 (got {args.workers})")
+    counts: Counter[str] = Counter()
     with _open(args, read_only=True) as store:
         try:
             summary = scan(store, _embedders(args), root, Path(args.out), artist=args.artist,
                            progress=sys.stderr.isatty(), workers=args.workers, resume=args.resume,
                            clip={"clip_model": args.clip_model, "clip_weights": args.clip_weights,
-                                 "use_clip": not args.no_clip}, engine=args.engine, ray_address=args.ray_address)
+                                 "use_clip": not args.no_clip}, engine=args.engine, ray_address=args.ray_address,
+                           counts=counts)
         except (ValueError, RuntimeError) as e:  # bad --out/--engine/--artist, or the engine could not start
             raise UserError(str(e)) from None
+        except OSError as e:  # --out names a folder, or a folder under a file
+            raise UserError(f"cannot write {args.out}: {e.strerror or e}") from None
     print(summary)
-    return 0
+    return 1 if counts["error"] else 0
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
@@ -155,6 +165,10 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 
 def cmd_dataset_make(args: argparse.Namespace) -> int:
     from generator.dataset import make_dataset
+    for flag, value, least in (("--artists", args.artists, 1), ("--per-artist", args.per_artist, 1),
+                               ("--size", args.size, 20), ("--holdout", args.holdout, 0)):
+        if value < least:  # parts cannot be drawn on a 16 px canvas; 20 px draws
+            raise UserError(f"{flag} must be at least {least} (got {value})")
     rows = make_dataset(Path(args.out), artists=args.artists, per_artist=args.per_artist, size=args.size,
                         seed=args.seed, signed=args.signed, holdout=args.holdout)
     print(f"wrote {len(rows)} icons of {args.artists} artists to {args.out} (manifest.jsonl)")
@@ -216,7 +230,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import serve
-    serve(args.host, args.port, args.store, threads=args.threads)
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be between 1 and 65535 (got {args.port})")
+    try:
+        serve(args.host, args.port, args.store, threads=args.threads, embedders=_embedders(args))
+    except OSError as e:  # the port is taken, or the host is not this machine's
+        raise UserError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
     return 0
 
 
@@ -257,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--work", type=int)
     rb = cmd(isub, "rebuild", cmd_index_rebuild, "rebuild every FAISS index from the catalogue")
     rb.add_argument("--index-factory", help="FAISS factory for float kinds, optionally ';BINARY' for hashes "
-                                            "(e.g. 'IVF1024,Flat', 'HNSW32', 'IVF256,PQ32;BIVF256')")
+                                            "(e.g. 'IVF1024,Flat', 'HNSW32', 'IVF256,Flat;BIVF256')")
     cmd(isub, "check", cmd_index_check, "check that the store agrees with itself")
 
     s = cmd(sub, "score", cmd_score, "score one image against the store")

@@ -55,13 +55,32 @@ def _queries(data: Path, chimeras: list[dict], manifest: list[dict], out: Path) 
     return paths
 
 
+MADE = ("data", "chimeras", "queries", "store", "results.jsonl", "report.html")  # what a demo writes under --out
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove a previous demo's output from `out`; refuse (ValueError) unless everything there is
+    what a demo writes, so a user's own files are never deleted."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file: choose a folder for --out")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in MADE)
+    if foreign or not (out / "results.jsonl").is_file() or not (out / "store").is_dir():
+        raise ValueError(f"{out} exists and is not a previous demo's folder"
+                         f"{' (it holds ' + ', '.join(foreign[:3]) + ')' if foreign else ''}: choose another --out")
+    for name in MADE:  # a previous demo's output: start afresh
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+
+
 def run_demo(out: Path, clip: bool = True) -> int:
     from generator.chimeras import make_chimeras
     from generator.dataset import make_dataset
-    if out.exists() and any(out.iterdir()):
-        if not (out / "results.jsonl").exists() or not (out / "store").is_dir():
-            raise ValueError(f"{out} exists and is not a previous demo's folder: choose another --out")
-        shutil.rmtree(out)  # a previous demo's output: start afresh
+    _clear_previous(out.resolve())
     data = out / "data"
     print(f"1/4 drawing 3 synthetic artists into {data}")
     manifest = make_dataset(data, artists=3, per_artist=60, size=64, seed=0, holdout=4)

@@ -13,7 +13,7 @@ from typing import Iterable
 from tqdm import tqdm
 
 from detector.embedders import Embedders
-from detector.images import ImageError, LoadedImage, iter_image_paths, load
+from detector.images import ImageError, LoadedImage, iter_image_paths, load, shown
 from index.store import Store
 
 BATCH = 32
@@ -76,7 +76,7 @@ def load_paths(paths: list[Path], report_missing: list[tuple[str, str]]) -> Iter
     """Decode every image under `paths`; unusable named paths go to `report_missing`."""
     for path, problem in iter_image_paths(paths):
         if problem:
-            report_missing.append((str(path), problem))
+            report_missing.append((shown(path), problem))
             continue
         try:
             yield load(path)

@@ -108,7 +108,7 @@ def write_html(results: list[dict[str, Any]], out: Path, summary: str, flagged_o
     `work_png` gives a registered work's stored pixels, so evidence shows even if its source moved.
     """
     flagged = [r for r in results if is_flagged(r) or not flagged_only]
-    with open(out, "w") as f:
+    with open(out, "w", encoding="utf-8") as f:
         f.write(HTML_HEAD % html.escape(summary))
         for r in flagged:
             f.write(html_row(r, work_png))

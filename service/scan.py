@@ -25,7 +25,7 @@ from typing import Any, Iterator, NamedTuple
 from tqdm import tqdm
 
 from detector.embedders import Embedders
-from detector.images import ImageError, LoadedImage, decode, iter_image_paths
+from detector.images import ImageError, LoadedImage, decode, iter_image_paths, shown
 from detector.score import Scorer, error_result
 from index.store import Store
 from service.report import CSV_FIELDS, csv_row, is_flagged, write_html
@@ -41,13 +41,33 @@ def _records_path(out: Path) -> Path:
     return out.with_suffix(".jsonl") if out.suffix.lower() == ".html" else out
 
 
+def _drop_torn_tail(path: Path, block: int = 1 << 16) -> None:
+    """Cut off what follows the file's last newline: a scan killed while writing leaves part of a
+    record there, which a resumed scan would fail to read or append its own records onto. That
+    file is scored again."""
+    with open(path, "rb+") as f:
+        end = f.seek(0, os.SEEK_END)
+        at = end
+        while at > 0:
+            start = max(0, at - block)
+            f.seek(start)
+            newline = f.read(at - start).rfind(b"\n")
+            if newline >= 0:
+                at = start + newline + 1
+                break
+            at = start
+        if at < end:
+            f.truncate(at)
+
+
 def _done(out: Path) -> tuple[set[str], set[str]]:
     """(sha256s, paths of error records) already in an output file, for resuming."""
     path = _records_path(out)
     shas, paths = set(), set()
     if not path.exists():
         return shas, paths
-    with open(path, newline="") as f:
+    _drop_torn_tail(path)
+    with open(path, newline="", encoding="utf-8") as f:
         rows = csv.DictReader(f) if path.suffix.lower() == ".csv" else (json.loads(line) for line in f if line.strip())
         for r in rows:
             if r.get("sha256"):
@@ -131,10 +151,10 @@ def _jobs(root: Path, skip: tuple[set[str], set[str]], counts: Counter) -> Itera
                 data = path.read_bytes()
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
-        if data is not None and hashlib.sha256(data).hexdigest() in skip[0] or data is None and str(path) in skip[1]:
+        if data is not None and hashlib.sha256(data).hexdigest() in skip[0] or data is None and shown(path) in skip[1]:
             counts["resumed"] += 1
             continue
-        yield Job(str(path), data, problem)
+        yield Job(shown(path), data, problem)
 
 
 def _batches(jobs: Iterator[Job], artist: str | None, size: int = BATCH) -> Iterator[tuple[list[Job], str | None]]:
@@ -170,8 +190,10 @@ def _local(store: Store, embedders: Embedders, root: Path, artist: str | None, s
 
 def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str | None = None,
          progress: bool = False, workers: int | None = None, resume: bool = False,
-         clip: dict[str, Any] | None = None, engine: str = "local", ray_address: str | None = None) -> str:
+         clip: dict[str, Any] | None = None, engine: str = "local", ray_address: str | None = None,
+         counts: Counter[str] | None = None) -> str:
     """Scan `root` recursively into `out` (format from its suffix); returns a one-line summary.
+    `counts`, when given, is filled with the files per verdict, "error" and "resumed".
 
     With workers > 1 the files are scored in that many processes (engine "local", default
     1: this process) or Ray actors (engine "ray", on a local Ray or the cluster at
@@ -186,14 +208,14 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
         raise ValueError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
     if artist is not None and not any(a["name"] == artist for a in store.artists()):
         raise ValueError(f"no artist named {artist!r} in the store")
-    counts: Counter[str] = Counter()
+    counts = Counter() if counts is None else counts
     skip = _done(out) if resume else (set(), set())
     records = _records_path(out)
     records.parent.mkdir(parents=True, exist_ok=True)
-    append = resume and records.exists()
+    append = resume and records.exists() and records.stat().st_size > 0
     total = sum(1 for _ in iter_image_paths([root]))
     flagged: list[dict] = []
-    with open(records, "a" if append else "w", newline="") as f:
+    with open(records, "a" if append else "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, CSV_FIELDS) if records.suffix.lower() == ".csv" else None
         if writer and not append:
             writer.writeheader()
@@ -224,7 +246,7 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
         summary += f" ({counts['resumed']} already done, skipped)"
     if fmt == ".html":
         if append:  # the report covers the whole scan, not only this session's part
-            with open(records) as f:
+            with open(records, encoding="utf-8") as f:
                 flagged = [r for r in (json.loads(line) for line in f if line.strip()) if is_flagged(r)]
         write_html(flagged, out, summary, work_png=store.thumbnail)
     return summary

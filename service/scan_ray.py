@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from detector.embedders import Embedders
-from detector.images import iter_image_paths
+from detector.images import iter_image_paths, shown
 from detector.score import Scorer
 from index.store import Store
 from service.scan import BATCH, Job, limit_threads, score_jobs
@@ -68,7 +68,7 @@ def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
         if problem:
-            skip.append(path in failed)
+            skip.append(shown(path) in failed)
         else:
             key = np.array([hashlib.sha256(blob).hexdigest()], dtype="S64")
             skip.append(bool(len(shas)) and shas[min(np.searchsorted(shas, key)[0], len(shas) - 1)] == key[0])
@@ -92,7 +92,8 @@ class _ScoreActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         todo = [i for i, s in enumerate(batch["skip"]) if not s]
-        jobs = [Job(str(batch["path"][i]), batch["data"][i] or None, batch["problem"][i] or None) for i in todo]
+        jobs = [Job(shown(batch["path"][i]), None if batch["problem"][i] else batch["data"][i],
+                    batch["problem"][i] or None) for i in todo]
         records = [SKIPPED] * len(batch["path"])
         for i, record in zip(todo, score_jobs(self.scorer, jobs, self.artist)):
             records[i] = json.dumps(record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 
@@ -216,6 +217,38 @@ def test_scan_in_parallel_and_resume_after_interruption(world, tmp_path):
     assert len({json.loads(x)["sha256"] for x in out.read_text().splitlines()}) == 6
 
 
+def test_scan_survives_odd_names_pipes_and_a_record_torn_by_a_kill(world, tmp_path):
+    """A file name that is not UTF-8 is scanned and written (escaped) to every format, a FIFO named
+    like an image becomes an error record instead of blocking the scan, and a resume after a kill
+    that tore the last record mid-write drops the torn part, scores that file again and leaves
+    every line whole."""
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    odd = os.fsdecode(b"caf\xe9.png")
+    (folder / odd).write_bytes(world["corpus"][0].refs[0].read_bytes())
+    (folder / "b.png").write_bytes(world["corpus"][1].heldout[0].read_bytes())
+    os.mkfifo(folder / "pipe.png")
+    for suffix in (".jsonl", ".csv", ".html"):
+        summary = scan(world["store"], world["emb"], folder, tmp_path / f"scan{suffix}")
+        assert "scanned 3 files: 1 copy" in summary and "1 error" in summary
+    rows = {r["path"]: r for r in map(json.loads, (tmp_path / "scan.jsonl").read_text().splitlines())}
+    assert "not a regular file" in rows[str(folder / "pipe.png")]["error"]
+    assert rows[str(folder / "caf\\xe9.png")]["verdict"]["label"] == "copy"
+    assert "caf\\xe9.png" in (tmp_path / "scan.csv").read_text(encoding="utf-8")
+    for suffix in (".jsonl", ".csv"):
+        out = tmp_path / f"scan{suffix}"
+        whole = out.read_text(encoding="utf-8")
+        out.write_text(whole[:-40], encoding="utf-8")  # killed while writing the last record
+        summary = scan(world["store"], world["emb"], folder, out, resume=True)
+        assert summary.startswith("scanned 1 files") and "(2 already done, skipped)" in summary
+        lines = out.read_text(encoding="utf-8").splitlines()
+        if suffix == ".jsonl":
+            assert sorted(json.loads(x)["path"] for x in lines) == sorted(rows)
+        else:
+            assert sorted(r["path"] for r in csv.DictReader(lines)) == sorted(rows)
+
+
 def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store(world, tmp_path):
     from service.scan import scan
     folder = tmp_path / "incoming"
@@ -223,6 +256,7 @@ def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store
     for i, p in enumerate(world["corpus"][0].refs[:2] + world["corpus"][1].heldout[:2]):
         (folder / f"{i}.png").write_bytes(p.read_bytes())
     (folder / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (folder / "sub" / "zero.png").write_bytes(b"")
     catalogue = world["store"].root / "catalogue.sqlite"
     before = hashlib.sha256(catalogue.read_bytes()).hexdigest()
     emb = Embedders.load(use_clip=False)  # what scan workers load, so `embedders` agree too
@@ -232,9 +266,10 @@ def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store
     records = lambda f: {json.loads(x)["path"]: json.loads(x) for x in f.read_text().splitlines()}
     assert records(out) == records(tmp_path / "local.jsonl")  # the same records, whatever the engine
     assert records(out)[str(folder / "sub" / "broken.jpg")]["error"].startswith("corrupt or truncated")
+    assert records(out)[str(folder / "sub" / "zero.png")]["error"] == "empty file"
     out.write_text("".join(out.read_text().splitlines(keepends=True)[:2]))  # interrupted after two
     summary = scan(world["store"], world["emb"], folder, out, resume=True, engine="ray", workers=1)
-    assert summary.startswith("scanned 3 files") and "(2 already done, skipped)" in summary
+    assert summary.startswith("scanned 4 files") and "(2 already done, skipped)" in summary
     assert sorted(records(out)) == sorted(records(tmp_path / "local.jsonl"))
     assert hashlib.sha256(catalogue.read_bytes()).hexdigest() == before
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -83,3 +84,34 @@ def test_bad_inputs_raise_clear_errors(data: bytes, reason: str):
 def test_missing_file(tmp_path: Path):
     with pytest.raises(ImageError, match="cannot read"):
         load(tmp_path / "nope.png")
+
+
+def test_32_bit_and_float_grey_keep_their_tones_instead_of_clipping_to_white():
+    """A 32-bit integer TIFF holding 0..255000 and a float one holding 0..1 show a dark-to-light ramp,
+    not a flat white or black picture (Pillow's own conversion clips them)."""
+    ramp = np.tile(np.linspace(0, 1, 32), (16, 1))
+    for img in (Image.fromarray((ramp * 255000).astype(np.int32), "I"), Image.fromarray(ramp.astype(np.float32), "F")):
+        grey = np.asarray(decode(encode(img, "TIFF"), "deep.tif").image)[..., 0]
+        assert grey[:, 0].max() < 20 and grey[:, -1].min() > 235 and (np.diff(grey[0].astype(int)) >= 0).all()
+
+
+def test_pipes_and_devices_are_refused_instead_of_read(tmp_path: Path):
+    """A FIFO named like an image would block a scan for ever, a link to /dev/zero never ends: both are
+    named as what they are, by the loader and by the folder walk, and a good file beside them still loads."""
+    import os
+
+    from detector.images import iter_image_paths
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "good.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    for name in ("pipe.png", "zero.png"):
+        with pytest.raises(ImageError, match="not a regular file"):
+            load(tmp_path / name)
+    found = {p.name: problem for p, problem in iter_image_paths([tmp_path])}
+    assert found["good.png"] is None and "not a regular file" in found["pipe.png"] and "not a regular file" in found["zero.png"]
+
+
+def test_file_names_that_are_not_utf8_are_shown_escaped():
+    from detector.images import shown
+    name = os.fsdecode(b"caf\xe9.png")
+    assert shown(name) == "caf\\xe9.png" and shown("ünïcødé ✓.png") == "ünïcødé ✓.png"

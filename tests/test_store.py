@@ -454,3 +454,59 @@ def test_a_snapshot_keeps_the_generation_it_searched_while_another_process_rewri
         now = [h for row in reader.search("kp", vecs[:20], 1) for h in row]
         assert now and {reader.work(h.work_id)["artist"] for h in now} == {"bob"}
         reader.close()
+
+
+def test_demo_reruns_over_its_own_output_but_never_over_a_users_files_beside_it(tmp_path, capsys):
+    """A folder holding a demo's entries *and* something else (a user's art, a note) is not a previous
+    demo's output: the demo refuses it and deletes nothing; `--out .` is refused the same way."""
+    from service.cli import main
+    out = tmp_path / "D"
+    (out / "store").mkdir(parents=True)
+    (out / "results.jsonl").write_text("")
+    (out / "my-art").mkdir()
+    (out / "my-art" / "keep.txt").write_text("mine")
+    assert main(["demo", "--out", str(out)]) == 2
+    assert "holds my-art" in capsys.readouterr().err
+    assert (out / "my-art" / "keep.txt").read_text() == "mine" and (out / "store").is_dir()
+    (tmp_path / "afile").write_text("x")
+    assert main(["demo", "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_odd_requests_get_one_line_answers_and_leave_the_store_consistent(chimera, icons, store_dir, tmp_path,
+                                                                          monkeypatch):
+    """An empty artist name, a work id beyond SQLite's integers, a non-numeric lock timeout, a port out
+    of range and a scan with failures each get their one-line answer (failures: exit 1 after the good
+    work); a blank picture (no keypoints, no detailed windows) is a valid work `index check` accepts;
+    and a damaged catalogue is reported as damaged, never listed as an empty store."""
+    from PIL import Image
+    a = icons("alice", 2, (230, 180, 40))
+    Image.new("RGB", (64, 64), "white").save(a / "blank.png")
+    code, _, err = chimera("index", "add", "--artist", " ", str(a))
+    assert code == 2 and "an artist needs a name" in err and "Traceback" not in err
+    assert chimera("index", "add", "--artist", "alice", str(a))[0] == 0
+    assert chimera("index", "check")[:2] == (0, "ok\n")
+    code, _, err = chimera("index", "remove", "--artist", "alice", "--work", str(10 ** 22))
+    assert code == 2 and "has no work" in err
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    (tmp_path / "in" / "ok.png").write_bytes(next(a.iterdir()).read_bytes())
+    code, out, _ = chimera("scan", str(tmp_path / "in"), "--out", str(tmp_path / "s.jsonl"))
+    assert code == 1 and "1 copy" in out and "1 error" in out
+    code, _, err = chimera("scan", str(tmp_path / "in"), "--out", str(tmp_path / "in"))
+    assert code == 2 and "--out must end in" in err
+    (tmp_path / "folder.jsonl").mkdir()
+    code, _, err = chimera("scan", str(tmp_path / "in"), "--out", str(tmp_path / "folder.jsonl"))
+    assert code == 2 and "cannot write" in err
+    assert chimera("serve", "--port", "99999")[0] == 2
+    for bad in (("--artists", "0"), ("--size", "16")):
+        code, _, err = chimera("dataset", "make", str(tmp_path / "ds"), *bad)
+        assert code == 2 and f"{bad[0]} must be at least" in err
+    monkeypatch.setenv("CHIMERA_LOCK_TIMEOUT", "soon")
+    code, _, err = chimera("index", "remove", "--artist", "alice")
+    assert code == 2 and "CHIMERA_LOCK_TIMEOUT must be a number" in err
+    db = store_dir / "catalogue.sqlite"
+    db.write_bytes(db.read_bytes()[:5000])
+    for args in (("index", "list"), ("index", "list", "--json")):
+        code, out, err = chimera(*args)
+        assert code == 2 and "not a readable chimera catalogue" in err and "no artists" not in out
