@@ -62,7 +62,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L"):
         img = img.point(lambda v: v / 256).convert("L")
     elif img.mode in ("I", "F"):  # 32-bit integer or float grey: scaled by its range, not clipped to white
-        lo, hi = img.getextrema()
+        hi = img.getextrema()[1]
         top = 1.0 if img.mode == "F" and hi <= 1.0 else 255 if hi <= 255 else 65535 if hi <= 65535 else hi
         img = img.convert("F").point(lambda v: v * 255.0 / top).convert("L")
     if img.mode == "P" and "transparency" in img.info:
