@@ -150,4 +150,3 @@ def resize_colour(crops: np.ndarray, size: tuple[int, int], name: str = "box") -
     else:
         out = _round(down @ _round(bands @ across.T))
     return np.moveaxis(out, 1, 3)
-

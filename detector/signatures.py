@@ -292,9 +292,9 @@ def find_marks(rgb: np.ndarray, min_likeness: float = 0.0, max_marks: int = 3) -
     found = [(c, likeness(c.features)) for c in candidates(rgb)]
     # ink beyond the body only adds marks where the ink masks offered nothing signature-like: cut at
     # the body's edge, a name partly over artwork would also be offered as its loose fragments
-    plain = [(c.box, p) for c, p in found if not c.beyond_body and p >= min_likeness]
+    plain = [c.box for c, p in found if not c.beyond_body and p >= min_likeness]
     offered = sorted(((c.box, p, c.ink) for c, p in found
-                      if not c.beyond_body or all(_overlap(c.box, b) < 0.5 for b, _ in plain)),
+                      if not c.beyond_body or all(_overlap(c.box, b) < 0.5 for b in plain)),
                      key=lambda m: (-m[1], -_area(m[0])))
     marks: list[list[Mark]] = []
     for m in offered:

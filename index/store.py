@@ -160,9 +160,7 @@ class Store:
 
     def thumbnail(self, work_id: int) -> bytes | None:
         """The work's pixels as stored (PNG, longer side at most 256): evidence needs no source file."""
-        if work_id not in SQLITE_INTEGER:
-            return None
-        row = self.conn.execute("SELECT png FROM thumbnails WHERE work_id=?", (work_id,)).fetchone()
+        row = next(self._rows_in("SELECT png FROM thumbnails WHERE work_id IN ({})", [work_id]), None)
         return row[0] if row else None
 
     def signers(self, signature_ids: Sequence[int]) -> dict[int, str]:
@@ -549,9 +547,7 @@ class Writer:
         return counts
 
     def remove_work(self, name: str, work_id: int) -> None:
-        row = self.conn.execute("SELECT w.id FROM works w JOIN artists a ON a.id=w.artist_id"
-                                " WHERE a.name=? AND w.id=?", (name, work_id)).fetchone() if work_id in SQLITE_INTEGER else None
-        if row is None:
+        if self.store.works([work_id]).get(work_id, {}).get("artist") != name:
             raise StoreError(f"artist {name!r} has no work {work_id}")
         self._delete_owned("w.id=?", (work_id,), lambda c: c.execute("DELETE FROM works WHERE id=?", (work_id,)))
 
