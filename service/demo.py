@@ -107,7 +107,7 @@ def _register_and_score(out: Path, data: Path, manifest: list[dict], chimeras: l
             r = scorer.score_path(path)
             results.append(r)
             f.write(json.dumps(r) + "\n")
-            print(describe(r))
+            print(describe(r, notes=False))  # Embedders.load said once what is unavailable
     counts = {}
     for r in results:
         counts[r["verdict"]["label"]] = counts.get(r["verdict"]["label"], 0) + 1

@@ -13,8 +13,9 @@ CSV_FIELDS = ["path", "sha256", "verdict", "artist", "confidence", "top_style_ar
               "error"]
 
 
-def describe(r: dict[str, Any]) -> str:
-    """A short terminal summary of one result."""
+def describe(r: dict[str, Any], notes: bool = True) -> str:
+    """A short terminal summary of one result; `notes`: say which embedders were unavailable (a run
+    that prints many results says so once, not under every one)."""
     if r.get("error"):
         return f"{r['path']}: error: {r['error']}"
     v = r["verdict"]
@@ -27,7 +28,7 @@ def describe(r: dict[str, Any]) -> str:
     for s in r["signatures"]:
         who = s["artist"] or "unknown signer"
         lines.append(f"  signature at {s['box']}: {who}" + ("  FORGED" if s["forged"] else ""))
-    off = [f"{k}: {v}" for k, v in r["embedders"].items() if str(v).startswith("unavailable")]
+    off = [f"{k}: {v}" for k, v in r["embedders"].items() if notes and str(v).startswith("unavailable")]
     lines += [f"  note: {o}" for o in off]
     return "\n".join(lines)
 

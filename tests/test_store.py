@@ -368,6 +368,9 @@ def test_demo_shows_every_verdict_and_flags_its_forged_signature(tmp_path, capsy
         "new-original-by-artist_00": "style_match", "artist_00-work-signed-as-artist_01": "style_match"}
     marks = rows["artist_00-work-signed-as-artist_01"]["signatures"]
     assert [(m["artist"], m["forged"]) for m in marks] == [("artist_01", True)]
+    # an unavailable embedder (CLIP without weights) is said once, when loading, not under each result
+    said = capsys.readouterr()
+    assert (said.out + said.err).count("unavailable") <= 1 and "note:" not in said.out
 
 
 def test_one_open_store_resolves_hits_to_current_owners_across_writes(icons, store_dir):
