@@ -34,9 +34,9 @@ BASE_SPECS = (
     # a scored image searches ~500 keypoints: exact search costs more than all else past ~150 works
     KindSpec("kp", {"embedder": "rootsift", "version": 1, "canvas": local.CANVAS, "features": local.N_FEATURES,
                     "opencv": cv2.__version__}, 128, factory="IVF{nlist},Flat", approximate_from=20_000),
-    KindSpec("sig", {"embedder": "signature", "version": 4, "shape": list(signatures.SHAPE),
-                    "views": list(signatures.VIEWS), "view_sides": [signatures.WORK // 2, signatures.WORK],
-                    "view_ratio": signatures.VIEW_RATIO},
+    KindSpec("sig", {"embedder": "signature", "version": 5, "shape": list(signatures.SHAPE),
+                    "views": list(signatures.VIEWS), "rotations": list(signatures.ROTATIONS),
+                    "view_sides": [signatures.WORK // 2, signatures.WORK], "view_ratio": signatures.VIEW_RATIO},
              signatures.DIM, owner="signature"),
 )
 
@@ -48,7 +48,7 @@ class Embedders:
         self.clip = clip
         self.status: dict[str, str] = {
             "imagehash": BASE_SPECS[0].descriptor["recipe"] + f" (imagehash {imagehash.__version__})",
-            "style": "style v1", "patch": "patch v1", "signature": "signature v4", "clip": clip_status}
+            "style": "style v1", "patch": "patch v1", "signature": "signature v5", "clip": clip_status}
 
     @classmethod
     def load(cls, clip_model: str | None = None, clip_weights: str | None = None,

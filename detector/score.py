@@ -26,6 +26,9 @@ SIG_MATCH = 0.60  # signature-shape cosine above which a mark may be that artist
 SIG_MARGIN = 0.06  # ...when it is also this much closer to that artist's samples than to anyone else's
 MARK_MATCHED = 0.6  # signature-likeness a mark needs when it matches a registered signature
 MARK_MIN = 0.9  # ...and when it matches nobody (still reported: garbled signatures are a diffusion artefact)
+# registered views searched per mark: every view of about 7 signers' 3 samples (signatures.sample_descriptors
+# makes 30 a sample), so the runner-up signer's margin is measured on its best view in all but huge stores
+SIG_HITS = 600
 
 
 def _sigmoid(x: float) -> float:
@@ -234,7 +237,7 @@ class Scorer:
         marks = [m for groupings in found for m in groupings]
         if not marks:
             return []
-        hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), 200)
+        hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), SIG_HITS)
         signer_of = self.store.signers([h.signature_id for hits in hits_all for h in hits])
         by_name = {a["artist"]: a for a in artists}
         style_top = artists[0]["artist"] if artists and artists[0]["style"] >= 0.5 else None
