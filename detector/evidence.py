@@ -43,12 +43,25 @@ class WorkCanvas:
 
 
 class WorkCanvases:
-    """Registered works on the working canvas, decoded from their stored thumbnails (LRU cache)."""
+    """Registered works on the working canvas, decoded from their stored thumbnails (LRU cache).
+
+    Keyed by work id, and SQLite hands a removed work's id to the next work added: `sync` empties
+    the cache whenever works were added or removed since it was filled, so a long-lived scorer (the
+    HTTP service's) never verifies a query against a removed work's pixels under a new work's id.
+    """
 
     def __init__(self, store: Store, capacity: int = 256):  # ~0.15 MB each: bounded per scoring thread
         self.store = store
         self.capacity = capacity
         self._cache: OrderedDict[int, WorkCanvas | None] = OrderedDict()
+        self._generation: int | None = None
+
+    def sync(self) -> None:
+        """Forget every canvas if the store's works changed since the cache was filled."""
+        gen = self.store.works_generation()
+        if gen != self._generation:
+            self._cache.clear()
+            self._generation = gen
 
     def get(self, work_id: int) -> WorkCanvas | None:
         if work_id in self._cache:

@@ -96,6 +96,7 @@ class Scorer:
     def score_many(self, imgs: list[LoadedImage], artist: str | None = None) -> list[dict[str, Any]]:
         """Results for a batch of images: the embedders (CLIP above all) see the whole batch at once."""
         self._check_artist(artist)
+        self.works.sync()
         qs = self.embedders.describe_queries([im.image for im in imgs])
         return [self._score(im, artist, q, hits) for im, q, hits in zip(imgs, qs, evidence.search(self.store, qs))]
 
@@ -104,8 +105,7 @@ class Scorer:
         return self.score_many([img], artist)[0]
 
     def _check_artist(self, artist: str | None) -> None:
-        if artist is not None and not self.store.conn.execute("SELECT 1 FROM artists WHERE name=?",
-                                                              (artist,)).fetchone():
+        if artist is not None and not self.store.has_artist(artist):
             raise ValueError(f"no artist named {artist!r} in the store")
 
     def _score(self, img: LoadedImage, artist: str | None, q: Vectors,
@@ -142,6 +142,9 @@ class Scorer:
         every = artists  # signatures are judged against every artist, whatever the filter
         if artist is not None:
             artists = [a for a in artists if a["artist"] == artist]
+            if not artists:  # no style vectors of theirs: removed meanwhile (an error), or no works yet
+                self._check_artist(artist)
+                artists = [{"artist": artist, "style": 0.0, "derivative": 0.0, "copy": 0.0}]
 
         matches = self._matches(aligned, info, pieces_all, q_detail, (1 / sx, 1 / sy), artist)
         verdict = self._verdict(artists)

@@ -131,6 +131,9 @@ class Store:
             " FROM artists a ORDER BY a.name").fetchall()
         return [dict(r) for r in rows]
 
+    def has_artist(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM artists WHERE name=?", (name,)).fetchone() is not None
+
     def generated_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM works WHERE kind='generated'").fetchone()[0]
 
@@ -157,6 +160,11 @@ class Store:
         """Whether these exact bytes are already a work (or a signature sample)."""
         table = "signatures" if signature else "works"
         return self.conn.execute(f"SELECT 1 FROM {table} WHERE sha256=?", (sha256,)).fetchone() is not None
+
+    def works_generation(self) -> int:
+        """A number that changes whenever a work is added or removed: the generation of the hash kind,
+        since every work has hash vectors (all 8 turns) and every write that adds or removes them bumps it."""
+        return cat.generation(self.conn, "hash")
 
     def thumbnail(self, work_id: int) -> bytes | None:
         """The work's pixels as stored (PNG, longer side at most 256): evidence needs no source file."""

@@ -3,7 +3,8 @@
 Scoring is open unless configured otherwise; every write needs a bearer token.
 No endpoint takes a server-side path: images arrive as uploads, and works are
 shown from the thumbnails kept in the store. Every error is JSON
-`{"error": code, "message": text}` with a 4xx status.
+`{"error": code, "message": text}`: a 4xx status for the request's fault, 503 when scoring
+took longer than the request time limit.
 """
 
 from __future__ import annotations
@@ -26,9 +27,51 @@ from index.store import Store, StoreError, default_store_path
 from service.ingest import add_images
 from service.openapi import spec
 
-NAME = re.compile(r"^[^\x00-\x1f/\\]{1,100}$")
+NAME_RULE = "1-100 characters, not blank, no '/', '\\' or control characters"
+_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f/\\]{1,100}")  # C0, DEL and C1 controls; no path separators
 DEFAULTS = {"MAX_CONTENT_LENGTH": 32 * 1024 * 1024, "CHIMERA_MAX_PIXELS": 16 * 1024 * 1024,
-            "CHIMERA_MAX_BATCH": 16, "CHIMERA_REQUEST_TIMEOUT": 30.0, "CHIMERA_SCORE_AUTH": False}
+            "CHIMERA_MAX_BATCH": 16, "CHIMERA_REQUEST_TIMEOUT": 30.0, "CHIMERA_SCORE_WORKERS": 4,
+            "CHIMERA_SCORE_AUTH": False}
+SETTINGS = (("CHIMERA_MAX_PIXELS", int), ("CHIMERA_MAX_BATCH", int), ("CHIMERA_REQUEST_TIMEOUT", float),
+            ("CHIMERA_SCORE_WORKERS", int))  # numeric settings read from the environment
+
+
+def valid_name(name: object) -> bool:
+    """An artist name the API accepts (NAME_RULE). Whole-string match: a regex `$` would also accept a
+    name ending in a newline. A lone surrogate (JSON allows "\\ud800") is valid JSON but no UTF-8 text,
+    so SQLite cannot store it."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or not name.strip():
+        return False
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def upload_name(filename: str | None) -> str:
+    """The name an upload is reported and stored under: its last path part, control characters shown as
+    \\xNN, "upload" when nothing is left (a client may send "/", "." or nothing)."""
+    name = Path(filename or "").name
+    name = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
+    return name or "upload"
+
+
+def settings(environ: dict[str, str]) -> dict[str, Any]:
+    """The server's settings from the environment, each checked: a bad value is a clear error at start."""
+    out: dict[str, Any] = {}
+    for key, cast in SETTINGS:
+        if key in environ:
+            try:
+                out[key] = cast(environ[key])
+            except ValueError:
+                raise ValueError(f"{key} must be a{'n integer' if cast is int else ' number'} "
+                                 f"(got {environ[key]!r})") from None
+            if out[key] <= 0:
+                raise ValueError(f"{key} must be positive (got {environ[key]!r})")
+    out["CHIMERA_SCORE_AUTH"] = environ.get("CHIMERA_SCORE_AUTH", "").strip().lower() in ("1", "true", "yes")
+    out["CHIMERA_API_TOKENS"] = [t.strip() for t in environ.get("CHIMERA_API_TOKENS", "").split(",") if t.strip()]
+    return out
 
 
 class ApiError(Exception):
@@ -58,24 +101,18 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
                embedders: Embedders | None = None) -> Flask:
     app = Flask(__name__, static_folder=None)
     app.config.update(DEFAULTS)
-    for key, cast in (("CHIMERA_MAX_PIXELS", int), ("CHIMERA_MAX_BATCH", int),
-                      ("CHIMERA_REQUEST_TIMEOUT", float)):
-        if key in os.environ:
-            app.config[key] = cast(os.environ[key])
-    app.config["CHIMERA_SCORE_AUTH"] = os.environ.get("CHIMERA_SCORE_AUTH", "") in ("1", "true", "yes")
-    tokens = [t.strip() for t in os.environ.get("CHIMERA_API_TOKENS", "").split(",") if t.strip()]
-    app.config["CHIMERA_API_TOKENS"] = tokens
+    app.config.update(settings(dict(os.environ)))
     app.config.update(config or {})
     path = Path(store) if store is not None else default_store_path()
     Store.open(path, create=True).close()
-    svc = Service(path, embedders or Embedders.load())
+    svc = Service(path, embedders or Embedders.load(), workers=app.config["CHIMERA_SCORE_WORKERS"])
     app.extensions["chimera"] = svc
     static = Path(__file__).with_name("static")
 
     # ------------------------------------------------------------------ helpers
     def authorised() -> bool:
-        header = request.headers.get("Authorization", "")
-        given = header[7:].strip().encode() if header.startswith("Bearer ") else b""
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        given = value.strip().encode() if scheme.lower() == "bearer" else b""  # schemes are case-insensitive
         ok = False
         for token in app.config["CHIMERA_API_TOKENS"]:  # compare with all: no early exit, constant time each
             ok |= hmac.compare_digest(given, token.encode())
@@ -91,21 +128,28 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         files = request.files.getlist(field)
         if not files:
             raise ApiError(400, "missing_image", f"send the image(s) as multipart form field '{field}'")
-        return [(Path(f.filename or "upload").name, f.read()) for f in files]
+        return [(upload_name(f.filename), f.read()) for f in files]
 
     def decoded(name: str, data: bytes):
         return decode(data, name, max_pixels=app.config["CHIMERA_MAX_PIXELS"])
 
-    def in_time(fn: Callable[[], Any]) -> Any:
-        """Run fn on the scoring pool; give up (503) past the request time limit."""
-        future = svc.pool.submit(fn)
+    def in_time(fn: Callable[[threading.Event], Any]) -> Any:
+        """Run fn(stop) on the scoring pool; give up (503) past the request time limit.
+
+        A thread cannot be killed: on time-out the job is cancelled if it has not started, and `stop`
+        is set so a batch scores no further image, which frees its worker for the requests after it
+        (an image already being scored still finishes)."""
+        stop = threading.Event()
+        future = svc.pool.submit(fn, stop)
         try:
             return future.result(timeout=app.config["CHIMERA_REQUEST_TIMEOUT"])
         except FutureTimeout:
+            stop.set()
+            future.cancel()
             raise ApiError(503, "timeout", f"scoring took longer than {app.config['CHIMERA_REQUEST_TIMEOUT']}s")
 
     def artist_exists(name: str) -> bool:
-        return any(a["name"] == name for a in svc.scorer().store.artists())
+        return svc.scorer().store.has_artist(name)
 
     def store_for_writes() -> Store:
         return Store.open(svc.store_path, create=True)
@@ -127,8 +171,9 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         return jsonify(error="internal", message=f"internal error ({type(e).__name__})"), 500
 
     @app.errorhandler(StoreError)
-    def store_error(e: StoreError):
-        return jsonify(error="store_busy" if "busy" in str(e) else "conflict", message=str(e)), 409
+    def store_error(e: StoreError):  # the message, without the server's path
+        message = str(e).replace(str(svc.store_path), "the store")
+        return jsonify(error="store_busy" if "busy" in message else "conflict", message=message), 409
 
     # ------------------------------------------------------------------- routes
     @app.get("/")
@@ -158,18 +203,18 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         require_token()
         body = request.get_json(silent=True)
         name = body.get("name") if isinstance(body, dict) else None
-        if not isinstance(name, str) or not NAME.match(name):
-            raise ApiError(400, "invalid_name", "send JSON {\"name\": \"...\"}: 1-100 characters, no '/' or control")
-        if artist_exists(name):
-            raise ApiError(409, "exists", f"artist {name!r} already exists")
+        if not valid_name(name):
+            raise ApiError(400, "invalid_name", f"send JSON {{\"name\": \"...\"}}: {NAME_RULE}")
         with store_for_writes() as store, store.writer() as w:
+            if store.has_artist(name):  # checked under the write lock: of two requests, one creates
+                raise ApiError(409, "exists", f"artist {name!r} already exists")
             w.ensure_artist(name)
         return jsonify(name=name, works=0, signatures=0), 201
 
     def add(name: str, signature: bool):
         require_token()
-        if not NAME.match(name):
-            raise ApiError(400, "invalid_name", "artist names are 1-100 characters, no '/' or control")
+        if not valid_name(name):
+            raise ApiError(400, "invalid_name", f"artist names are {NAME_RULE}")
         images, failed = [], []
         for fname, data in uploads("images"):
             try:
@@ -195,9 +240,9 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     @app.delete("/v1/artists/<name>")
     def delete_artist(name: str):
         require_token()
-        if not artist_exists(name):
-            raise ApiError(404, "not_found", f"no artist named {name!r}")
         with store_for_writes() as store, store.writer() as w:
+            if not store.has_artist(name):  # under the write lock: of two requests, one removes
+                raise ApiError(404, "not_found", f"no artist named {name!r}")
             removed = w.remove_artist(name)
         return jsonify(removed=removed)
 
@@ -229,6 +274,8 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
             raise ApiError(404, "unknown_artist", str(e)) from None
 
     def check_score_request() -> str | None:
+        if app.config["CHIMERA_SCORE_AUTH"] and not app.config["CHIMERA_API_TOKENS"]:
+            raise ApiError(403, "scoring_disabled", "CHIMERA_SCORE_AUTH is set but no API tokens are configured")
         if app.config["CHIMERA_SCORE_AUTH"] and not authorised():
             raise ApiError(401, "unauthorized", "scoring needs 'Authorization: Bearer <token>' on this server")
         artist = request.form.get("artist") or None
@@ -242,7 +289,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         (fname, data), *rest = uploads("image")
         if rest:
             raise ApiError(400, "too_many_images", "send one 'image'; use /v1/score/batch for several")
-        result = in_time(lambda: score_one(fname, data, artist))
+        result = in_time(lambda stop: score_one(fname, data, artist))
         if result["error"]:
             raise ApiError(400, "invalid_image", f"{fname}: {result['error']}")
         return jsonify(result)
@@ -253,7 +300,14 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         files = uploads("images")
         if len(files) > app.config["CHIMERA_MAX_BATCH"]:
             raise ApiError(400, "batch_too_large", f"at most {app.config['CHIMERA_MAX_BATCH']} images per batch")
-        return jsonify(in_time(lambda: [score_one(f, d, artist) for f, d in files]))
+        def each(stop: threading.Event) -> list[dict]:
+            out = []
+            for f, d in files:
+                if stop.is_set():  # the request timed out: free the worker
+                    break
+                out.append(score_one(f, d, artist))
+            return out
+        return jsonify(in_time(each))
 
     return app
 

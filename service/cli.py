@@ -236,6 +236,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve(args.host, args.port, args.store, threads=args.threads, embedders=_embedders(args))
     except OSError as e:  # the port is taken, or the host is not this machine's
         raise UserError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
+    except ValueError as e:  # a CHIMERA_* setting that is not a positive number (service.app.settings)
+        raise UserError(str(e)) from None
     return 0
 
 

@@ -59,7 +59,8 @@ def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable
                 bar.update(1)
                 continue
             if item.sha256 in seen or store.holds(item.sha256, signature):
-                report.skipped.append((item.source, "exact duplicate (same sha256) already in the store"))
+                where = "of another file added with it" if item.sha256 in seen else "already in the store"
+                report.skipped.append((item.source, f"exact duplicate (same sha256) {where}"))
                 bar.update(1)
                 continue
             seen.add(item.sha256)

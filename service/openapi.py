@@ -78,8 +78,13 @@ def _upload(field: str, many: bool, artist: bool = False) -> dict:
         "type": "object", "required": [field], "properties": props}}}}
 
 
-NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+# artist names (service.app.valid_name): 1-100 characters, not blank, no path separators or control characters
+_ALLOWED = "[^\\x00-\\x1f\\x7f-\\x9f/\\\\]"  # any character but controls and path separators
+NAME = {"type": "string", "minLength": 1, "maxLength": 100,
+        "pattern": f"^{_ALLOWED}*[^\\s\\x00-\\x1f\\x7f-\\x9f/\\\\]{_ALLOWED}*$"}
+NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": NAME}
 AUTH = [{"bearer": []}]
+SCORE_AUTH = [{}, {"bearer": []}]  # open, unless the server sets CHIMERA_SCORE_AUTH
 
 
 def spec() -> dict[str, Any]:
@@ -96,19 +101,20 @@ def spec() -> dict[str, Any]:
             "/v1/openapi.json": {"get": {"summary": "this document",
                                          "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/v1/score": {"post": {
-                "summary": "score one image", "requestBody": _upload("image", False, artist=True),
-                "responses": {"200": _json("Result", "the result object"), **_errors(400, 401, 404, 413, 503)}}},
+                "summary": "score one image", "security": SCORE_AUTH,
+                "requestBody": _upload("image", False, artist=True),
+                "responses": {"200": _json("Result", "the result object"), **_errors(400, 401, 403, 404, 413, 503)}}},
             "/v1/score/batch": {"post": {
                 "summary": "score several images; unreadable ones come back with `error` set",
-                "requestBody": _upload("images", True, artist=True),
+                "security": SCORE_AUTH, "requestBody": _upload("images", True, artist=True),
                 "responses": {"200": {"description": "one result per image, in order", "content": {
                     "application/json": {"schema": {"type": "array", "items": _ref("Result")}}}},
-                    **_errors(400, 401, 404, 413, 503)}}},
+                    **_errors(400, 401, 403, 404, 413, 503)}}},
             "/v1/artists": {
                 "get": {"summary": "registered artists", "responses": {"200": _json("ArtistList", "artists")}},
                 "post": {"summary": "create an artist", "security": AUTH,
                          "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                             "type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}}}},
+                             "type": "object", "required": ["name"], "properties": {"name": NAME}}}}},
                          "responses": {"201": _json("Artist", "created"), **_errors(400, 401, 403, 409)}}},
             "/v1/artists/{name}": {"delete": {
                 "summary": "remove an artist with its works and signatures", "security": AUTH,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detector import augment, evaluate
+from detector import augment, evaluate, evidence
 from detector.embedders import Embedders
 from detector.images import load
 from detector.score import Scorer
@@ -307,6 +307,52 @@ def test_tiny_and_empty_stores_score_without_errors(tmp_path, icons):
     r = Scorer(small, emb).score(img)
     assert r["verdict"]["label"] == "copy" and r["verdict"]["artist"] == "solo"
     assert {a["artist"] for a in r["artists"]} == {"solo", "many"}
+
+
+def test_a_long_lived_scorer_never_mistakes_a_new_work_for_a_removed_one_under_its_id(tmp_path, icons):
+    """SQLite hands a removed work's id to the next work added. The HTTP service keeps one Scorer per
+    thread for its lifetime: its cached work canvases must follow the store, or a copy of the removed
+    work is called a copy of the new one (another artist's work) at similarity 1.0."""
+    emb = Embedders(None, "off")
+    alice = [load(p) for p in sorted(icons("alice", 5, (230, 180, 40)).iterdir())]
+    bob = [load(p) for p in sorted(icons("bob", 5, (60, 120, 220)).iterdir())]
+    with Store.open(tmp_path / "store", create=True) as store:
+        add_images(store, emb, "alice", alice[:4])
+        last = add_images(store, emb, "bob", bob).added[-1]
+        scorer = Scorer(store, emb)
+        assert scorer.score(bob[-1])["verdict"]["label"] == "copy"
+        with store.writer() as w:
+            w.remove_work("bob", last)
+        assert add_images(store, emb, "alice", alice[4:]).added == [last]  # the id changed hands
+        old = scorer.score(bob[-1])  # with stale canvases: a copy of alice's new work, similarity 1.0
+        assert old["verdict"]["label"] == "style_match" and old["verdict"]["artist"] == "bob"
+        assert all(m["similarity"] < 0.5 for m in old["matches"] if m["work"] == last)
+        new = scorer.score(alice[4])
+        assert new["verdict"]["label"] == "copy" and new["verdict"]["artist"] == "alice"
+        assert new["matches"][0]["work"] == last
+
+
+def test_scoring_for_an_artist_with_no_works_or_one_just_removed(tmp_path, icons):
+    """The artist filter always answers for the artist asked about: a registered artist with signature
+    samples only, in a store without works yet, gets zero scores (not an empty list); one removed
+    between the request's check and its scoring is an error (the API's 404), not an empty answer."""
+    emb = Embedders(None, "off")
+    works = [load(p) for p in sorted(icons("alice", 5, (230, 180, 40)).iterdir())]
+    with Store.open(tmp_path / "store", create=True) as store:
+        add_images(store, emb, "carol", [works[0]], signature=True)
+        scorer = Scorer(store, emb)
+        r = scorer.score(works[1], "carol")
+        assert r["artists"] == [{"artist": "carol", "style": 0.0, "derivative": 0.0, "copy": 0.0}]
+        assert r["verdict"]["label"] == "unrelated"
+        add_images(store, emb, "alice", works[1:4])
+        add_images(store, emb, "dave", works[4:])
+        assert [a["artist"] for a in scorer.score(works[4], "dave")["artists"]] == ["dave"]
+        q = scorer.embedders.describe_queries([works[4].image])[0]
+        hits = evidence.search(store, [q])[0]
+        with store.writer() as w:
+            w.remove_artist("dave")
+        with pytest.raises(ValueError, match="no artist named 'dave'"):
+            scorer._score(works[4], "dave", q, hits)
 
 
 def test_images_in_nobodys_hand_are_unrelated(world):

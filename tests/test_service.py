@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import random
 import re
+from urllib.parse import quote
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -197,3 +198,86 @@ def test_a_fresh_server_scores_against_an_empty_store(client):
     r = client.post("/v1/score", data={"image": (png(Image.new("RGB", (32, 32), "red")), "x.png")})
     assert r.status_code == 200 and r.json["verdict"]["label"] == "unrelated"
     valid(r.json, "Result")
+
+
+@pytest.mark.parametrize("name", ["   ", "nl\n", "a\x7fb", "c1\x85", "x\ud800y", "a/b", "a\\b", "", "n" * 101])
+def test_artist_names_that_are_blank_controlled_or_not_text_are_refused_as_such(client, name):
+    """One rule for every endpoint that takes a name, matched against the whole name (a regex `$`
+    let a name ending in a newline through), answered 400 invalid_name: not 409 (blank), not 500
+    (a lone surrogate is valid JSON but no UTF-8 text, so SQLite refused it)."""
+    r = client.post("/v1/artists", headers=AUTH, json={"name": name})
+    assert (r.status_code, r.json["error"]) == (400, "invalid_name")
+    if name and "\ud800" not in name and "/" not in name:
+        r = client.post(f"/v1/artists/{quote(name, safe='')}/works", headers=AUTH,
+                        data={"images": [(png(Image.new("RGB", (32, 32), "red")), "x.png")]})
+        assert (r.status_code, r.json["error"]) == (400, "invalid_name")
+    assert client.get("/v1/artists").json["artists"] == []
+
+
+def test_concurrent_creates_and_deletes_of_one_artist_get_one_success_each(app, store_dir):
+    """The existence checks run under the store's write lock: of four requests creating the same artist
+    one gets 201 and three 409; of four removing it, one 200 and three 404 (not a 409 naming the
+    server's store path)."""
+    import threading
+    clients = [app.test_client() for _ in range(4)]
+    for method, expected in (("create", {201: 1, 409: 3}), ("delete", {200: 1, 404: 3})):
+        barrier, codes, bodies = threading.Barrier(4), [], []
+
+        def call(c, method=method, barrier=barrier, codes=codes, bodies=bodies):
+            barrier.wait()
+            r = (c.post("/v1/artists", headers=AUTH, json={"name": "dup"}) if method == "create"
+                 else c.delete("/v1/artists/dup", headers=AUTH))
+            codes.append(r.status_code)
+            bodies.append(r.json)
+        threads = [threading.Thread(target=call, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert {c: codes.count(c) for c in set(codes)} == expected, bodies
+        assert not any(str(store_dir) in str(b) for b in bodies)
+
+
+def test_a_timed_out_batch_stops_and_frees_its_worker(store_dir, alice):
+    """A thread cannot be killed, so a batch that ran past the time limit checks between images and
+    stops: with one scoring worker, a request after a timed-out batch of 12 images is answered in
+    about the time of an image or two, not after the whole abandoned batch."""
+    import time
+    app = create_app(store_dir, {"CHIMERA_API_TOKENS": [TOKEN], "CHIMERA_SCORE_WORKERS": 1},
+                     embedders=Embedders(None, "off"))
+    c = app.test_client()
+    batch = {"images": [(open(alice[i % 6], "rb"), f"{i}.png") for i in range(12)]}
+    start = time.perf_counter()
+    assert c.post("/v1/score/batch", data=batch).status_code == 200
+    whole = time.perf_counter() - start
+    app.config["CHIMERA_REQUEST_TIMEOUT"] = whole / 12
+    batch = {"images": [(open(alice[i % 6], "rb"), f"{i}.png") for i in range(12)]}
+    assert c.post("/v1/score/batch", data=batch).status_code == 503
+    app.config["CHIMERA_REQUEST_TIMEOUT"] = 30.0
+    start = time.perf_counter()
+    assert c.post("/v1/score", data={"image": (open(alice[0], "rb"), "a.png")}).status_code == 200
+    assert time.perf_counter() - start < whole / 2
+
+
+def test_settings_from_the_environment_are_checked_and_upload_names_kept_readable():
+    from service.app import settings, upload_name
+    with pytest.raises(ValueError, match="CHIMERA_MAX_BATCH must be an integer"):
+        settings({"CHIMERA_MAX_BATCH": "abc"})
+    with pytest.raises(ValueError, match="CHIMERA_REQUEST_TIMEOUT must be positive"):
+        settings({"CHIMERA_REQUEST_TIMEOUT": "0"})
+    assert settings({"CHIMERA_SCORE_AUTH": "TRUE", "CHIMERA_API_TOKENS": "a, b,"}) == {
+        "CHIMERA_SCORE_AUTH": True, "CHIMERA_API_TOKENS": ["a", "b"]}
+    assert [upload_name(n) for n in ("/", ".", None, "dir/a.png", "nul\x00.png")] == [
+        "upload", "upload", "upload", "a.png", "nul\\x00.png"]
+
+
+def test_scoring_auth_takes_any_case_of_bearer_and_says_when_no_token_can_pass(store_dir, alice):
+    closed = create_app(store_dir, {"CHIMERA_API_TOKENS": [TOKEN], "CHIMERA_SCORE_AUTH": True},
+                        embedders=Embedders(None, "off")).test_client()
+    r = closed.post("/v1/score", headers={"Authorization": f"bearer {TOKEN}"},
+                    data={"image": (open(alice[0], "rb"), "a.png")})
+    assert r.status_code == 200
+    locked = create_app(store_dir, {"CHIMERA_API_TOKENS": [], "CHIMERA_SCORE_AUTH": True},
+                        embedders=Embedders(None, "off")).test_client()
+    r = locked.post("/v1/score", data={"image": (open(alice[0], "rb"), "a.png")})
+    assert (r.status_code, r.json["error"]) == (403, "scoring_disabled")
