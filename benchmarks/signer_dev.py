@@ -24,7 +24,7 @@ from detector import augment, signatures
 from detector.evaluate import iou
 from detector.images import to_rgb
 from detector.score import SIG_MARGIN, SIG_MATCH
-from detector.train_marks import TRAIN_FONTS, _icons
+from detector.train_marks import TRAIN_FONTS, training_icons
 from generator.hands import Hand
 from generator.parts import render_signature
 
@@ -49,7 +49,7 @@ def found_marks(signers, per_signer: int, seed: int) -> list[tuple[str, tuple, n
     """(signer, mark box, mark ink, picture size) of every pasted signature the detector finds."""
     rng = random.Random(seed)
     marks = []
-    for t, icon in enumerate(_icons(rng, per_signer * len(signers))):
+    for t, icon in enumerate(training_icons(rng, per_signer * len(signers))):
         name, draw = signers[t % len(signers)]
         img, box = augment.paste_signature(icon, draw(5000 + t), rng, corner=rng.choice(["br", "br", "bl", "tr"]))
         best = None

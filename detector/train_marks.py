@@ -29,7 +29,8 @@ TRAIN_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Oblique.ttf",
                "/usr/share/fonts/truetype/dejavu/DejaVuSerif-Italic.ttf")
 
 
-def _icons(rng: random.Random, n: int) -> list[Image.Image]:
+def training_icons(rng: random.Random, n: int) -> list[Image.Image]:
+    """`n` procedural icons in hands no benchmark uses (seeds from 50,000), four a hand, 64-128 px."""
     from generator.hands import VARIANTS, Hand
     from generator.parts import LAYERS, composite, render_part
     out = []
@@ -54,7 +55,7 @@ def dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Candidate features and labels from n pictures, half of them signed."""
     rng = random.Random(seed)
     xs, ys = [], []
-    for i, icon in enumerate(_icons(rng, n)):
+    for i, icon in enumerate(training_icons(rng, n)):
         box = None
         if i % 2 == 0:
             corner = rng.choice(["br", "br", "bl", "tr", "tl"])
