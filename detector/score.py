@@ -56,6 +56,7 @@ class Scorer:
     """Holds the store and embedders; caches calibration and work canvases between calls."""
 
     def __init__(self, store: Store, embedders: Embedders):
+        store.check_embedders(embedders.specs())  # a query is only compared with vectors made as it is
         self.store = store
         self.embedders = embedders
         self.works = evidence.WorkCanvases(store)
@@ -65,16 +66,17 @@ class Scorer:
     def _style_model(self) -> tuple[StyleCalibration, list[str], list[str]]:
         specs = self.store.specs()
         kinds = [k for k in ("style", "clip") if k in specs and (k != "clip" or self.embedders.clip)]
-        key = tuple(cat.generation(self.store.conn, k) for k in kinds)
-        if self._calibration is None or self._calibration[0] != key:
-            blocks, names = [], []
-            for kind in kinds:
-                _, owner, names = self.store.owners(kind)
-                _, vecs = self.store.vectors(kind)
-                keep = owner >= 0  # generated outputs carry no artist: not style references
-                blocks.append((normalise(vecs[keep]), owner[keep]))
-            self._calibration = (key, StyleCalibration(blocks, len(names), background=self._background(kinds)),
-                                 names, kinds)
+        with self.store.snapshot():  # owners and vectors of one catalogue state, though a writer commits between
+            key = tuple(cat.generation(self.store.conn, k) for k in kinds)
+            if self._calibration is None or self._calibration[0] != key:
+                blocks, names = [], []
+                for kind in kinds:
+                    _, owner, names = self.store.owners(kind)
+                    _, vecs = self.store.vectors(kind)
+                    keep = owner >= 0  # generated outputs carry no artist: not style references
+                    blocks.append((normalise(vecs[keep]), owner[keep]))
+                self._calibration = (key, StyleCalibration(blocks, len(names), background=self._background(kinds)),
+                                     names, kinds)
         return self._calibration[1], self._calibration[2], self._calibration[3]
 
     def _background(self, kinds: list[str]) -> list[np.ndarray]:

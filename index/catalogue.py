@@ -62,13 +62,14 @@ def canonical(descriptor: dict[str, Any]) -> str:
     return json.dumps(descriptor, sort_keys=True, separators=(",", ":"))
 
 
-def connect(path: Path, read_only: bool = False) -> sqlite3.Connection:
+def connect(path: Path, read_only: bool = False, immutable: bool = False) -> sqlite3.Connection:
     """Open the catalogue in WAL mode with foreign keys on; create tables if new.
 
     `read_only` opens it so that SQLite itself refuses every write: scans and scan
-    workers on other machines can never change the store they read.
+    workers on other machines can never change the store they read. `immutable` (read-only
+    too) tells SQLite that nothing can change the file, for a folder nobody here can write.
     """
-    target = f"file:{path.resolve()}?mode=ro" if read_only else str(path)
+    target = f"file:{path.resolve()}?mode=ro" + ("&immutable=1" if immutable else "") if read_only else str(path)
     conn = sqlite3.connect(target, timeout=30.0, isolation_level=None, check_same_thread=False, uri=read_only)
     conn.row_factory = sqlite3.Row
     if read_only:

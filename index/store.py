@@ -15,6 +15,7 @@ open ignores and rebuilds from the catalogue.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import sys
@@ -87,6 +88,7 @@ class Store:
         self.root = root
         self.conn = conn
         self.read_only = read_only
+        self.frozen = False  # read-only because its folder is not writable (`open`)
         self._cache: dict[str, tuple[int, faiss.Index]] = {}
         self._resolved: dict[str, tuple[int, dict[int, tuple]]] = {}  # kind -> (generation, `resolve`'s answers)
         self.notes: list[str] = []
@@ -102,12 +104,17 @@ class Store:
             if not create or read_only:
                 raise StoreError(f"no store at {root} (add works with `chimera index add` first)")
             (root / "indexes").mkdir(parents=True, exist_ok=True)
+        # a folder this user cannot write (a shared read-only mount): SQLite cannot make the WAL's shared
+        # memory file even to read, so the catalogue is opened as immutable, and only for reading
+        frozen = not os.access(root, os.W_OK)
         try:
-            conn = cat.connect(db, read_only)
+            conn = cat.connect(db, read_only or frozen, immutable=frozen)
             cat.init_schema(conn)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
-        return cls(root, conn, read_only)
+        store = cls(root, conn, read_only or frozen)
+        store.frozen = frozen
+        return store
 
     def close(self) -> None:
         self.conn.close()
@@ -123,6 +130,21 @@ class Store:
         rows = self.conn.execute("SELECT kind, descriptor, dim, binary, owner FROM embedders").fetchall()
         return {r["kind"]: KindSpec(r["kind"], json.loads(r["descriptor"]), r["dim"],
                                     bool(r["binary"]), r["owner"]) for r in rows}
+
+    def check_embedders(self, specs: Sequence[KindSpec]) -> None:
+        """Refuse (StoreError) embedders whose vectors of a kind the store holds would be made differently:
+        another model, weights, preprocessing or library version. Vectors are never mixed, whether
+        added to the store or searched in it; kinds the store lacks, or that a run cannot make
+        (CLIP without weights), are not a mismatch."""
+        known = self.specs()
+        for spec in specs:
+            have = known.get(spec.kind)
+            if have and (cat.canonical(have.descriptor) != cat.canonical(spec.descriptor) or have.dim != spec.dim):
+                raise StoreError(
+                    f"embedder mismatch for '{spec.kind}': the store holds vectors from "
+                    f"{cat.canonical(have.descriptor)}, this run makes {cat.canonical(spec.descriptor)}; "
+                    "vectors from different models, weights, preprocessing or versions are never mixed "
+                    "(use the versions the store was made with, or register the works in a new --store)")
 
     def artists(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(
@@ -336,13 +358,17 @@ class Store:
         (env CHIMERA_LOCK_TIMEOUT, default 60), then fails with a clear message.
         """
         if self.read_only:
-            raise StoreError(f"the store at {self.root} was opened read-only")
+            raise StoreError(f"the store at {self.root} " + ("is in a folder this user cannot write" if self.frozen
+                                                              else "was opened read-only"))
         if timeout is None:
+            given = os.environ.get("CHIMERA_LOCK_TIMEOUT", "60")
             try:
-                timeout = float(os.environ.get("CHIMERA_LOCK_TIMEOUT", "60"))
+                timeout = float(given)
             except ValueError:
-                raise StoreError(f"CHIMERA_LOCK_TIMEOUT must be a number of seconds "
-                                 f"(got {os.environ['CHIMERA_LOCK_TIMEOUT']!r})") from None
+                timeout = math.nan
+            if not 0 <= timeout < math.inf:  # NaN, negative (filelock: wait for ever) and infinite refused
+                raise StoreError(f"CHIMERA_LOCK_TIMEOUT must be a number of seconds, 0 or more "
+                                 f"(got {given!r})") from None
         lock = filelock.FileLock(str(self.root / "write.lock"))
         pidfile = self.root / "writer.pid"
         try:
@@ -359,8 +385,18 @@ class Store:
         try:
             pidfile.write_text(str(os.getpid()))
             writer = Writer(self)
-            yield writer
-            writer.save()
+            try:
+                yield writer
+            except sqlite3.OperationalError as e:  # a full disk, a folder made read-only meanwhile
+                raise StoreError(f"could not write the catalogue ({e}); what was added or removed before "
+                                 "this step is kept, this step is not") from None
+            try:
+                writer.save()
+            except (OSError, RuntimeError) as e:  # FAISS reports failed writes as RuntimeError
+                # FAISS's message is "Error in <function> at <file>:<line>: Error: '<test>' failed: <why>"
+                reason = str(e).strip().rpartition("failed: ")[2][-200:] or type(e).__name__
+                raise StoreError(f"the catalogue holds the changes, but saving its search indexes failed "
+                                 f"({reason}); they are rebuilt from the catalogue when next needed") from None
         finally:
             pidfile.unlink(missing_ok=True)
             lock.release()
@@ -391,14 +427,7 @@ class Writer:
         Everything is checked before anything is written, so a refused run leaves no trace.
         """
         known = self.store.specs()
-        for spec in specs:
-            have = known.get(spec.kind)
-            if have and (cat.canonical(have.descriptor) != cat.canonical(spec.descriptor) or have.dim != spec.dim):
-                raise StoreError(
-                    f"embedder mismatch for '{spec.kind}': the store holds vectors from "
-                    f"{cat.canonical(have.descriptor)}, this run makes {cat.canonical(spec.descriptor)}; "
-                    "vectors from different models, weights or preprocessing are never mixed "
-                    "(use the same model, or a new --store)")
+        self.store.check_embedders(specs)
         kinds = {sp.kind for sp in specs}
         missing = [k for k, s in known.items() if s.owner in {sp.owner for sp in specs} and k not in kinds]
         if missing:

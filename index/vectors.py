@@ -132,13 +132,17 @@ def search(index: faiss.Index, binary: bool, queries: np.ndarray, k: int) -> tup
 def write_atomic(index: faiss.Index, binary: bool, path: Path) -> None:
     """Write to a temp name, fsync, rename, fsync the directory: readers see old or new, never half."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    (faiss.write_index_binary if binary else faiss.write_index)(index, str(tmp))
-    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        (faiss.write_index_binary if binary else faiss.write_index)(index, str(tmp))
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill's KeyboardInterrupt: leave no half-written file holding space
+        tmp.unlink(missing_ok=True)
+        raise
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)

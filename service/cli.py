@@ -354,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, StoreError) as e:
         print(f"chimera: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a folder that is a file, a full disk, no permission: the system's one line
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"chimera: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("chimera: interrupted", file=sys.stderr)
         return 130

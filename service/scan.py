@@ -206,8 +206,9 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
         raise ValueError(f"--out must end in one of {', '.join(FORMATS)} (got {out.name})")
     if engine not in ENGINES:
         raise ValueError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
-    if artist is not None and not any(a["name"] == artist for a in store.artists()):
+    if artist is not None and not store.has_artist(artist):
         raise ValueError(f"no artist named {artist!r} in the store")
+    store.check_embedders(embedders.specs())  # here, before any worker starts, rather than in each of them
     counts = Counter() if counts is None else counts
     skip = _done(out) if resume else (set(), set())
     records = _records_path(out)

@@ -513,3 +513,91 @@ def test_odd_requests_get_one_line_answers_and_leave_the_store_consistent(chimer
     for args in (("index", "list"), ("index", "list", "--json")):
         code, out, err = chimera(*args)
         assert code == 2 and "not a readable chimera catalogue" in err and "no artists" not in out
+
+
+def test_scoring_survives_a_writer_committing_between_its_reads(icons, store_dir):
+    """Readers never wait, so a writer may commit between any two of a scorer's reads: the style model
+    reads the owners and the vectors of the same catalogue state (a read transaction), or a work added
+    in between made the two disagree in length and scoring crashed (IndexError)."""
+    from detector.embedders import Embedders
+    from detector.images import load
+    from detector.score import Scorer
+    from service.ingest import add_images
+    emb = Embedders(None, "off")
+    works = [load(p) for p in sorted(icons("alice", 5, (230, 180, 40)).iterdir())]
+    with Store.open(store_dir, create=True) as s:
+        add_images(s, emb, "alice", works[:4])
+    reader, writer = Store.open(store_dir, read_only=True), Store.open(store_dir)
+    owners = reader.owners
+
+    def owners_then_another_process_commits(kind: str):
+        found = owners(kind)
+        if not writer.has_artist("bob"):
+            add_images(writer, emb, "bob", works[4:])  # another connection, as another process
+        return found
+    reader.owners = owners_then_another_process_commits  # the writer's timing, not its behaviour
+    assert Scorer(reader, emb).score(works[0])["verdict"]["label"] == "copy"
+    reader.close(), writer.close()
+
+
+def test_a_store_in_a_folder_nobody_here_can_write_is_read_not_called_damaged(chimera, icons, store_dir, monkeypatch):
+    """SQLite needs to make the WAL's shared memory file even to read: in a folder this user cannot write
+    (a read-only mount), the catalogue opens as immutable, scores and lists, and a write is refused for
+    that reason (root ignores file modes, so the folder's permission is what os.access answers here)."""
+    a = icons("alice", 3, (230, 180, 40))
+    assert chimera("index", "add", "--artist", "alice", str(a))[0] == 0
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *k, **kw: False if Path(p) == store_dir and mode == os.W_OK
+                        else real(p, mode, *k, **kw))
+    code, out, _ = chimera("index", "list", "--json")
+    assert code == 0 and json.loads(out)["artists"][0]["works"] == 3
+    code, out, _ = chimera("score", str(next(a.iterdir())), "--json")
+    assert code == 0 and json.loads(out)["verdict"]["label"] == "copy"
+    code, _, err = chimera("index", "remove", "--artist", "alice")
+    assert code == 2 and "cannot write" in err
+
+
+def test_failed_index_saves_and_bad_lock_timeouts_are_one_line_and_leave_no_temp_files(chimera, icons, store_dir,
+                                                                                         monkeypatch):
+    """A full disk or an unwritable indexes/ folder while saving: the catalogue keeps the committed works
+    and the CLI says so in one line (exit 2, not a traceback and exit 1), no half-written temp file is
+    left holding space, and the next write saves every index. CHIMERA_LOCK_TIMEOUT must be a number of
+    seconds, 0 or more (negative waited for ever, NaN was a traceback)."""
+    import faiss
+    a = icons("alice", 4, (230, 180, 40))
+    assert chimera("index", "add", "--artist", "alice", str(a / "alice_000.png"))[0] == 0
+    real = faiss.write_index
+
+    def disk_full(index, path):
+        Path(path).write_bytes(b"partial")
+        raise RuntimeError("Error in faiss::FileIOWriter: could not write: No space left on device")
+    monkeypatch.setattr(faiss, "write_index", disk_full)
+    code, _, err = chimera("index", "add", "--artist", "alice", str(a))
+    assert code == 2 and "saving its search indexes failed" in err and "No space left" in err
+    assert "Traceback" not in err and not list((store_dir / "indexes").glob(".*.tmp"))
+    monkeypatch.setattr(faiss, "write_index", real)
+    code, out, _ = chimera("index", "list", "--json")
+    assert json.loads(out)["artists"][0]["works"] == 4  # committed before the save failed
+    assert chimera("index", "add", "--artist", "alice", str(a))[0] == 0 and chimera("index", "check")[:2] == (0, "ok\n")
+    for bad in ("-1", "nan", "inf"):
+        monkeypatch.setenv("CHIMERA_LOCK_TIMEOUT", bad)
+        code, _, err = chimera("index", "remove", "--artist", "alice")
+        assert code == 2 and "CHIMERA_LOCK_TIMEOUT must be a number of seconds, 0 or more" in err
+
+
+def test_scoring_refuses_a_store_whose_vectors_this_install_would_make_differently(icons, store_dir):
+    """Vectors are never mixed: not when added, and not when searched. A store made with another version
+    of an embedder (here its recorded descriptor says style v0) is refused for scoring with the reason,
+    rather than scored with evidence that cannot be compared."""
+    from detector.embedders import Embedders
+    from detector.images import load
+    from detector.score import Scorer
+    from service.ingest import add_images
+    emb = Embedders(None, "off")
+    with Store.open(store_dir, create=True) as s:
+        add_images(s, emb, "alice", [load(p) for p in sorted(icons("alice", 3, (230, 180, 40)).iterdir())])
+        Scorer(s, emb)  # the same install: fine
+        desc = json.loads(s.conn.execute("SELECT descriptor FROM embedders WHERE kind='style'").fetchone()[0])
+        s.conn.execute("UPDATE embedders SET descriptor=? WHERE kind='style'", (json.dumps(desc | {"version": 0}),))
+        with pytest.raises(StoreError, match="embedder mismatch for 'style'.*never mixed"):
+            Scorer(s, emb)
