@@ -255,14 +255,17 @@ def analyze_images(files: list[Path], ref: Reference, root: Path) -> tuple[list[
 
 
 def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: int = 64,
-            receptive: dict[str, list] | None = None) -> dict[str, Any]:
-    """Write `out/metrics.json` and `out/report.html` for `n` samples of `run` (drawn into out/samples if not given).
+            receptive: dict[str, list] | None = None, steps: int | None = None) -> dict[str, Any]:
+    """Write `out/metrics.json` and `out/report.html` for `n` samples of `run` (drawn into out/samples with
+    `steps` DDIM steps, default the run's, if not given).
 
     The samples are judged against the training icons and part library of the run's artist in
     `data`, which must be the dataset the run was trained on (same digest). `receptive` is the
     run's `measure_receptive_field`, measured where its checkpoint is; without it, it is measured
     here from `run/latest.pt`.
     """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
     run, data, out = Path(run), Path(data), Path(out)
     info = read_run(run)
     artist, files = training_set(data, info["artist"])
@@ -271,7 +274,7 @@ def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: in
     out.mkdir(parents=True, exist_ok=True)
     if samples is None:
         samples = out / "samples"
-        sample(run, n, samples)
+        sample(run, n, samples, steps=steps)
     sample_paths = sample_files(Path(samples), n)
     for path in sample_paths:
         provenance = read_provenance(path)

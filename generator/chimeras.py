@@ -83,11 +83,13 @@ def part_swap(rng: np.random.Generator, works: list[dict], source: Source) -> Ma
 def scrambled(rng: np.random.Generator, works: list[dict], source: Source) -> Made:
     """Swap the positions of 1-2 pairs of parts (e.g. eyes <-> mouth), centre to centre."""
     owner = assign_parts(rng, works)
-    centre = {layer: np.array(owner[layer]["boxes"][layer]).reshape(2, 2).mean(0) for layer in LAYERS}
+    # a part drawn too small to leave a pixel (some accessories on 20-24 px icons) has no box: it stays
+    centre = {layer: np.array(box).reshape(2, 2).mean(0) for layer in LAYERS
+              if (box := owner[layer]["boxes"].get(layer)) is not None}
     moves: dict[str, tuple[int, int]] = {}
     for i in rng.permutation(len(SWAPS))[: int(rng.integers(1, 3))]:
         a, b = SWAPS[i]
-        if a in moves or b in moves:
+        if a in moves or b in moves or a not in centre or b not in centre:
             continue
         dx, dy = (int(d) for d in np.round(centre[b] - centre[a]))
         moves[a], moves[b] = (dx, dy), (-dx, -dy)
@@ -120,6 +122,7 @@ def collage(rng: np.random.Generator, works: list[dict], source: Source) -> Made
     return tile(pick(rng, works, count), source, {f"piece_{i}": b for i, b in enumerate(boxes)})
 
 
+MIN_WORKS = 4  # reference icons an artist needs: a collage takes up to 4
 MAKERS: dict[str, Callable[[np.random.Generator, list[dict], Source], Made]] = {
     "part_swap": part_swap, "scrambled": scrambled, "half_swap": half_swap, "collage": collage,
 }
@@ -136,7 +139,17 @@ def make_chimeras(data: Path, out: Path, n: int, seed: int = 0) -> list[dict]:
     for work in load_manifest(data):
         if work.get("split", "reference") == "reference":
             by_artist[work["artist"]].append(work)
+    if n < 1:
+        raise ValueError(f"--n must be at least 1 (got {n})")
+    if seed < 0:
+        raise ValueError(f"--seed must be 0 or more (got {seed})")
+    few = sorted(a for a, works in by_artist.items() if len(works) < MIN_WORKS)
+    if not by_artist or few:
+        raise ValueError(f"chimeras need at least {MIN_WORKS} reference icons per artist "
+                         f"({', '.join(few) + ' has fewer' if few else 'the dataset has none'}): collages "
+                         "take up to 4 icons (make a larger dataset with `chimera dataset make`)")
     artists, source, rng = sorted(by_artist), Source(data), np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(n):
         kind, artist = KINDS[i % len(KINDS)], artists[rng.integers(len(artists))]

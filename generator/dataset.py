@@ -115,6 +115,9 @@ def make_dataset(
     Returns the manifest records (also written to `out/manifest.jsonl`).
     """
     out = Path(out)
+    for split, count in zip(SPLITS, (per_artist, holdout)):  # before anything is drawn or written
+        if count > (most := prod(len(pool(layer, split)) for layer in LAYERS)):
+            raise ValueError(f"only {most} distinct {split} icons exist, asked for {count}")
     records: list[dict] = []
     total = artists * (per_artist + holdout)
     with tqdm(total=total, desc="icons", disable=total <= PROGRESS_ABOVE) as bar:
@@ -149,4 +152,8 @@ def make_dataset(
 
 
 def load_manifest(data: Path) -> list[dict]:
-    return [json.loads(line) for line in (Path(data) / "manifest.jsonl").read_text().splitlines() if line]
+    path = Path(data) / "manifest.jsonl"
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line]
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a dataset manifest ({e})") from None

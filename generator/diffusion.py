@@ -7,6 +7,7 @@ that produced it.
 
 from __future__ import annotations
 
+import pickle
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -110,7 +111,11 @@ def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=device, weights_only=True)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # truncated, or not a checkpoint at all
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{path} is not a readable checkpoint ({reason})") from None
 
 
 def sampler(checkpoint: dict[str, Any], device: torch.device) -> tuple[Config, GaussianDiffusion]:

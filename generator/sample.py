@@ -29,7 +29,10 @@ def read_run(run: Path) -> dict[str, Any]:
     path = Path(run) / RUN_FILE
     if not path.is_file():
         raise ValueError(f"{run} is not a training run (no {RUN_FILE})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a run description ({e})") from None
 
 
 def batch_seed(seed: int, start: int) -> int:
@@ -79,8 +82,8 @@ def sample(
     `out/samples.jsonl`: path (relative to `out`), run, checkpoint, checkpoint_sha256, step,
     dataset, seed, index, batch, steps.
     """
-    if n < 1 or batch < 1:
-        raise ValueError(f"n and batch must be >= 1, got n={n}, batch={batch}")
+    if n < 1 or batch < 1 or seed < 0:
+        raise ValueError(f"n and batch must be >= 1 and seed >= 0, got n={n}, batch={batch}, seed={seed}")
     run, out = Path(run), Path(out)
     info = read_run(run)
     ckpt_path = Path(checkpoint) if checkpoint is not None else run / LATEST
@@ -90,6 +93,8 @@ def sample(
         raise ValueError(f"checkpoint {ckpt_path} belongs to run {ckpt['run']}, not {info['run']}")
     config, model = sampler(ckpt, dev)
     steps = config.sampling_timesteps if steps is None else steps
+    if not 1 <= steps <= config.timesteps:  # checked before `out` is made: a refused run leaves no folder
+        raise ValueError(f"sampling steps must be in 1..{config.timesteps}, got {steps}")
     common = {
         "run": info["run"], "checkpoint": f"ckpt-{ckpt['step']}.pt", "checkpoint_sha256": file_sha256(ckpt_path),
         "step": ckpt["step"], "dataset": info["dataset"]["digest"], "seed": seed, "batch": batch, "steps": steps,

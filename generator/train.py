@@ -64,6 +64,8 @@ def dataset_digest(files: list[Path]) -> str:
     """sha256 over the training files' bytes in sorted path order: what the run saw, not where."""
     h = hashlib.sha256()
     for path in sorted(files):
+        if not path.is_file():
+            raise ValueError(f"the dataset's manifest lists {path}, which is missing")
         h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -257,6 +259,8 @@ def train(
     config = config if steps is None else replace(config, steps=steps)
     if config.steps < 1:
         raise ValueError(f"steps must be >= 1, got {config.steps}")
+    if seed < 0:  # checked before `out` is made: a refused run leaves no folder
+        raise ValueError(f"seed must be >= 0, got {seed}")
     data, out = Path(data), Path(out)
     artist, files = training_set(data, artist)
     digest, dev = dataset_digest(files), pick_device(device)

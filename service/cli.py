@@ -15,6 +15,8 @@ from typing import Any, Callable
 
 from index.store import Store, StoreError
 
+MAX_ICON = 1024  # largest --size of `dataset make`: every part is drawn at full size in memory
+
 
 class UserError(Exception):
     """Shown as one line; no traceback."""
@@ -166,11 +168,19 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
 def cmd_dataset_make(args: argparse.Namespace) -> int:
     from generator.dataset import make_dataset
     for flag, value, least in (("--artists", args.artists, 1), ("--per-artist", args.per_artist, 1),
-                               ("--size", args.size, 20), ("--holdout", args.holdout, 0)):
-        if value < least:  # parts cannot be drawn on a 16 px canvas; 20 px draws
+                               ("--size", args.size, 20), ("--holdout", args.holdout, 0), ("--seed", args.seed, 0)):
+        if value < least:  # parts cannot be drawn on a 16 px canvas; 20 px draws (small accessories may vanish)
             raise UserError(f"{flag} must be at least {least} (got {value})")
-    rows = make_dataset(Path(args.out), artists=args.artists, per_artist=args.per_artist, size=args.size,
-                        seed=args.seed, signed=args.signed, holdout=args.holdout)
+    if args.size > MAX_ICON:
+        raise UserError(f"--size must be at most {MAX_ICON} (got {args.size}): icons, not posters")
+    out = Path(args.out)
+    if out.is_dir() and any(out.iterdir()):  # a dataset made over another leaves the other's icons behind
+        raise UserError(f"{out} is not empty: make a dataset in a new or empty folder")
+    try:
+        rows = make_dataset(out, artists=args.artists, per_artist=args.per_artist, size=args.size,
+                            seed=args.seed, signed=args.signed, holdout=args.holdout)
+    except ValueError as e:  # more icons than the parts can make
+        raise UserError(str(e)) from None
     print(f"wrote {len(rows)} icons of {args.artists} artists to {args.out} (manifest.jsonl)")
     return 0
 
@@ -179,7 +189,10 @@ def cmd_dataset_chimeras(args: argparse.Namespace) -> int:
     from generator.chimeras import make_chimeras
     if not (Path(args.data) / "manifest.jsonl").exists():
         raise UserError(f"{args.data} is not a dataset (no manifest.jsonl; make one with `chimera dataset make`)")
-    rows = make_chimeras(Path(args.data), Path(args.out), n=args.n, seed=args.seed)
+    try:
+        rows = make_chimeras(Path(args.data), Path(args.out), n=args.n, seed=args.seed)
+    except ValueError as e:  # too few icons, a bad --n or --seed, a damaged manifest
+        raise UserError(str(e)) from None
     print(f"wrote {len(rows)} chimeras with ground truth to {args.out} (chimeras.jsonl)")
     return 0
 
@@ -220,10 +233,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from generator.analyze import analyze
     try:
-        metrics = analyze(Path(args.run), Path(args.data), Path(args.out))
+        metrics = analyze(Path(args.run), Path(args.data), Path(args.out),
+                          samples=Path(args.samples) if args.samples else None, n=args.n, steps=args.steps)
     except ValueError as e:
         raise UserError(str(e)) from None
-    print(json.dumps(metrics, indent=2)[:2000])
+    print(json.dumps(metrics, indent=2))
     print(f"report: {Path(args.out) / 'report.html'}")
     return 0
 
@@ -336,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("run")
     an.add_argument("--data", required=True)
     an.add_argument("--out", required=True)
+    an.add_argument("--samples", help="judge the samples in this folder (`chimera sample --out`) instead of drawing")
+    an.add_argument("--n", type=int, default=64, help="samples judged (drawn into OUT/samples without --samples)")
+    an.add_argument("--steps", type=int, help="DDIM steps of the samples drawn (default: the run's)")
 
     sv = cmd(sub, "serve", cmd_serve, "serve the HTTP API and web page (waitress)")
     sv.add_argument("--host", default="127.0.0.1")

@@ -62,3 +62,16 @@ def chimera(store_dir: Path, capsys):
 
 def rgb_array(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture
+def refused(capsys):
+    """refused(*args, says=TEXT): the CLI answers `chimera ARGS` with one line on stderr holding TEXT, exit 2,
+    no traceback (the README's contract for user errors)."""
+    def check(*args: str, says: str) -> None:
+        capsys.readouterr()
+        assert main(list(args)) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return check
+

@@ -279,3 +279,27 @@ def test_part_chimeras_recombine_named_parts_of_several_icons(data: Path, chimer
             x0, y0, x1, y1 = works[s["work"]]["boxes"][s["part"]]
             dx, dy = s["offset"]
             assert r["boxes"][s["part"]][:2] == [max(x0 + dx, 0), max(y0 + dy, 0)]
+
+
+def test_dataset_commands_refuse_what_they_cannot_make_in_one_line(tmp_path: Path, refused) -> None:
+    """`dataset make` and `dataset chimeras` answer bad arguments with one line and exit 2 (not a
+    traceback), never make a dataset over another one's files, and make chimeras of the smallest
+    icons they accept (at 20-24 px some accessories leave no pixel, and a part without a box stays put)."""
+    from service.cli import main
+    small = tmp_path / "small"
+    assert main(["dataset", "make", str(small), "--artists", "2", "--per-artist", "12", "--size", "20"]) == 0
+    assert main(["dataset", "chimeras", str(small), str(tmp_path / "c20"), "--n", "16"]) == 0
+    assert len((tmp_path / "c20" / "chimeras.jsonl").read_text().splitlines()) == 16
+    refused("dataset", "make", str(small), "--artists", "1", "--per-artist", "3", says="is not empty")
+    refused("dataset", "make", str(tmp_path / "x"), "--seed", "-1", says="--seed must be at least 0")
+    refused("dataset", "make", str(tmp_path / "x"), "--size", "100000", says="--size must be at most")
+    refused("dataset", "make", str(tmp_path / "x"), "--artists", "1", "--per-artist", "10000000",
+            says="distinct reference icons exist")
+    (tmp_path / "afile").write_text("mine")
+    refused("dataset", "make", str(tmp_path / "afile"), "--artists", "1", "--per-artist", "2", says="Not a directory")
+    refused("dataset", "chimeras", str(small), str(tmp_path / "c0"), "--n", "0", says="--n must be at least 1")
+    refused("dataset", "chimeras", str(small), str(tmp_path / "c1"), "--seed", "-2", says="--seed must be 0 or more")
+    tiny = tmp_path / "tiny"
+    assert main(["dataset", "make", str(tiny), "--artists", "1", "--per-artist", "2", "--size", "32"]) == 0
+    refused("dataset", "chimeras", str(tiny), str(tmp_path / "c2"), "--n", "4", says="at least 4 reference icons")
+    assert not any((tmp_path / c).exists() for c in ("c0", "c1", "c2"))

@@ -4,6 +4,7 @@ and the analysis metrics say the right thing about planted copies, part swaps an
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +215,46 @@ def test_analyze_writes_metrics_and_report(run: Path, data: Path, tmp_path: Path
         other = tmp_path / "other"
         make_dataset(other, 1, 10, size=32, seed=5)
         analyze(run, other, tmp_path / "r2", n=1)
+
+
+def test_research_commands_answer_bad_input_in_one_line_and_leave_nothing_behind(run: Path, data: Path,
+                                                                                 tmp_path: Path, refused) -> None:
+    """Every research command's user errors are one line on stderr, exit 2 (README), and a refused
+    command makes no output folder: a corrupt checkpoint, an output path that is a file, bad steps or
+    seeds, a manifest naming a missing icon, a damaged manifest or run description."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "run.json").write_text((run / "run.json").read_text())
+    (broken / "latest.pt").write_bytes((run / "latest.pt").read_bytes()[:100_000])
+    refused("sample", str(broken), "--n", "2", "--out", str(tmp_path / "s1"), says="not a readable checkpoint")
+    refused("analyze", str(broken), "--data", str(data), "--out", str(tmp_path / "a1"), "--n", "1",
+            says="not a readable checkpoint")
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    refused("sample", str(run), "--n", "2", "--out", str(afile), "--steps", "2", says="File exists")
+    refused("sample", str(run), "--n", "2", "--out", str(tmp_path / "s2"), "--steps", "0", says="sampling steps")
+    refused("train", str(data), "--preset", "small", "--out", str(tmp_path / "r1"), "--seed", "-3", says="seed")
+    assert not (tmp_path / "s2").exists() and not (tmp_path / "r1").exists()
+    missing = tmp_path / "missing"
+    shutil.copytree(data, missing)
+    next((missing / "artist_00" / "icons").glob("*.png")).unlink()
+    refused("train", str(missing), "--preset", "small", "--out", str(tmp_path / "r2"), "--steps", "1",
+            says="which is missing")
+    (missing / "manifest.jsonl").write_text("{not json\n")
+    refused("dataset", "chimeras", str(missing), str(tmp_path / "c1"), says="not a dataset manifest")
+    (broken / "run.json").write_text("{")
+    refused("sample", str(broken), "--n", "1", "--out", str(tmp_path / "s3"), says="not a run description")
+
+
+def test_analyze_judges_given_samples_and_prints_whole_json(run: Path, data: Path, tmp_path: Path, capsys) -> None:
+    """`chimera sample --out S` then `chimera analyze --samples S` judges those samples (the README's
+    flow), with the sampling steps of the run's samples; its stdout is the whole metrics JSON."""
+    from service.cli import main
+    assert main(["sample", str(run), "--n", "3", "--out", str(tmp_path / "s"), "--steps", "3"]) == 0
+    capsys.readouterr()
+    assert main(["analyze", str(run), "--data", str(data), "--out", str(tmp_path / "a"),
+                 "--samples", str(tmp_path / "s"), "--n", "3"]) == 0
+    out = capsys.readouterr().out
+    metrics = json.loads(out[:out.rindex("report:")])
+    assert metrics["samples"] == 3 and metrics["samples_dir"] == str(tmp_path / "s")
+    assert not (tmp_path / "a" / "samples").exists()
