@@ -101,17 +101,25 @@ WORTH = {"kp": KP_MATCH, "patch": PATCH_PROPOSE}  # similarity under which `prop
 
 
 def search(store: Store, queries: list[dict]) -> list[dict[str, list[list[Hit]]]]:
-    """The nearest stored vectors of every proposal kind (SEARCHES), for a batch of queries' vectors:
-    one search per index for the whole batch (a batch of rows costs FAISS and SQLite far less than
-    as many calls), split back per query and kind."""
+    """The nearest stored vectors of every proposal kind (SEARCHES), for a batch of queries' vectors,
+    split back per query and kind.
+
+    An image's result must not depend on the images scored with it (a scan's batch, a Ray block, one
+    file from the command line). Float similarities come from BLAS, whose last bits depend on how many
+    rows are searched together, and a last bit can move a hit across a threshold: each query's float
+    rows are searched on their own. Hamming distances are exact integers, so one search of the binary
+    index serves the whole batch (a batch of rows costs FAISS and SQLite far less than as many calls)."""
     out: list[dict[str, list[list[Hit]]]] = [{kind: [] for kind in SEARCHES} for _ in queries]
+    specs = store.specs()
     for index, k in NEIGHBOURS.items():
         kinds = [kind for kind, i in SEARCHES.items() if i == index]
         rows = [(n, kind, v) for n, q in enumerate(queries) for kind in kinds for _, v in q.get(kind) or []]
-        if rows:
-            for (n, kind, _), hits in zip(rows, store.search(index, np.stack([v for _, _, v in rows]), k,
-                                                             WORTH.get(index))):
-                out[n][kind].append(hits)
+        exact = index not in specs or specs[index].binary
+        for group in [rows] if exact else [[r for r in rows if r[0] == n] for n in range(len(queries))]:
+            if group:
+                for (n, kind, _), hits in zip(group, store.search(index, np.stack([v for _, _, v in group]), k,
+                                                                  WORTH.get(index))):
+                    out[n][kind].append(hits)
     return out
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +52,25 @@ def shown(path: Path | str) -> str:
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def unshown(text: str) -> Path:
+    """The file a `shown` path names: its \\xNN back to the raw bytes of the name. (A name holding
+    the text "\\xNN" itself is ambiguous; whoever opens a shown path tries it as written first.)"""
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes([int(m[1], 16)]), text.encode("utf-8"))
+    return Path(os.fsdecode(raw))
+
+
 def _not_regular(path: Path) -> str | None:
     """Why `path` (links followed) cannot be read as an image file: a pipe would block a scan for
     ever and a device (/dev/zero) never ends; None for a regular file."""
     return None if path.is_file() else "not a regular file (a pipe, device, socket or broken link)"
+
+
+def file_sha256(path: Path | str) -> str | None:
+    """The sha256 of a regular file's bytes (what error records carry), None when it cannot be read."""
+    try:
+        return None if _not_regular(Path(path)) else hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

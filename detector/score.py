@@ -14,7 +14,7 @@ import numpy as np
 from detector import background, evidence, hashes, local, signatures, style
 from detector.calibrate import StyleCalibration
 from detector.embedders import Embedders, Vectors
-from detector.images import ImageError, LoadedImage, load
+from detector.images import ImageError, LoadedImage, file_sha256, load
 from index import catalogue as cat
 from index.store import Hit, Store
 from index.vectors import normalise
@@ -44,6 +44,14 @@ def copy_probability(a: local.Alignment) -> float:
 
 def derivative_probability(coverage: float, pieces: int) -> float:
     return _sigmoid((coverage - DERIVATIVE_AT) / 0.04) if pieces >= 2 else 0.0
+
+
+def _to_image(xs: np.ndarray, ys: np.ndarray, canvas: tuple[int, ...], size: tuple[int, int]) -> list[int]:
+    """The image-pixel box [x0, y0, x1, y1] (exclusive end) of canvas pixels (xs, ys), by integer
+    arithmetic: a float scale rounded up could put the end one pixel past the image (30 * 87/87 ...)."""
+    (h, w), (width, height) = canvas[:2], size
+    return [int(xs.min()) * width // w, int(ys.min()) * height // h,
+            -(-(int(xs.max()) + 1) * width // w), -(-(int(ys.max()) + 1) * height // h)]
 
 
 def error_result(path: str, message: str, sha256: str | None = None) -> dict[str, Any]:
@@ -92,8 +100,8 @@ class Scorer:
         """Like `score`, but a file that cannot be read becomes a result with `error` set."""
         try:
             return self.score(load(path), artist)
-        except ImageError as e:
-            return error_result(str(path), str(e))
+        except ImageError as e:  # the same record a scan writes: the reason alone, the bytes' hash if read
+            return error_result(e.source, e.reason, file_sha256(path))
 
     def score_many(self, imgs: list[LoadedImage], artist: str | None = None) -> list[dict[str, Any]]:
         """Results for a batch of images: the embedders (CLIP above all) see the whole batch at once."""
@@ -148,7 +156,7 @@ class Scorer:
                 self._check_artist(artist)
                 artists = [{"artist": artist, "style": 0.0, "derivative": 0.0, "copy": 0.0}]
 
-        matches = self._matches(aligned, info, pieces_all, q_detail, (1 / sx, 1 / sy), artist)
+        matches = self._matches(aligned, info, pieces_all, q_detail, (img.width, img.height), artist)
         verdict = self._verdict(artists)
         return {"version": RESULT_VERSION, "path": img.source, "sha256": img.sha256, "width": img.width,
                 "height": img.height, "artists": artists, "matches": matches,
@@ -169,7 +177,7 @@ class Scorer:
         return (derivative_probability(coverage, len(pieces)), hands) if len(hands) >= 2 else (0.0, set())
 
     def _matches(self, aligned: dict[int, local.Alignment], info: dict, pieces: list, q_detail: np.ndarray,
-                 to_px: tuple[float, float], artist: str | None) -> list[dict[str, Any]]:
+                 image_size: tuple[int, int], artist: str | None) -> list[dict[str, Any]]:
         """Registered works in evidence: copies, the pieces a collage is made of, and works that
         reproduce a piece just as exactly (icons sharing a part are equally likely sources), alone or
         together: a sibling that reproduces two quadrants of a collage hides the two works each
@@ -203,9 +211,7 @@ class Scorer:
             if copy < 0.2 and share == 0.0:
                 continue
             ys, xs = np.nonzero(a.explained if copy >= 0.5 or piece is None else piece)
-            px, py = to_px
-            box = ([int(xs.min() * px), int(ys.min() * py), int(math.ceil((xs.max() + 1) * px)),
-                    int(math.ceil((ys.max() + 1) * py))] if len(xs) else [0, 0, 0, 0])
+            box = _to_image(xs, ys, q_detail.shape, image_size) if len(xs) else [0, 0, 0, 0]
             entry = {"artist": info[wid]["artist"], "work": wid, "source": info[wid]["source"],
                      "similarity": round(max(copy, share), 4), "box": box}
             if info[wid]["kind"] == "generated":

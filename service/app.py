@@ -9,6 +9,7 @@ took longer than the request time limit.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import re
@@ -266,8 +267,8 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     def score_one(fname: str, data: bytes, artist: str | None) -> dict:
         try:
             img = decoded(fname, data)
-        except ImageError as e:
-            return error_result(fname, e.reason)
+        except ImageError as e:  # the record a scan writes for the same bytes
+            return error_result(fname, e.reason, hashlib.sha256(data).hexdigest())
         try:
             return svc.scorer().score(img, artist)
         except ValueError as e:  # the artist was removed while the request waited

@@ -47,11 +47,16 @@ def csv_row(r: dict[str, Any]) -> dict[str, Any]:
 def thumbnail(source: str | bytes | None, size: int = 96, boxes: list[list[int]] | None = None) -> str:
     """An inline data-URI thumbnail (so the report opens from disk) of a file or PNG bytes, with boxes."""
     from PIL import ImageDraw
-    from detector.images import ImageError, decode, load
+    from detector.images import ImageError, decode, load, unshown
     try:
         img = (decode(source, "thumbnail") if isinstance(source, bytes) else load(source)).image
     except (ImageError, TypeError):
-        return ""
+        if not isinstance(source, str) or "\\x" not in source:
+            return ""
+        try:  # a record's path shows a name's non-UTF-8 bytes as \xNN: open the file it names
+            img = load(unshown(source)).image
+        except ImageError:
+            return ""
     scale = size / max(img.size)
     img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))))
     draw = ImageDraw.Draw(img)

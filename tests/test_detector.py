@@ -539,3 +539,59 @@ def test_a_signers_slanted_marks_are_still_theirs(tmp_path):
                 marks = score({"root": tmp_path, "scorer": scorer}, img)["signatures"]
                 right += any(evaluate.iou(m["box"], box) >= 0.3 and m["artist"] == name for m in marks)
     assert right >= 44
+
+
+def test_an_images_result_does_not_depend_on_the_images_scored_with_it(world):
+    """A scan scores batches of 8, Ray blocks of its own, the command line and the API one image at a
+    time: the same image must get the same result object in each (float similarities from BLAS vary in
+    their last bits with the number of rows searched together, and a last bit can cross a threshold)."""
+    rng = random.Random(7)
+    corpus = world["corpus"]
+    refs = [load(p).image for a in corpus for p in a.refs[:12]]
+    held = [load(p).image for a in corpus for p in a.heldout[:4]]
+    queries = [rng.choice(list(augment.copy_edits(im, rng).values())) for im in refs[::3]] + held + [
+        augment.half_swap(a, b)[0] for a, b in zip(refs[::5], refs[1::5])]
+    paths = []
+    for i, img in enumerate(queries):
+        paths.append(world["root"] / f"batch_{i}.png")
+        img.save(paths[-1])
+    imgs = [load(p) for p in paths]
+    scorer = world["scorer"]
+    batched = [r for i in range(0, len(imgs), 8) for r in scorer.score_many(imgs[i:i + 8])]
+    assert [scorer.score(im) for im in imgs] == batched
+
+
+def test_match_boxes_lie_inside_the_image(world):
+    """A box is [x0, y0, x1, y1] in the query's pixels with an exclusive end: never past its edge (a
+    float canvas-to-image scale rounded up put x1 one pixel past the width of odd-sized crops)."""
+    icons = [load(p).image for p in world["corpus"][0].refs[:6]]
+    seen = 0
+    for icon in icons:
+        for w, h in ((30, 44), (35, 42), (50, 20), (29, 61), (43, 37)):
+            r = score(world, icon.crop((3, 2, 3 + w, 2 + h)), f"crop_{w}x{h}.png")
+            for m in r["matches"]:
+                x0, y0, x1, y1 = m["box"]
+                assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, (w, h, m["box"])
+                seen += 1
+    assert seen >= 30
+
+
+def test_a_bad_file_gets_one_error_record_everywhere_and_odd_names_keep_their_thumbnails(world, tmp_path):
+    """The record of an unreadable file is the same from a scan and from Scorer.score_path (the demo's):
+    the reason alone and the sha256 of its bytes. A flagged file whose name is not UTF-8 (shown with
+    \\xNN in records) still gets its thumbnail in the HTML report."""
+    from service.scan import scan
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "notimage.png").write_bytes(b"this is no picture")
+    odd = os.fsdecode(b"copy-\xff.png")
+    load(world["corpus"][0].refs[0]).image.save(folder / odd)
+    scan(world["store"], world["emb"], folder, tmp_path / "scan.jsonl")
+    scan(world["store"], world["emb"], folder, tmp_path / "scan.html")
+    records = {Path(r["path"]).name: r for r in map(json.loads, (tmp_path / "scan.jsonl").read_text().splitlines())}
+    alone = world["scorer"].score_path(folder / "notimage.png")
+    assert alone == records["notimage.png"] and alone["sha256"] == hashlib.sha256(b"this is no picture").hexdigest()
+    assert records["copy-\\xff.png"]["verdict"]["label"] == "copy"
+    row = next(line for line in (tmp_path / "scan.html").read_text().splitlines() if "copy-\\xff.png" in line)
+    assert "<img src='data:image/png;base64," in row
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import re
@@ -128,6 +129,7 @@ def test_batch_scores_in_order_with_per_file_errors(client, alice):
         valid(item, "Result")
     assert [x["path"] for x in r.json] == ["a.png", "b.png", "c.png"]
     assert r.json[1]["error"] and r.json[0]["verdict"]["label"] == "copy"
+    assert r.json[1]["sha256"] == hashlib.sha256(b"garbage").hexdigest()  # as a scan's record of those bytes
 
 
 def test_bad_uploads_get_clear_4xx(client, alice, app):
