@@ -26,6 +26,7 @@ SIG_MATCH = 0.60  # signature-shape cosine above which a mark may be that artist
 SIG_MARGIN = 0.06  # ...when it is also this much closer to that artist's samples than to anyone else's
 MARK_MATCHED = 0.6  # signature-likeness a mark needs when it matches a registered signature
 MARK_MIN = 0.9  # ...and when it matches nobody (still reported: garbled signatures are a diffusion artefact)
+SPARE = ("sig",)  # kinds whose mismatched vectors are left out of scoring rather than refusing the store
 # registered views searched per mark: every view of about 7 signers' 3 samples (signatures.sample_descriptors
 # makes 30 a sample), so the runner-up signer's margin is measured on its best view in all but huge stores
 SIG_HITS = 600
@@ -64,12 +65,22 @@ class Scorer:
     """Holds the store and embedders; caches calibration and work canvases between calls."""
 
     def __init__(self, store: Store, embedders: Embedders):
-        store.check_embedders(embedders.specs())  # a query is only compared with vectors made as it is
+        # a query is only compared with vectors made as it is; signature samples described by another
+        # version leave signature matching out (marks are still reported, matched to nobody)
+        self.sig_mismatch = store.check_embedders(embedders.specs(), spare=SPARE).get("sig")
         self.store = store
         self.embedders = embedders
         self.works = evidence.WorkCanvases(store)
         self._calibration: tuple[tuple, StyleCalibration, list[str], list[str]] | None = None
         self._bg: dict[str, np.ndarray] | None = None
+
+    def _status(self) -> dict[str, str]:
+        """The result's `embedders`: what made the evidence, and what could not be used."""
+        status = dict(self.embedders.status)
+        if self.sig_mismatch:
+            status["signature"] = ("unavailable: the store's signature samples were described by another version; "
+                                   "add them again to match marks")
+        return status
 
     def _style_model(self) -> tuple[StyleCalibration, list[str], list[str]]:
         specs = self.store.specs()
@@ -161,7 +172,7 @@ class Scorer:
         return {"version": RESULT_VERSION, "path": img.source, "sha256": img.sha256, "width": img.width,
                 "height": img.height, "artists": artists, "matches": matches,
                 "signatures": self._signatures(img, every), "verdict": verdict,
-                "embedders": dict(self.embedders.status), "error": None}
+                "embedders": self._status(), "error": None}
 
     @staticmethod
     def _mixed_hands(placed: list[local.Alignment], info: dict, names: list[str],
@@ -248,7 +259,8 @@ class Scorer:
         marks = [m for groupings in found for m in groupings]
         if not marks:
             return []
-        hits_all = self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), SIG_HITS)
+        hits_all = ([[] for _ in marks] if self.sig_mismatch else
+                    self.store.search("sig", np.stack([signatures.descriptor(m[2]) for m in marks]), SIG_HITS))
         signer_of = self.store.signers([h.signature_id for hits in hits_all for h in hits])
         by_name = {a["artist"]: a for a in artists}
         style_top = artists[0]["artist"] if artists and artists[0]["style"] >= 0.5 else None

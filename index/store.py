@@ -131,20 +131,29 @@ class Store:
         return {r["kind"]: KindSpec(r["kind"], json.loads(r["descriptor"]), r["dim"],
                                     bool(r["binary"]), r["owner"]) for r in rows}
 
-    def check_embedders(self, specs: Sequence[KindSpec]) -> None:
-        """Refuse (StoreError) embedders whose vectors of a kind the store holds would be made differently:
-        another model, weights, preprocessing or library version. Vectors are never mixed, whether
-        added to the store or searched in it; kinds the store lacks, or that a run cannot make
+    def embedder_mismatches(self, specs: Sequence[KindSpec]) -> dict[str, str]:
+        """kind -> why, for each kind the store holds whose vectors `specs` would make differently: another
+        model, weights, preprocessing or library version. Kinds the store lacks, or that a run cannot make
         (CLIP without weights), are not a mismatch."""
-        known = self.specs()
+        known, out = self.specs(), {}
         for spec in specs:
             have = known.get(spec.kind)
             if have and (cat.canonical(have.descriptor) != cat.canonical(spec.descriptor) or have.dim != spec.dim):
-                raise StoreError(
-                    f"embedder mismatch for '{spec.kind}': the store holds vectors from "
-                    f"{cat.canonical(have.descriptor)}, this run makes {cat.canonical(spec.descriptor)}; "
-                    "vectors from different models, weights, preprocessing or versions are never mixed "
-                    "(use the versions the store was made with, or register the works in a new --store)")
+                out[spec.kind] = (f"embedder mismatch for '{spec.kind}': the store holds vectors from "
+                                  f"{cat.canonical(have.descriptor)}, this run makes {cat.canonical(spec.descriptor)}; "
+                                  "vectors from different models, weights, preprocessing or versions are never "
+                                  "mixed")
+        return out
+
+    def check_embedders(self, specs: Sequence[KindSpec], spare: Sequence[str] = ()) -> dict[str, str]:
+        """Refuse (StoreError) a mismatch (`embedder_mismatches`) of any kind but those in `spare`, whose
+        mismatches are returned: a scorer leaves their evidence out instead."""
+        found = self.embedder_mismatches(specs)
+        for kind, why in found.items():
+            if kind not in spare:
+                raise StoreError(f"{why} (use the versions the store was made with, or register the works in "
+                                 "a new --store)")
+        return found
 
     def artists(self) -> list[dict[str, Any]]:
         rows = self.conn.execute(

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from detector.embedders import Embedders
 from detector.images import ImageError, LoadedImage, decode, iter_image_paths, shown
-from detector.score import Scorer, error_result
+from detector.score import SPARE, Scorer, error_result
 from index.store import Store
 from service.report import CSV_FIELDS, csv_row, is_flagged, write_html
 
@@ -208,7 +208,7 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
         raise ValueError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
     if artist is not None and not store.has_artist(artist):
         raise ValueError(f"no artist named {artist!r} in the store")
-    store.check_embedders(embedders.specs())  # here, before any worker starts, rather than in each of them
+    store.check_embedders(embedders.specs(), spare=SPARE)  # here, before any worker starts, not in each of them
     counts = Counter() if counts is None else counts
     skip = _done(out) if resume else (set(), set())
     records = _records_path(out)

@@ -601,3 +601,36 @@ def test_scoring_refuses_a_store_whose_vectors_this_install_would_make_different
         s.conn.execute("UPDATE embedders SET descriptor=? WHERE kind='style'", (json.dumps(desc | {"version": 0}),))
         with pytest.raises(StoreError, match="embedder mismatch for 'style'.*never mixed"):
             Scorer(s, emb)
+
+
+def test_signature_samples_of_another_version_leave_matching_out_not_the_store(icons, store_dir):
+    """Signature samples described by another version (a store made before the sample views changed) are
+    not compared with marks: the store still scores, marks are reported matched to nobody, and the
+    result says why signature matching was left out."""
+    import random
+    from PIL import Image
+    from detector import augment
+    from detector.embedders import Embedders
+    from detector.images import load
+    from detector.score import Scorer
+    from detector.train_marks import TRAIN_FONTS
+    from service.ingest import add_images
+    if not Path(TRAIN_FONTS[1]).exists():
+        pytest.skip(f"{TRAIN_FONTS[1]} is not installed")
+    emb = Embedders(None, "off")
+    sample = augment.handwriting_signature("Maple", TRAIN_FONTS[1], random.Random(1))
+    sample.save(store_dir.parent / "sig.png")
+    signed, _ = augment.paste_signature(Image.new("RGB", (64, 64), "white"),
+                                        augment.handwriting_signature("Maple", TRAIN_FONTS[1], random.Random(2)),
+                                        random.Random(0))
+    signed.save(store_dir.parent / "signed.png")
+    with Store.open(store_dir, create=True) as s:
+        add_images(s, emb, "alice", [load(p) for p in sorted(icons("alice", 3, (230, 180, 40)).iterdir())])
+        add_images(s, emb, "alice", [load(store_dir.parent / "sig.png")], signature=True)
+        assert [m["artist"] for m in Scorer(s, emb).score(load(store_dir.parent / "signed.png"))["signatures"]] \
+            == ["alice"]
+        desc = json.loads(s.conn.execute("SELECT descriptor FROM embedders WHERE kind='sig'").fetchone()[0])
+        s.conn.execute("UPDATE embedders SET descriptor=? WHERE kind='sig'", (json.dumps(desc | {"version": 4}),))
+        r = Scorer(s, emb).score(load(store_dir.parent / "signed.png"))
+        assert [m["artist"] for m in r["signatures"]] == [None]
+        assert r["embedders"]["signature"].startswith("unavailable: the store's signature samples")
