@@ -16,6 +16,9 @@ from detector import resample
 PATCH = 12  # descriptor side: 12x12 RGB
 DIM = PATCH * PATCH * 3
 MIN_CONTENT = 10.0  # grey-level std below which a window is flat background: uninformative
+# window pixels reduced in one batch: each RGB pixel becomes 24 bytes of float64 on the way, so a 4096 px
+# query's 25 half-size windows in one batch took 3 GB; windows are independent, so batches change no value
+BATCH_PIXELS = 1 << 22
 Box = tuple[float, float, float, float]
 
 
@@ -47,12 +50,15 @@ def describe(img: Image.Image, boxes: list[Box]) -> list[tuple[Box, np.ndarray]]
         x1, y1 = max(int(box[2] * w), x0 + 1), max(int(box[3] * h), y0 + 1)
         by_shape.setdefault((y1 - y0, x1 - x0), []).append((i, x0, y0))
     thumbs: dict[int, np.ndarray] = {}
-    for (ch, cw), group in by_shape.items():
-        crops = np.stack([rgb[y0:y0 + ch, x0:x0 + cw] for _, x0, y0 in group])
-        informative = crops.mean(axis=3).std(axis=(1, 2)) >= MIN_CONTENT
-        if informative.any():
-            small = np.ascontiguousarray(resample.resize_colour(crops[informative], (PATCH, PATCH)), np.float32)
-            thumbs.update(zip([i for (i, _, _), keep in zip(group, informative) if keep], small))
+    for (ch, cw), windows_of_shape in by_shape.items():
+        per_batch = max(1, BATCH_PIXELS // (ch * cw))  # a large image's windows a few at a time
+        for start in range(0, len(windows_of_shape), per_batch):
+            group = windows_of_shape[start:start + per_batch]
+            crops = np.stack([rgb[y0:y0 + ch, x0:x0 + cw] for _, x0, y0 in group])
+            informative = crops.mean(axis=3).std(axis=(1, 2)) >= MIN_CONTENT
+            if informative.any():
+                small = np.ascontiguousarray(resample.resize_colour(crops[informative], (PATCH, PATCH)), np.float32)
+                thumbs.update(zip([i for (i, _, _), keep in zip(group, informative) if keep], small))
     out = []
     for i in sorted(thumbs):
         vec = (thumbs[i] - thumbs[i].mean()).ravel()

@@ -595,3 +595,16 @@ def test_a_bad_file_gets_one_error_record_everywhere_and_odd_names_keep_their_th
     row = next(line for line in (tmp_path / "scan.html").read_text().splitlines() if "copy-\\xff.png" in line)
     assert "<img src='data:image/png;base64," in row
 
+
+
+def test_window_descriptors_of_a_large_image_are_made_a_few_at_a_time_and_come_out_the_same(monkeypatch):
+    """A 4096 px upload's windows in one batch took 3 GB of float64 on the way to 12x12 thumbnails; they
+    are reduced a few at a time (regions.BATCH_PIXELS), which must change no descriptor."""
+    from detector import regions
+    rng = np.random.default_rng(5)
+    img = Image.fromarray((rng.random((90, 130, 3)) * 255).astype(np.uint8)).resize((700, 500))
+    whole = regions.describe(img, regions.QUERY_WINDOWS)
+    monkeypatch.setattr(regions, "BATCH_PIXELS", 1 << 12)  # a window or two per batch here
+    few = regions.describe(img, regions.QUERY_WINDOWS)
+    assert len(whole) == len(few) > 50
+    assert all(a[0] == b[0] and np.array_equal(a[1], b[1]) for a, b in zip(whole, few))
