@@ -84,11 +84,11 @@ def default_store_path() -> Path:
 class Store:
     """Open with `Store.open(path)`; write inside `with store.writer() as w:`."""
 
-    def __init__(self, root: Path, conn: sqlite3.Connection, read_only: bool = False):
+    def __init__(self, root: Path, conn: sqlite3.Connection, read_only: bool = False, frozen: bool = False):
         self.root = root
         self.conn = conn
-        self.read_only = read_only
-        self.frozen = False  # read-only because its folder is not writable (`open`)
+        self.read_only = read_only or frozen
+        self.frozen = frozen  # read-only because its folder is not writable (`open`)
         self._cache: dict[str, tuple[int, faiss.Index]] = {}
         self._resolved: dict[str, tuple[int, dict[int, tuple]]] = {}  # kind -> (generation, `resolve`'s answers)
         self.notes: list[str] = []
@@ -112,9 +112,7 @@ class Store:
             cat.init_schema(conn)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
-        store = cls(root, conn, read_only or frozen)
-        store.frozen = frozen
-        return store
+        return cls(root, conn, read_only, frozen)
 
     def close(self) -> None:
         self.conn.close()

@@ -26,10 +26,10 @@ from detector.images import ImageError, decode
 from detector.score import Scorer, error_result
 from index.store import Store, StoreError, default_store_path
 from service.ingest import add_images
-from service.openapi import spec
+from service.openapi import NAME_CHAR, spec
 
 NAME_RULE = "1-100 characters, not blank, no '/', '\\' or control characters"
-_NAME = re.compile(r"[^\x00-\x1f\x7f-\x9f/\\]{1,100}")  # C0, DEL and C1 controls; no path separators
+_NAME = re.compile(NAME_CHAR + "{1,100}")  # the OpenAPI document's character class, in one place
 DEFAULTS = {"MAX_CONTENT_LENGTH": 32 * 1024 * 1024, "CHIMERA_MAX_PIXELS": 16 * 1024 * 1024,
             "CHIMERA_MAX_BATCH": 16, "CHIMERA_REQUEST_TIMEOUT": 30.0, "CHIMERA_SCORE_WORKERS": 4,
             "CHIMERA_SCORE_AUTH": False}

@@ -79,9 +79,9 @@ def _upload(field: str, many: bool, artist: bool = False) -> dict:
 
 
 # artist names (service.app.valid_name): 1-100 characters, not blank, no path separators or control characters
-_ALLOWED = "[^\\x00-\\x1f\\x7f-\\x9f/\\\\]"  # any character but controls and path separators
+NAME_CHAR = "[^\\x00-\\x1f\\x7f-\\x9f/\\\\]"  # any character but C0, DEL and C1 controls and path separators
 NAME = {"type": "string", "minLength": 1, "maxLength": 100,
-        "pattern": f"^{_ALLOWED}*[^\\s\\x00-\\x1f\\x7f-\\x9f/\\\\]{_ALLOWED}*$"}
+        "pattern": f"^{NAME_CHAR}*[^\\s\\x00-\\x1f\\x7f-\\x9f/\\\\]{NAME_CHAR}*$"}
 NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": NAME}
 AUTH = [{"bearer": []}]
 SCORE_AUTH = [{}, {"bearer": []}]  # open, unless the server sets CHIMERA_SCORE_AUTH
