@@ -56,9 +56,10 @@ def _loaded(img: Image.Image, name: str) -> LoadedImage:
 
 def reused_in_place(img: Image.Image, registered: np.ndarray) -> float:
     """Share of an image's detail pixels whose 5x5 neighbourhood, pixel for pixel (within 2 levels),
-    some registered work holds at the same place. It needs no search or registration, so it judges
-    the benchmark's labels independently of the detector: a "new" work its artist assembled from
-    parts of registered works (emoji reuse their eyes, mouths and faces) scores high.
+    some registered work holds at the same place, as drawn or flipped or turned by quarter turns (Noto's
+    upside-down face is its slightly smiling face turned). It needs no search or registration, so it
+    judges the benchmark's labels independently of the detector: a "new" work its artist assembled
+    from parts of registered works (emoji reuse their eyes, mouths and faces) scores high.
     `registered`: the artist's works of the image's size, stacked (N x H x W x 3)."""
     a = np.asarray(img.convert("RGB"), np.int16)
     if not len(registered) or registered.shape[1:] != a.shape:
@@ -68,8 +69,15 @@ def reused_in_place(img: Image.Image, registered: np.ndarray) -> float:
     detail = cv2.boxFilter(g * g, -1, (5, 5)) - mean * mean > 30
     same = np.zeros(detail.shape, bool)
     kernel = np.ones((5, 5), np.uint8)
-    for work in registered:
-        same |= cv2.erode((np.abs(work - a).max(axis=2) <= 2).astype(np.uint8), kernel) > 0
+    for k in range(8):
+        turned = np.rot90(a[:, ::-1] if k >= 4 else a, k % 4)
+        if turned.shape != a.shape:
+            continue  # a quarter turn of an oblong image fits no registered work in place
+        held = np.zeros(detail.shape, bool)
+        for work in registered:
+            held |= cv2.erode((np.abs(work - turned).max(axis=2) <= 2).astype(np.uint8), kernel) > 0
+        back = np.rot90(held, -(k % 4))  # where those pixels lie in the image as it is
+        same |= back[:, ::-1] if k >= 4 else back
     return float((same & detail).sum() / max(int(detail.sum()), 1))
 
 
@@ -187,6 +195,10 @@ def metrics(queries: list[Query], results: list[dict[str, Any]], store: Store) -
     pos_d = [der[i] for i, q in enumerate(queries) if q.label == "derivative"]
     neg_d = [der[i] for i, q in enumerate(queries) if q.kind == "heldout" or q.kind.startswith("negative")]
     out["derivative_auc"], out["derivative_tpr@5%fpr"] = roc(pos_d, neg_d)
+    # against each kind of negative alone: the held-out works themselves, and the collages made of them
+    out["derivative_auc:heldout_works"], _ = roc(pos_d, [der[i] for i, q in enumerate(queries) if q.kind == "heldout"])
+    out["derivative_auc:heldout_collages"], _ = roc(pos_d, [der[i] for i, q in enumerate(queries)
+                                                            if q.kind.startswith("negative")])
     # the same with negatives whose detail is under half registered pixels in place (reused_in_place)
     judged = [i for i, q in enumerate(queries) if (q.kind == "heldout" or q.kind.startswith("negative"))
               and not np.isnan(q.reuse)]

@@ -170,6 +170,8 @@ def test_the_benchmark_tells_an_artists_own_reuse_from_a_new_work(world):
     registered = np.stack([np.asarray(im, np.int16) for im in refs])
     own_reuse, _ = augment.half_swap(refs[0], refs[1], vertical=True)
     assert evaluate.reused_in_place(own_reuse, registered) >= 0.9
+    for turn in (Image.Transpose.ROTATE_180, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.TRANSVERSE):
+        assert evaluate.reused_in_place(refs[2].transpose(turn), registered) >= 0.9  # a work turned is no new work
     new = Image.open(world["corpus"][0].heldout[0]).convert("RGB")
     assert evaluate.reused_in_place(new, registered) < evaluate.reused_in_place(own_reuse, registered) - 0.2
 
