@@ -302,10 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc = cmd(sub, "scan", cmd_scan, "score every image under a folder")
     sc.add_argument("dir")
     sc.add_argument("--artist")
-    sc.add_argument("--out", required=True, help="result file: .jsonl, .csv or .html (with a .jsonl beside it)")
+    sc.add_argument("--out", required=True, help="result file: .jsonl, .csv or .html (flagged images; every record in FILE.html.jsonl)")
     sc.add_argument("--workers", type=int, help="scoring processes, or Ray actors with --engine ray"
                     " (default: 1 process; with Ray, one actor per CPU less one)")
-    sc.add_argument("--resume", action="store_true", help="skip files already in --out (by sha256)")
+    sc.add_argument("--resume", action="store_true", help="skip files already in --out (the same path with the same sha256)")
     sc.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="local: this machine's processes; ray: Ray Data, on a local Ray or --ray-address")
     sc.add_argument("--ray-address", help="Ray cluster to run on, e.g. ray://head:10001 or auto"

@@ -89,7 +89,7 @@ def html_row(r: dict[str, Any], work_png: Callable[[int], bytes | None] = lambda
     e = html.escape
     if r.get("error"):
         return (f"<tr><td></td><td>{e(r['path'])}</td><td>error</td><td data-v='0'></td>"
-                f"<td colspan=2>{e(r['error'])}</td></tr>\n")
+                f"<td>{e(r['error'])}</td><td></td></tr>\n")  # every column's cell, for the sort
     v = r["verdict"]
     boxes = [m["box"] for m in r["matches"][:3]] + [s["box"] for s in r["signatures"]]
     near = "".join(f"<div><img src='{thumbnail(work_png(m['work']) or m['source'], 64)}' "

@@ -5,14 +5,15 @@ tree (never listed in memory) and scores batches of files in this process or a
 pool of spawned worker processes; "ray" runs the same batches on Ray Data
 (service/scan_ray.py), on one machine or a cluster. Workers open the store
 read-only. Every record is written as soon as it arrives, so an interrupted scan
-keeps what it finished; `resume` skips files already in the output (by sha256;
-unreadable ones by path). A bad file becomes a record with `error` set; the scan
-goes on.
+keeps what it finished; `resume` skips files already in the output (by path and
+sha256, `resume_key`; unreadable ones by path). A bad file becomes a record with
+`error` set; the scan goes on.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import multiprocessing as mp
@@ -37,44 +38,87 @@ _worker: dict[str, Any] = {}
 
 
 def _records_path(out: Path) -> Path:
-    """Where results stream to: the file itself, or for an HTML report a JSON Lines file beside it."""
-    return out.with_suffix(".jsonl") if out.suffix.lower() == ".html" else out
+    """Where results stream to: the file itself, or for an HTML report a JSON Lines file beside it
+    named after it (report.html.jsonl), so it never takes the place of a scan written as report.jsonl."""
+    return out.with_name(out.name + ".jsonl") if out.suffix.lower() == ".html" else out
 
 
-def _drop_torn_tail(path: Path, block: int = 1 << 16) -> None:
-    """Cut off what follows the file's last newline: a scan killed while writing leaves part of a
-    record there, which a resumed scan would fail to read or append its own records onto. That
+def _whole_rows_end(path: Path, block: int = 1 << 16) -> int:
+    """Where the file's last whole record ends: after its last newline, or for CSV its last newline
+    outside quotes (a quoted file name may hold a newline; CSV doubles quotes inside quotes, so a
+    newline is outside them when an even number of quotes precede it)."""
+    csv_quotes = path.suffix.lower() == ".csv"
+    end = 0
+    with open(path, "rb") as f:
+        if not csv_quotes:  # JSON escapes newlines in strings: the last one ends a record
+            size = f.seek(0, os.SEEK_END)
+            at = size
+            while at > 0:
+                start = max(0, at - block)
+                f.seek(start)
+                newline = f.read(at - start).rfind(b"\n")
+                if newline >= 0:
+                    return start + newline + 1
+                at = start
+            return 0
+        odd, pos = False, 0
+        while chunk := f.read(block):
+            lines = chunk.split(b"\n")
+            for line in lines[:-1]:
+                odd ^= line.count(b'"') % 2 == 1
+                pos += len(line) + 1
+                if not odd:
+                    end = pos
+            odd ^= lines[-1].count(b'"') % 2 == 1
+            pos += len(lines[-1])
+    return end
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut off what follows the file's last whole record: a scan killed while writing leaves part of
+    a record there, which a resumed scan would fail to read or append its own records onto. That
     file is scored again."""
-    with open(path, "rb+") as f:
-        end = f.seek(0, os.SEEK_END)
-        at = end
-        while at > 0:
-            start = max(0, at - block)
-            f.seek(start)
-            newline = f.read(at - start).rfind(b"\n")
-            if newline >= 0:
-                at = start + newline + 1
-                break
-            at = start
-        if at < end:
-            f.truncate(at)
+    end = _whole_rows_end(path)
+    if end < path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.truncate(end)
+
+
+def resume_key(path: str, sha256: str) -> str:
+    """What a resumed scan skips: this file with these bytes. A byte-identical copy under another
+    name still gets its own record, and a file changed since is scored again. Paths are compared made
+    absolute, so DIR may be given relative or absolute (from the same working folder)."""
+    return hashlib.sha256(f"{sha256} {os.path.abspath(path)}".encode()).hexdigest()
+
+
+def _label(record: dict[str, Any]) -> str:
+    """A record's count key: its verdict, or "error" (CSV rows hold the verdict as a column)."""
+    if record.get("error"):
+        return "error"
+    verdict = record.get("verdict")
+    return verdict["label"] if isinstance(verdict, dict) else verdict
+
+
+def _read_records(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        yield from (csv.DictReader(f) if path.suffix.lower() == ".csv"
+                    else (json.loads(line) for line in f if line.strip()))
 
 
 def _done(out: Path) -> tuple[set[str], set[str]]:
-    """(sha256s, paths of error records) already in an output file, for resuming."""
+    """(`resume_key`s of scored files, absolute paths of error records without bytes) already in an
+    output file, for resuming."""
     path = _records_path(out)
-    shas, paths = set(), set()
+    keys, paths = set(), set()
     if not path.exists():
-        return shas, paths
+        return keys, paths
     _drop_torn_tail(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = csv.DictReader(f) if path.suffix.lower() == ".csv" else (json.loads(line) for line in f if line.strip())
-        for r in rows:
-            if r.get("sha256"):
-                shas.add(r["sha256"])
-            else:
-                paths.add(r["path"])
-    return shas, paths
+    for r in _read_records(path):
+        if r.get("sha256"):
+            keys.add(resume_key(r["path"], r["sha256"]))
+        else:
+            paths.add(os.path.abspath(r["path"]))
+    return keys, paths
 
 
 class Job(NamedTuple):
@@ -151,7 +195,8 @@ def _jobs(root: Path, skip: tuple[set[str], set[str]], counts: Counter) -> Itera
                 data = path.read_bytes()
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
-        if data is not None and hashlib.sha256(data).hexdigest() in skip[0] or data is None and shown(path) in skip[1]:
+        if (data is not None and resume_key(shown(path), hashlib.sha256(data).hexdigest()) in skip[0]
+                or data is None and os.path.abspath(shown(path)) in skip[1]):
             counts["resumed"] += 1
             continue
         yield Job(shown(path), data, problem)
@@ -193,11 +238,13 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
          clip: dict[str, Any] | None = None, engine: str = "local", ray_address: str | None = None,
          counts: Counter[str] | None = None) -> str:
     """Scan `root` recursively into `out` (format from its suffix); returns a one-line summary.
-    `counts`, when given, is filled with the files per verdict, "error" and "resumed".
+    `counts`, when given, is filled with the records the output holds per verdict and "error" (a
+    resumed scan's output holds what the earlier runs wrote too), "scanned" (files scored by this
+    run) and "resumed" (files it skipped as done).
 
     With workers > 1 the files are scored in that many processes (engine "local", default
-    1: this process) or Ray actors (engine "ray", on a local Ray or the cluster at
-    `ray_address`; default one actor per CPU less one); `clip`
+    1: this process; at most one per core) or Ray actors (engine "ray", on a local Ray or the
+    cluster at `ray_address`; default one actor per CPU less one); `clip`
     holds the embedder options workers load (model, weights, use_clip) so they score
     like `embedders`. Workers open the store read-only.
     """
@@ -206,12 +253,19 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
         raise ValueError(f"--out must end in one of {', '.join(FORMATS)} (got {out.name})")
     if engine not in ENGINES:
         raise ValueError(f"--engine must be one of {', '.join(ENGINES)} (got {engine!r})")
+    cores = os.cpu_count() or 1
+    if engine == "local" and workers is not None and workers > cores:
+        raise ValueError(f"--workers {workers} is more than this machine's {cores} cores (the local engine runs "
+                         "one process per core at most; --engine ray scales out to more machines)")
     if artist is not None and not store.has_artist(artist):
         raise ValueError(f"no artist named {artist!r} in the store")
+    records = _records_path(out)
+    for target in {out, records}:  # found now, not after the whole scan when the report is written
+        if target.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a folder", str(target))
     store.check_embedders(embedders.specs(), spare=SPARE)  # here, before any worker starts, not in each of them
     counts = Counter() if counts is None else counts
     skip = _done(out) if resume else (set(), set())
-    records = _records_path(out)
     records.parent.mkdir(parents=True, exist_ok=True)
     append = resume and records.exists() and records.stat().st_size > 0
     total = sum(1 for _ in iter_image_paths([root]))
@@ -225,10 +279,13 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
             results = ray_records(store.root, root, artist, skip, counts, workers, clip, ray_address)
         else:
             results = _local(store, embedders, root, artist, skip, counts, workers or 1, clip)
-        bar = tqdm(total=total, unit="img", desc="scanning", disable=not progress)
+        # the bar counts the files this run scores: those the output holds already are no part of its rate
+        bar = tqdm(total=max(total - len(skip[0]) - len(skip[1]), 0), unit="img", desc="scanning",
+                   disable=not progress)
         try:
             for result in results:
-                counts["error" if result["error"] else result["verdict"]["label"]] += 1
+                counts[_label(result)] += 1
+                counts["scanned"] += 1
                 if writer:
                     writer.writerow(csv_row(result))
                 else:
@@ -236,18 +293,22 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
                 f.flush()
                 if fmt == ".html" and is_flagged(result):
                     flagged.append(result)
-                bar.n = sum(counts.values())
-                bar.refresh()
+                bar.update(1)
         finally:
             bar.close()
             results.close()
-    summary = f"scanned {sum(counts.values()) - counts['resumed']} files: " + ", ".join(
-        f"{counts[k]} {k}" for k in ("copy", "derivative", "style_match", "unrelated", "error"))
+    labels = ("copy", "derivative", "style_match", "unrelated", "error")
+    summary = f"scanned {counts['scanned']} files: " + ", ".join(f"{counts[k]} {k}" for k in labels)
     if counts["resumed"]:
         summary += f" ({counts['resumed']} already done, skipped)"
+    if append:  # the output, and the report, cover the whole scan, not only this run's part
+        whole = Counter(_label(r) for r in _read_records(records))
+        for k in labels:
+            counts[k] = whole[k]
+        summary += f"; {out.name} now holds {sum(whole.values())} records: " + ", ".join(
+            f"{whole[k]} {k}" for k in labels)
+        if fmt == ".html":
+            flagged = [r for r in _read_records(records) if is_flagged(r)]
     if fmt == ".html":
-        if append:  # the report covers the whole scan, not only this session's part
-            with open(records, encoding="utf-8") as f:
-                flagged = [r for r in (json.loads(line) for line in f if line.strip()) if is_flagged(r)]
         write_html(flagged, out, summary, work_png=store.thumbnail)
     return summary

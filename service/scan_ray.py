@@ -28,7 +28,7 @@ from detector.embedders import Embedders
 from detector.images import iter_image_paths, shown
 from detector.score import Scorer
 from index.store import Store
-from service.scan import BATCH, Job, limit_threads, score_jobs
+from service.scan import BATCH, Job, limit_threads, resume_key, score_jobs
 
 READ_BATCH = 64  # files per read task
 SKIPPED = ""  # the record of a file a resumed scan already has
@@ -56,9 +56,9 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
-    """Bytes and sha256 of each file; `skip` for those the output already holds."""
+    """Bytes of each file; `skip` for those the output already holds (`resume_key`)."""
     import ray
-    shas, failed = ray.get(done[0])
+    keys, failed = ray.get(done[0])
     data, problems, skip = [], [], []
     for path, problem in zip(batch["path"], batch["problem"]):
         blob = b""
@@ -68,10 +68,10 @@ def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
         if problem:
-            skip.append(shown(path) in failed)
+            skip.append(os.path.abspath(shown(path)) in failed)
         else:
-            key = np.array([hashlib.sha256(blob).hexdigest()], dtype="S64")
-            skip.append(bool(len(shas)) and shas[min(np.searchsorted(shas, key)[0], len(shas) - 1)] == key[0])
+            key = np.array([resume_key(shown(path), hashlib.sha256(blob).hexdigest())], dtype="S64")
+            skip.append(bool(len(keys)) and keys[min(np.searchsorted(keys, key)[0], len(keys) - 1)] == key[0])
         data.append(blob)
         problems.append(problem)
     return {"path": batch["path"], "problem": np.array(problems, dtype=object),

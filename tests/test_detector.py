@@ -251,6 +251,67 @@ def test_scan_survives_odd_names_pipes_and_a_record_torn_by_a_kill(world, tmp_pa
             assert sorted(r["path"] for r in csv.DictReader(lines)) == sorted(rows)
 
 
+def test_resume_gives_every_path_its_record_mends_a_torn_csv_row_and_counts_the_whole_output(world, tmp_path):
+    """A resumed scan ends with the records an uninterrupted one writes: a byte-identical copy under
+    another name gets its own record, a CSV row torn after the newline inside a quoted file name is
+    cut off whole and scored again, and the summary and counts cover what the output holds."""
+    from collections import Counter
+
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    (folder / "z").mkdir(parents=True)
+    (folder / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    (folder / "z" / "a_copy.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    (folder / "b\nnewline.png").write_bytes(world["corpus"][1].heldout[0].read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    paths = sorted(str(p) for p in folder.rglob("*.png"))
+    out = tmp_path / "scan.jsonl"
+    scan(world["store"], world["emb"], folder, out)
+    lines = out.read_text().splitlines(keepends=True)
+    assert [json.loads(x)["path"] for x in lines][:2] == [str(folder / "a.png"), str(folder / "b\nnewline.png")]
+    out.write_text(lines[0])  # interrupted after a.png: its copy and the rest are still to do
+    counts: Counter = Counter()
+    summary = scan(world["store"], world["emb"], folder, out, resume=True, counts=counts)
+    assert sorted(json.loads(x)["path"] for x in out.read_text().splitlines()) == paths
+    assert summary.startswith("scanned 3 files") and "(1 already done, skipped)" in summary
+    assert "scan.jsonl now holds 4 records: 2 copy" in summary and counts["error"] == 1
+
+    csv_out = tmp_path / "scan.csv"
+    scan(world["store"], world["emb"], folder, csv_out)
+    text = csv_out.read_text(encoding="utf-8")
+    csv_out.write_text(text[:text.index("b\nnewline") + 2], encoding="utf-8")  # killed just past the newline
+    counts = Counter()
+    summary = scan(world["store"], world["emb"], folder, csv_out, resume=True, counts=counts)
+    with open(csv_out, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in rows) == paths and all(r["verdict"] or r["error"] for r in rows)
+    assert counts["error"] == 1 and counts["scanned"] < 4  # the rows before the torn one were kept
+
+
+def test_scan_refuses_a_folder_as_report_and_too_many_workers_before_scanning(world, tmp_path):
+    """An HTML report whose path is a folder is found before the scan, not after it; its records go to
+    a file named after it, never to a .jsonl scan of the same name; error rows fill every column."""
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "broken.png").write_bytes(b"not an image")
+    (folder / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    (tmp_path / "r.html").mkdir()
+    with pytest.raises(IsADirectoryError):
+        scan(world["store"], world["emb"], folder, tmp_path / "r.html")
+    assert not (tmp_path / "r.html.jsonl").exists()
+    with pytest.raises(ValueError, match="more than this machine's"):
+        scan(world["store"], world["emb"], folder, tmp_path / "x.jsonl", workers=(os.cpu_count() or 1) + 1)
+    (tmp_path / "report.jsonl").write_text("an earlier scan's records\n")
+    scan(world["store"], world["emb"], folder, tmp_path / "report.html")
+    assert (tmp_path / "report.jsonl").read_text() == "an earlier scan's records\n"
+    assert len((tmp_path / "report.html.jsonl").read_text().splitlines()) == 2
+    page = (tmp_path / "report.html").read_text()
+    header = page[page.index("<thead>"):page.index("</thead>")].count("<th>")
+    error_row = next(r for r in page.split("<tr>") if "broken.png" in r)
+    assert error_row.count("<td") == header == 6  # a sort by any column reads a cell of every row
+
+
 def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store(world, tmp_path):
     from service.scan import scan
     folder = tmp_path / "incoming"
