@@ -87,9 +87,10 @@ class ClipEmbedder:
             import torch
         except ImportError as e:  # pragma: no cover - both are dependencies
             raise ClipUnavailable(f"open_clip not importable ({e})") from None
-        model = model or os.environ.get("CHIMERA_CLIP_MODEL", DEFAULT_MODEL)
-        weights = weights or os.environ.get("CHIMERA_CLIP_WEIGHTS", DEFAULT_WEIGHTS)
+        model, weights = chosen(model, weights)
         name = _model_name(model)
+        if _names_a_file(weights) and not Path(weights).is_file():
+            raise ClipUnavailable(f"no checkpoint file at {weights}")
         if Path(weights).is_file():
             path, ident = Path(weights), {"checkpoint_sha256": file_digest(Path(weights))}
         else:
@@ -132,9 +133,22 @@ class ClipEmbedder:
         return feats.cpu().numpy().astype(np.float32)
 
 
-def fetch(model: str = DEFAULT_MODEL, weights: str = DEFAULT_WEIGHTS) -> Path:
+def chosen(model: str | None, weights: str | None) -> tuple[str, str]:
+    """The model and weights asked for: the flags, else CHIMERA_CLIP_MODEL / CHIMERA_CLIP_WEIGHTS, else
+    the defaults (one rule for loading and for `chimera models fetch`)."""
+    return (model or os.environ.get("CHIMERA_CLIP_MODEL") or DEFAULT_MODEL,
+            weights or os.environ.get("CHIMERA_CLIP_WEIGHTS") or DEFAULT_WEIGHTS)
+
+
+def _names_a_file(weights: str) -> bool:
+    """Whether `weights` is written as a file path rather than a hub tag (tags have no slash or suffix)."""
+    return os.sep in weights or Path(weights).suffix.lower() in (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+
+
+def fetch(model: str | None = None, weights: str | None = None) -> Path:
     """Download hub weights into the open_clip/HF cache (explicit user action only)."""
     import open_clip
+    model, weights = chosen(model, weights)
     name = _model_name(model)
     open_clip.create_model_and_transforms(name, pretrained=weights)
     path = cached_hub_weights(name, weights)

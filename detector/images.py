@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image, ImageFile, ImageOps
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-MAX_PIXELS = int(os.environ.get("CHIMERA_MAX_PIXELS", str(64 * 1024 * 1024)))
+MAX_PIXELS = 64 * 1024 * 1024  # the default pixel budget; CHIMERA_MAX_PIXELS sets another (`pixel_budget`)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -73,6 +73,21 @@ def file_sha256(path: Path | str) -> str | None:
         return None
 
 
+def pixel_budget() -> int:
+    """The pixel budget: CHIMERA_MAX_PIXELS, else MAX_PIXELS. Read when used, so that a bad value is
+    one clear error (ValueError) where it is checked, not a failed import."""
+    given = os.environ.get("CHIMERA_MAX_PIXELS", "").strip()
+    if not given:
+        return MAX_PIXELS
+    try:
+        value = int(given)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"CHIMERA_MAX_PIXELS must be a whole number of pixels, 1 or more (got {given!r})")
+    return value
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode to RGB, compositing transparency over white (how a viewer shows it)."""
     if img.mode in ("I;16", "I;16B", "I;16L"):
@@ -92,7 +107,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedImage:
     """Decode bytes into a LoadedImage or raise ImageError with a clear reason."""
-    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    limit = pixel_budget() if max_pixels is None else max_pixels
     if not data:
         raise ImageError(source, "empty file")
     try:

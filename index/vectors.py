@@ -112,7 +112,10 @@ def build(dim: int, binary: bool, factory: str,
         index.train(vecs)
     if len(ids):
         index.add_with_ids(vecs, ids)
-    return tune(index), note
+    index = tune(index)
+    probe = vecs[:1] if len(ids) else np.zeros((1, vecs.shape[1]), vecs.dtype)
+    index.search(probe, 1)  # a factory FAISS builds but cannot search ("IVF0,Flat") fails here, not in scoring
+    return index, note
 
 
 def add(index: faiss.Index, binary: bool, ids: np.ndarray, vecs: np.ndarray) -> None:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
-import re
 import threading
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from pathlib import Path
@@ -26,28 +26,14 @@ from detector.images import ImageError, decode
 from detector.score import Scorer, error_result
 from index.store import Store, StoreError, default_store_path
 from service.ingest import add_images
-from service.openapi import NAME_CHAR, spec
+from index.names import NAME_RULE, valid_name
+from service.openapi import spec
 
-NAME_RULE = "1-100 characters, not blank, no '/', '\\' or control characters"
-_NAME = re.compile(NAME_CHAR + "{1,100}")  # the OpenAPI document's character class, in one place
 DEFAULTS = {"MAX_CONTENT_LENGTH": 32 * 1024 * 1024, "CHIMERA_MAX_PIXELS": 16 * 1024 * 1024,
             "CHIMERA_MAX_BATCH": 16, "CHIMERA_REQUEST_TIMEOUT": 30.0, "CHIMERA_SCORE_WORKERS": 4,
             "CHIMERA_SCORE_AUTH": False}
 SETTINGS = (("CHIMERA_MAX_PIXELS", int), ("CHIMERA_MAX_BATCH", int), ("CHIMERA_REQUEST_TIMEOUT", float),
             ("CHIMERA_SCORE_WORKERS", int))  # numeric settings read from the environment
-
-
-def valid_name(name: object) -> bool:
-    """An artist name the API accepts (NAME_RULE). Whole-string match: a regex `$` would also accept a
-    name ending in a newline. A lone surrogate (JSON allows "\\ud800") is valid JSON but no UTF-8 text,
-    so SQLite cannot store it."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or not name.strip():
-        return False
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def upload_name(filename: str | None) -> str:
@@ -68,7 +54,7 @@ def settings(environ: dict[str, str]) -> dict[str, Any]:
             except ValueError:
                 raise ValueError(f"{key} must be a{'n integer' if cast is int else ' number'} "
                                  f"(got {environ[key]!r})") from None
-            if out[key] <= 0:
+            if not math.isfinite(out[key]) or out[key] <= 0:  # nan passes "<= 0"
                 raise ValueError(f"{key} must be positive (got {environ[key]!r})")
     out["CHIMERA_SCORE_AUTH"] = environ.get("CHIMERA_SCORE_AUTH", "").strip().lower() in ("1", "true", "yes")
     out["CHIMERA_API_TOKENS"] = [t.strip() for t in environ.get("CHIMERA_API_TOKENS", "").split(",") if t.strip()]
@@ -316,7 +302,14 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
 def serve(host: str, port: int, store: Path | str | None, threads: int = 8,
           embedders: Embedders | None = None) -> None:
     """Run the app on waitress, a production WSGI server (pure Python, no build step)."""
-    import waitress
+    import waitress.server
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1 (got {threads})")
     app = create_app(store, embedders=embedders)
+    server = waitress.server.create_server(app, host=host, port=port, threads=threads, ident="chimera")
+    # said once the port is bound: a port in use or a foreign host is an error, not this line then one
     print(f"chimera: serving {app.extensions['chimera'].store_path} on http://{host}:{port}/", flush=True)
-    waitress.serve(app, host=host, port=port, threads=threads, ident="chimera")
+    try:
+        server.run()
+    finally:
+        server.close()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from detector.images import pixel_budget
 from index.store import Store, StoreError
 
 MAX_ICON = 1024  # largest --size of `dataset make`: every part is drawn at full size in memory
@@ -40,7 +41,10 @@ def _embedders(args: argparse.Namespace, quiet: bool = False):
 # ------------------------------------------------------------------ index
 def cmd_index_add(args: argparse.Namespace) -> int:
     from detector.images import iter_image_paths
+    from index.names import NAME_RULE, valid_name
     from service.ingest import add_images, load_paths
+    if not valid_name(args.artist):  # the API's rule: a name it could not address would be stuck in the store
+        raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE}")
     missing: list[tuple[str, str]] = []
     paths = [Path(p) for p in args.paths]
     total = sum(1 for _ in iter_image_paths(paths))
@@ -158,7 +162,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_models_fetch(args: argparse.Namespace) -> int:
     from detector.clip import ClipUnavailable, fetch
     try:
-        path = fetch(args.clip_model or "ViT-B-32", args.clip_weights or "laion2b_s34b_b79k")
+        path = fetch(args.clip_model, args.clip_weights)  # or the CHIMERA_CLIP_* variables, as scoring reads them
     except (ClipUnavailable, OSError, RuntimeError) as e:
         raise UserError(f"cannot fetch CLIP weights: {str(e).splitlines()[0]}") from None
     print(f"cached at {path}")
@@ -367,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        try:
+            pixel_budget()  # settings read from the environment: a bad one is a user error before any work
+        except ValueError as e:
+            raise UserError(str(e)) from None
         return args.fn(args)
     except (UserError, StoreError) as e:
         print(f"chimera: error: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from detector.score import RESULT_VERSION
+from index.names import NAME_CHAR
 
 BOX = {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}
 UNIT = {"type": "number", "minimum": 0, "maximum": 1}
@@ -78,8 +79,7 @@ def _upload(field: str, many: bool, artist: bool = False) -> dict:
         "type": "object", "required": [field], "properties": props}}}}
 
 
-# artist names (service.app.valid_name): 1-100 characters, not blank, no path separators or control characters
-NAME_CHAR = "[^\\x00-\\x1f\\x7f-\\x9f/\\\\]"  # any character but C0, DEL and C1 controls and path separators
+# artist names (index.names.valid_name): 1-100 characters, not blank, no path separators or control characters
 NAME = {"type": "string", "minLength": 1, "maxLength": 100,
         "pattern": f"^{NAME_CHAR}*[^\\s\\x00-\\x1f\\x7f-\\x9f/\\\\]{NAME_CHAR}*$"}
 NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": NAME}

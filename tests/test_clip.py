@@ -55,6 +55,17 @@ def test_missing_or_corrupt_weights_are_unavailable_with_reason(tiny_clip, tmp_p
         ClipEmbedder.load(str(cfg), str(bad))
     with pytest.raises(ClipUnavailable, match="unknown open_clip model"):
         ClipEmbedder.load("no-such-model", str(bad))
+    with pytest.raises(ClipUnavailable, match="no checkpoint file at"):
+        ClipEmbedder.load(str(cfg), str(tmp_path / "moved" / "w.pt"))
+
+
+def test_models_fetch_reads_the_same_settings_as_scoring(monkeypatch, capsys):
+    """`chimera models fetch` fetches what scoring will load: CHIMERA_CLIP_MODEL names the model (an
+    unknown one is refused before any download is tried)."""
+    from service.cli import main
+    monkeypatch.setenv("CHIMERA_CLIP_MODEL", "no-such-model")
+    assert main(["models", "fetch"]) == 2
+    assert "unknown open_clip model" in capsys.readouterr().err
 
 
 def test_cli_uses_clip_and_refuses_mixing(tiny_clip, icons, store_dir, capsys, tmp_path):

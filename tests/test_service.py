@@ -267,6 +267,8 @@ def test_settings_from_the_environment_are_checked_and_upload_names_kept_readabl
         settings({"CHIMERA_MAX_BATCH": "abc"})
     with pytest.raises(ValueError, match="CHIMERA_REQUEST_TIMEOUT must be positive"):
         settings({"CHIMERA_REQUEST_TIMEOUT": "0"})
+    with pytest.raises(ValueError, match="CHIMERA_REQUEST_TIMEOUT must be positive"):
+        settings({"CHIMERA_REQUEST_TIMEOUT": "nan"})  # nan is no number of seconds
     assert settings({"CHIMERA_SCORE_AUTH": "TRUE", "CHIMERA_API_TOKENS": "a, b,"}) == {
         "CHIMERA_SCORE_AUTH": True, "CHIMERA_API_TOKENS": ["a", "b"]}
     assert [upload_name(n) for n in ("/", ".", None, "dir/a.png", "nul\x00.png")] == [

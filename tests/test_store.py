@@ -6,6 +6,7 @@ import json
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -329,6 +330,9 @@ def test_refused_factory_leaves_the_store_as_it_was(chimera, icons, store_dir):
     assert chimera("index", "add", "--artist", "alice", str(icons("alice", 3, (230, 180, 40))))[0] == 0
     code, _, err = chimera("index", "rebuild", "--index-factory", "NoSuchIndex42")
     assert code == 2 and "cannot build a 'NoSuchIndex42' index" in err
+    code, _, err = chimera("index", "rebuild", "--index-factory", "IVF0,Flat")  # built, but cannot search
+    assert code == 2 and "cannot build a 'IVF0,Flat' index" in err
+    assert chimera("score", str(icons("query", 1, (230, 180, 40)) / "query_000.png"))[0] == 0
     assert chimera("index", "add", "--artist", "alice", str(icons("alice", 2, (230, 180, 40), start=5)))[0] == 0
     assert chimera("index", "check")[0] == 0 and listing(chimera)["artists"][0]["works"] == 5
 
@@ -485,8 +489,9 @@ def test_odd_requests_get_one_line_answers_and_leave_the_store_consistent(chimer
     from PIL import Image
     a = icons("alice", 2, (230, 180, 40))
     Image.new("RGB", (64, 64), "white").save(a / "blank.png")
-    code, _, err = chimera("index", "add", "--artist", " ", str(a))
-    assert code == 2 and "an artist needs a name" in err and "Traceback" not in err
+    for name in (" ", "a/b", "tab\there", "x" * 101):  # the API's rule: it could not address such a name
+        code, _, err = chimera("index", "add", "--artist", name, str(a))
+        assert code == 2 and "is not an artist name: 1-100 characters" in err and "Traceback" not in err
     assert chimera("index", "add", "--artist", "alice", str(a))[0] == 0
     assert chimera("index", "check")[:2] == (0, "ok\n")
     code, _, err = chimera("index", "remove", "--artist", "alice", "--work", str(10 ** 22))
@@ -502,6 +507,18 @@ def test_odd_requests_get_one_line_answers_and_leave_the_store_consistent(chimer
     code, _, err = chimera("scan", str(tmp_path / "in"), "--out", str(tmp_path / "folder.jsonl"))
     assert code == 2 and "cannot write" in err
     assert chimera("serve", "--port", "99999")[0] == 2
+    code, _, err = chimera("serve", "--threads", "0")
+    assert code == 2 and "--threads must be at least 1" in err
+    with socket.socket() as taken:  # a port in use: the error alone, no "serving on" line before it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, out, err = chimera("serve", "--port", str(taken.getsockname()[1]))
+        assert code == 2 and "cannot serve on" in err and "serving" not in out
+    for bad in ("abc", "0", "-5"):
+        monkeypatch.setenv("CHIMERA_MAX_PIXELS", bad)
+        code, _, err = chimera("index", "list")
+        assert code == 2 and "CHIMERA_MAX_PIXELS must be a whole number of pixels" in err
+    monkeypatch.delenv("CHIMERA_MAX_PIXELS")
     for bad in (("--artists", "0"), ("--size", "16")):
         code, _, err = chimera("dataset", "make", str(tmp_path / "ds"), *bad)
         assert code == 2 and f"{bad[0]} must be at least" in err
