@@ -62,6 +62,8 @@ def unshown(text: str) -> Path:
 def _not_regular(path: Path) -> str | None:
     """Why `path` (links followed) cannot be read as an image file: a pipe would block a scan for
     ever and a device (/dev/zero) never ends; None for a regular file."""
+    if path.is_dir():
+        return "a folder, not an image file"
     return None if path.is_file() else "not a regular file (a pipe, device, socket or broken link)"
 
 

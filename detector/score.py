@@ -19,7 +19,7 @@ from index import catalogue as cat
 from index.store import Hit, Store
 from index.vectors import normalise
 
-RESULT_VERSION = "1.0"
+RESULT_VERSION = "1.1"  # 1.1: generated matches carry the sample's `index`
 COPY_AT = 0.72  # forward x backward agreement where copy probability is 0.5
 DERIVATIVE_AT = 0.80  # share of the query's detail explained by >= 2 registered pieces, at 0.5
 SIG_MATCH = 0.60  # signature-shape cosine above which a mark may be that artist's signature...
@@ -227,7 +227,7 @@ class Scorer:
                      "similarity": round(max(copy, share), 4), "box": box}
             if info[wid]["kind"] == "generated":
                 entry.update({"run": info[wid]["run"], "checkpoint": info[wid]["checkpoint"],
-                              "seed": info[wid]["seed"]})
+                              "seed": info[wid]["seed"], "index": info[wid]["sample_index"]})
             out.append(entry)
         out.sort(key=lambda m: -m["similarity"])
         return out[:10]

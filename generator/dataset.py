@@ -17,6 +17,7 @@ held-out icons use, so "new original by the same hand" is a well-defined evaluat
 from __future__ import annotations
 
 import json
+import sys
 from math import prod
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def make_dataset(
             raise ValueError(f"only {most} distinct {split} icons exist, asked for {count}")
     records: list[dict] = []
     total = artists * (per_artist + holdout)
-    with tqdm(total=total, desc="icons", disable=total <= PROGRESS_ABOVE) as bar:
+    # a bar on a terminal only: in a log its redraws are one long line
+    with tqdm(total=total, desc="icons", disable=total <= PROGRESS_ABOVE or not sys.stderr.isatty()) as bar:
         for a in range(artists):
             name, hand = artist_name(a), Hand.from_seed(artist_seed(seed, a))
             library = part_library(hand, size)

@@ -160,6 +160,14 @@ class Store:
             " FROM artists a ORDER BY a.name").fetchall()
         return [dict(r) for r in rows]
 
+    def works_of(self, artist: str) -> list[dict[str, Any]]:
+        """An artist's registered works, oldest first: the ids `index remove --work` takes."""
+        rows = self.conn.execute(
+            "SELECT w.id, w.source, w.sha256, w.width, w.height, w.added_at FROM works w"
+            " JOIN artists a ON a.id=w.artist_id WHERE a.name=? AND w.kind='reference' ORDER BY w.id",
+            (artist,)).fetchall()
+        return [dict(r) for r in rows]
+
     def has_artist(self, name: str) -> bool:
         return self.conn.execute("SELECT 1 FROM artists WHERE name=?", (name,)).fetchone() is not None
 
@@ -185,10 +193,16 @@ class Store:
             chunk = wanted[start:start + 900]
             yield from self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk)
 
-    def holds(self, sha256: str, signature: bool = False) -> bool:
-        """Whether these exact bytes are already a work (or a signature sample)."""
+    def holder(self, sha256: str, signature: bool = False) -> str | None:
+        """What already holds these exact bytes ("work 12 of alice", "signature sample 3 of bob", "generated
+        output 40"), or None: a skipped duplicate says where its twin is."""
         table = "signatures" if signature else "works"
-        return self.conn.execute(f"SELECT 1 FROM {table} WHERE sha256=?", (sha256,)).fetchone() is not None
+        row = self.conn.execute(f"SELECT t.id, a.name FROM {table} t LEFT JOIN artists a ON a.id=t.artist_id"
+                                " WHERE t.sha256=?", (sha256,)).fetchone()
+        if row is None:
+            return None
+        what = "signature sample" if signature else "work" if row["name"] is not None else "generated output"
+        return f"{what} {row['id']}" + (f" of {row['name']}" if row["name"] is not None else "")
 
     def works_generation(self) -> int:
         """A number that changes whenever a work is added or removed: the generation of the hash kind,

@@ -71,6 +71,15 @@ def cmd_index_list(args: argparse.Namespace) -> int:
         data: dict[str, Any] = {"artists": [], "generated": 0}
     else:
         with store:
+            if args.artist is not None:
+                if not store.has_artist(args.artist):
+                    raise UserError(f"no artist named {args.artist!r} in the store")
+                works = store.works_of(args.artist)
+                if args.json:
+                    print(json.dumps({"artist": args.artist, "works": works}))
+                for w in [] if args.json else works:
+                    print(f"{w['id']:>7}  {w['width']}x{w['height']}  {w['source']}")
+                return 0
             data = {"artists": store.artists(), "generated": store.generated_count()}
     if args.json:
         print(json.dumps(data))
@@ -289,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--artist", required=True)
     a.add_argument("--signature", action="store_true", help="the images are signature samples")
     a.add_argument("paths", nargs="+", metavar="PATH")
-    li = cmd(isub, "list", cmd_index_list, "list artists with their counts")
+    li = cmd(isub, "list", cmd_index_list, "list artists with their counts, or one artist's works")
+    li.add_argument("--artist", help="list this artist's works: id (for `index remove --work`), size, source")
     li.add_argument("--json", action="store_true")
     r = cmd(isub, "remove", cmd_index_remove, "remove an artist, or one of its works")
     r.add_argument("--artist", required=True)

@@ -58,8 +58,9 @@ def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable
                 report.failed.append((item.source, item.reason))
                 bar.update(1)
                 continue
-            if item.sha256 in seen or store.holds(item.sha256, signature):
-                where = "of another file added with it" if item.sha256 in seen else "already in the store"
+            twin = None if item.sha256 in seen else store.holder(item.sha256, signature)
+            if item.sha256 in seen or twin:
+                where = "of another file added with it" if twin is None else f"of {twin}, already in the store"
                 report.skipped.append((item.source, f"exact duplicate (same sha256) {where}"))
                 bar.update(1)
                 continue

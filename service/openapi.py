@@ -28,7 +28,8 @@ SCHEMAS: dict[str, Any] = {
                 "type": "object", "required": ["artist", "work", "source", "similarity", "box"],
                 "properties": {"artist": NULLABLE_STR, "work": {"type": "integer"}, "source": {"type": "string"},
                                "similarity": UNIT, "box": BOX, "run": {"type": "string"},
-                               "checkpoint": NULLABLE_STR, "seed": {"type": ["integer", "null"]}}}},
+                               "checkpoint": NULLABLE_STR, "seed": {"type": ["integer", "null"]},
+                               "index": {"type": ["integer", "null"]}}}},
             "signatures": {"type": "array", "items": {
                 "type": "object", "required": ["box", "score", "artist", "similarity", "forged"],
                 "properties": {"box": BOX, "score": UNIT, "artist": NULLABLE_STR,

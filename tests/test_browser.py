@@ -86,4 +86,25 @@ def test_upload_to_verdict_with_boxes(server):
         assert "FORGED" in page.inner_text("#signatures")
         assert page.locator("#matches img").count() >= 2
         page.screenshot(path=str(tmp / "page.png"), full_page=True)
+        # a format the browser cannot show (the API reads TIFF): the verdict comes, the last image's boxes go
+        signed.save(tmp / "suspect.tiff")
+        page.set_input_files("#file", str(tmp / "suspect.tiff"))
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#status').textContent === ''", timeout=30_000)
+        assert page.locator("#boxes div").count() == 0
+        assert "cannot show this format" in page.inner_text("#preview-note")
+        # a token is sent when given; a proxy's HTML error page and an unreachable server are said plainly
+        sent = []
+        page.route("**/v1/score", lambda route: (sent.append(route.request.headers.get("authorization")),
+                                                 route.fulfill(status=502, body="<h1>Bad Gateway</h1>",
+                                                               content_type="text/html")))
+        page.fill("#token", "tok")
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('error')")
+        assert page.inner_text("#status") == "error: HTTP 502" and sent == ["Bearer tok"]
+        assert page.is_hidden("#result")
+        page.unroute("**/v1/score")
+        page.route("**/v1/score", lambda route: route.abort())
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('could not be reached')")
         browser.close()

@@ -149,7 +149,8 @@ def test_generated_outputs_trace_back_to_their_run(world, tmp_path):
                                                                       "seed": 7, "index": 1}})
     r = Scorer(store, emb).score(load(path))
     top = r["matches"][0]
-    assert (top["run"], top["checkpoint"], top["seed"]) == ("run-42", "ckpt-3.pt", 7)
+    assert (top["run"], top["checkpoint"], top["seed"], top["index"]) == ("run-42", "ckpt-3.pt", 7, 1)
+    assert r["verdict"]["label"] != "copy"  # a run's output traced to its run is no registered artist's work
     assert store.generated_count() == 1
 
 

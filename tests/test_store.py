@@ -31,9 +31,13 @@ def test_add_list_remove_rebuild_round_trip(chimera, icons, store_dir):
     assert chimera("index", "add", "--artist", "bob", str(b))[0] == 0
     assert listing(chimera) == {"artists": [{"name": "alice", "works": 6, "signatures": 0},
                                             {"name": "bob", "works": 4, "signatures": 0}], "generated": 0}
-    with Store.open(store_dir) as s:
-        bob_work = s.conn.execute("SELECT w.id FROM works w JOIN artists a ON a.id=w.artist_id"
-                                  " WHERE a.name='bob' LIMIT 1").fetchone()[0]
+    code, out, _ = chimera("index", "list", "--artist", "bob", "--json")  # where a work's id is found
+    works = json.loads(out)["works"]
+    assert code == 0 and [Path(w["source"]).name for w in works] == sorted(p.name for p in b.iterdir())
+    bob_work = works[0]["id"]
+    code, out, _ = chimera("index", "list", "--artist", "bob")
+    assert out.splitlines()[0].split()[0] == str(bob_work) and works[0]["source"] in out
+    assert chimera("index", "list", "--artist", "carol")[0] == 2
     assert chimera("index", "remove", "--artist", "bob", "--work", str(bob_work))[0] == 0
     assert listing(chimera)["artists"][1]["works"] == 3
     assert chimera("index", "remove", "--artist", "alice")[0] == 0
@@ -58,6 +62,8 @@ def test_exact_duplicates_are_skipped(chimera, icons, tmp_path):
     assert code == 0 and "added 0, skipped 4, failed 0" in out
     assert "renamed.PNG: exact duplicate" in err
     assert listing(chimera)["artists"][0]["works"] == 3
+    code, out, err = chimera("index", "add", "--artist", "bob", str(first))  # another artist's work: named
+    assert "skipped 1" in out and "exact duplicate (same sha256) of work 1 of alice, already in the store" in err
 
 
 def test_bad_files_are_named_and_good_files_still_added(chimera, icons, store_dir):
@@ -507,6 +513,8 @@ def test_odd_requests_get_one_line_answers_and_leave_the_store_consistent(chimer
     code, _, err = chimera("scan", str(tmp_path / "in"), "--out", str(tmp_path / "folder.jsonl"))
     assert code == 2 and "cannot write" in err
     assert chimera("serve", "--port", "99999")[0] == 2
+    code, _, err = chimera("score", str(tmp_path))
+    assert code == 2 and "a folder, not an image file" in err
     code, _, err = chimera("serve", "--threads", "0")
     assert code == 2 and "--threads must be at least 1" in err
     with socket.socket() as taken:  # a port in use: the error alone, no "serving on" line before it

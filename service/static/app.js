@@ -73,17 +73,35 @@ function show(r) {
   if (img.complete && img.naturalWidth) drawBoxes(r); else img.onload = () => drawBoxes(r);
 }
 
+// the reason a failed request gives: the API's JSON message, else the HTTP status (a proxy's page)
+async function failure(res) {
+  try { return (await res.json()).message ?? `HTTP ${res.status}`; } catch { return `HTTP ${res.status}`; }
+}
+
 $("form").addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!file) return;
   $("status").textContent = "scoring…";
-  $("preview").src = URL.createObjectURL(file);
+  $("boxes").replaceChildren();  // the last result's boxes never stay on a new image
+  const img = $("preview");
+  img.onload = null;
+  img.onerror = () => { $("preview-note").textContent = "(this browser cannot show this format; the result is for the file)"; };
+  $("preview-note").textContent = "";
+  img.src = URL.createObjectURL(file);
   const form = new FormData();
   form.append("image", file);
   if ($("artist").value) form.append("artist", $("artist").value);
-  const res = await fetch("/v1/score", { method: "POST", body: form });
-  const body = await res.json();
-  if (!res.ok) { $("status").textContent = `error: ${body.message}`; $("result").hidden = true; return; }
+  const token = $("token").value.trim();
+  let res;
+  try {
+    res = await fetch("/v1/score", { method: "POST", body: form,
+      headers: token ? { Authorization: `Bearer ${token}` } : {} });
+  } catch (err) {
+    $("status").textContent = `error: the server could not be reached (${err.message})`;
+    $("result").hidden = true;
+    return;
+  }
+  if (!res.ok) { $("status").textContent = `error: ${await failure(res)}`; $("result").hidden = true; return; }
   $("status").textContent = "";
-  show(body);
+  show(await res.json());
 });
