@@ -105,20 +105,41 @@ def _read_records(path: Path) -> Iterator[dict[str, Any]]:
                     else (json.loads(line) for line in f if line.strip()))
 
 
-def _done(out: Path) -> tuple[set[str], set[str]]:
-    """(`resume_key`s of scored files, absolute paths of error records without bytes) already in an
-    output file, for resuming."""
+class Done(NamedTuple):
+    """What an output file already holds, for resuming."""
+
+    keys: set[str]  # `resume_key`s of the files it scored
+    failed: set[str]  # absolute paths of its error records without bytes (unreadable files)
+    artists: list[str] | None  # the artists its first scored JSON record was scored against (CSV: None)
+
+
+def _done(out: Path) -> Done:
+    done = Done(set(), set(), None)
     path = _records_path(out)
-    keys, paths = set(), set()
     if not path.exists():
-        return keys, paths
+        return done
     _drop_torn_tail(path)
     for r in _read_records(path):
         if r.get("sha256"):
-            keys.add(resume_key(r["path"], r["sha256"]))
+            done.keys.add(resume_key(r["path"], r["sha256"]))
         else:
-            paths.add(os.path.abspath(r["path"]))
-    return keys, paths
+            done.failed.add(os.path.abspath(r["path"]))
+        if done.artists is None and isinstance(r.get("artists"), list) and not r.get("error"):
+            done = done._replace(artists=[a["artist"] for a in r["artists"]])
+    return done
+
+
+def _check_same_artists(done: Done, out: Path, artist: str | None, store: Store) -> None:
+    """Refuse to resume an output scored with another --artist: its records and this run's would
+    answer different questions (one artist's scores, or every artist's) in one file."""
+    if done.artists is None:
+        return
+    theirs = done.artists[0] if len(done.artists) == 1 else None
+    if artist is not None and theirs != artist or artist is None and theirs is not None and len(store.artists()) > 1:
+        before = f"with --artist {theirs}" if theirs else "against every artist"
+        now = f"with --artist {artist}" if artist else "against every artist"
+        raise ValueError(f"--resume: {out.name} holds records scored {before}, this scan scores {now}: "
+                         "resume with the same --artist, or write a new --out")
 
 
 class Job(NamedTuple):
@@ -265,7 +286,9 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
             raise IsADirectoryError(errno.EISDIR, "is a folder", str(target))
     store.check_embedders(embedders.specs(), spare=SPARE)  # here, before any worker starts, not in each of them
     counts = Counter() if counts is None else counts
-    skip = _done(out) if resume else (set(), set())
+    done = _done(out) if resume else Done(set(), set(), None)
+    _check_same_artists(done, out, artist, store)
+    skip = (done.keys, done.failed)
     records.parent.mkdir(parents=True, exist_ok=True)
     append = resume and records.exists() and records.stat().st_size > 0
     total = sum(1 for _ in iter_image_paths([root]))

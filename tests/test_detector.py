@@ -289,6 +289,22 @@ def test_resume_gives_every_path_its_record_mends_a_torn_csv_row_and_counts_the_
     assert counts["error"] == 1 and counts["scanned"] < 4  # the rows before the torn one were kept
 
 
+def test_resume_refuses_an_output_scored_with_another_artist_filter(world, tmp_path):
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(world["corpus"][0].refs[:2]):
+        (folder / f"{i}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "scan.jsonl"
+    scan(world["store"], world["emb"], folder, out, artist="artist_00")
+    out.write_text(out.read_text().splitlines(keepends=True)[0])
+    for other in ("artist_01", None):
+        with pytest.raises(ValueError, match="holds records scored with --artist artist_00"):
+            scan(world["store"], world["emb"], folder, out, artist=other, resume=True)
+    assert len(out.read_text().splitlines()) == 1  # refused before anything was written
+    assert scan(world["store"], world["emb"], folder, out, artist="artist_00", resume=True).startswith("scanned 1")
+
+
 def test_scan_refuses_a_folder_as_report_and_too_many_workers_before_scanning(world, tmp_path):
     """An HTML report whose path is a folder is found before the scan, not after it; its records go to
     a file named after it, never to a .jsonl scan of the same name; error rows fill every column."""
