@@ -216,8 +216,8 @@ def _jobs(root: Path, skip: tuple[set[str], set[str]], counts: Counter) -> Itera
                 data = path.read_bytes()
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
-        if (data is not None and resume_key(shown(path), hashlib.sha256(data).hexdigest()) in skip[0]
-                or data is None and os.path.abspath(shown(path)) in skip[1]):
+        if (data is not None and skip[0] and resume_key(shown(path), hashlib.sha256(data).hexdigest()) in skip[0]
+                or data is None and os.path.abspath(shown(path)) in skip[1]):  # (a fresh scan hashes nothing here)
             counts["resumed"] += 1
             continue
         yield Job(shown(path), data, problem)

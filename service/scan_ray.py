@@ -69,9 +69,11 @@ def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
                 problem = f"cannot read ({e.strerror or e})"
         if problem:
             skip.append(os.path.abspath(shown(path)) in failed)
+        elif not len(keys):  # a fresh scan: nothing to look up
+            skip.append(False)
         else:
             key = np.array([resume_key(shown(path), hashlib.sha256(blob).hexdigest())], dtype="S64")
-            skip.append(bool(len(keys)) and keys[min(np.searchsorted(keys, key)[0], len(keys) - 1)] == key[0])
+            skip.append(bool(keys[min(np.searchsorted(keys, key)[0], len(keys) - 1)] == key[0]))
         data.append(blob)
         problems.append(problem)
     return {"path": batch["path"], "problem": np.array(problems, dtype=object),
