@@ -150,6 +150,10 @@ def fetch(model: str | None = None, weights: str | None = None) -> Path:
     import open_clip
     model, weights = chosen(model, weights)
     name = _model_name(model)
+    if _names_a_file(weights) or Path(weights).is_file():  # a local checkpoint: loaded as it is, never fetched
+        if not Path(weights).is_file():
+            raise ClipUnavailable(f"no checkpoint file at {weights}")
+        return Path(weights)
     open_clip.create_model_and_transforms(name, pretrained=weights)
     path = cached_hub_weights(name, weights)
     if path is None:

@@ -44,7 +44,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     from index.names import NAME_RULE, valid_name
     from service.ingest import add_images, load_paths
     if not valid_name(args.artist):  # the API's rule: a name it could not address would be stuck in the store
-        raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE}")
+        raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE} "
+                        "(the HTTP API could not address it)")
     missing: list[tuple[str, str]] = []
     paths = [Path(p) for p in args.paths]
     total = sum(1 for _ in iter_image_paths(paths))
@@ -68,6 +69,8 @@ def cmd_index_list(args: argparse.Namespace) -> int:
     except StoreError:
         if (Path(args.store) / "catalogue.sqlite").exists():
             raise  # there, but unreadable: say so, never "no artists"
+        if args.artist is not None:
+            raise UserError(f"no artist named {args.artist!r}: no store at {args.store}") from None
         data: dict[str, Any] = {"artists": [], "generated": 0}
     else:
         with store:
@@ -169,12 +172,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def cmd_models_fetch(args: argparse.Namespace) -> int:
-    from detector.clip import ClipUnavailable, fetch
+    from detector.clip import ClipUnavailable, chosen, fetch
+    model, weights = chosen(args.clip_model, args.clip_weights)  # the flags, else CHIMERA_CLIP_*, as scoring
     try:
-        path = fetch(args.clip_model, args.clip_weights)  # or the CHIMERA_CLIP_* variables, as scoring reads them
+        path = fetch(model, weights)
     except (ClipUnavailable, OSError, RuntimeError) as e:
         raise UserError(f"cannot fetch CLIP weights: {str(e).splitlines()[0]}") from None
-    print(f"cached at {path}")
+    print(f"{path}: a local checkpoint, nothing to fetch" if Path(weights).is_file() else f"cached at {path}")
     return 0
 
 
@@ -319,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", required=True, help="result file: .jsonl, .csv or .html (flagged images; every record in FILE.html.jsonl)")
     sc.add_argument("--workers", type=int, help="scoring processes, or Ray actors with --engine ray"
                     " (default: 1 process; with Ray, one actor per CPU less one)")
-    sc.add_argument("--resume", action="store_true", help="skip files already in --out (the same path with the same sha256)")
+    sc.add_argument("--resume", action="store_true", help="skip files already in --out (the same path with the same sha256; run it from the same folder)")
     sc.add_argument("--engine", choices=("local", "ray"), default="local",
                     help="local: this machine's processes; ray: Ray Data, on a local Ray or --ray-address")
     sc.add_argument("--ray-address", help="Ray cluster to run on, e.g. ray://head:10001 or auto"

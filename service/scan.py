@@ -5,8 +5,8 @@ tree (never listed in memory) and scores batches of files in this process or a
 pool of spawned worker processes; "ray" runs the same batches on Ray Data
 (service/scan_ray.py), on one machine or a cluster. Workers open the store
 read-only. Every record is written as soon as it arrives, so an interrupted scan
-keeps what it finished; `resume` skips files already in the output (by path and
-sha256, `resume_key`; unreadable ones by path). A bad file becomes a record with
+keeps what it finished; `resume` skips files already in the output (the same path
+with the same sha256, `already`; unreadable ones by path). A bad file becomes a record with
 `error` set; the scan goes on.
 """
 
@@ -21,7 +21,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Collection, Iterator, NamedTuple
 
 from tqdm import tqdm
 
@@ -84,11 +84,17 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(end)
 
 
-def resume_key(path: str, sha256: str) -> str:
-    """What a resumed scan skips: this file with these bytes. A byte-identical copy under another
-    name still gets its own record, and a file changed since is scored again. Paths are compared made
-    absolute, so DIR may be given relative or absolute (from the same working folder)."""
-    return hashlib.sha256(f"{sha256} {os.path.abspath(path)}".encode()).hexdigest()
+def already(written: Collection[str], path: Path) -> bool:
+    """Whether this file is among `written` (absolute record paths: those of its bytes, or of the
+    unreadable files). A byte-identical copy under another name is another file, and a file whose
+    bytes changed is looked up under its new bytes: both get records of their own."""
+    return os.path.abspath(shown(path)) in written
+
+
+def _latest(records: Path) -> list[dict[str, Any]]:
+    """The output's records, one per file: a file scored again (it was unreadable, or its bytes
+    changed) by its newest record."""
+    return list({os.path.abspath(r["path"]): r for r in _read_records(records)}.values())
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -106,26 +112,38 @@ def _read_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class Done(NamedTuple):
-    """What an output file already holds, for resuming."""
+    """What an output file already holds, for resuming (paths made absolute)."""
 
-    keys: set[str]  # `resume_key`s of the files it scored
-    failed: set[str]  # absolute paths of its error records without bytes (unreadable files)
+    scored: dict[str, set[str]]  # sha256 -> the paths of its records
+    failed: set[str]  # paths of error records without bytes (unreadable files)
     artists: list[str] | None  # the artists its first scored JSON record was scored against (CSV: None)
+
+    @property
+    def records(self) -> int:
+        return sum(map(len, self.scored.values())) + len(self.failed)
 
 
 def _done(out: Path) -> Done:
-    done = Done(set(), set(), None)
+    done = Done({}, set(), None)
     path = _records_path(out)
     if not path.exists():
         return done
     _drop_torn_tail(path)
+    relative, found = None, False  # a relative path written from another working folder names nothing here
     for r in _read_records(path):
+        where = os.path.abspath(r["path"])
+        if not os.path.isabs(r["path"]) and not found:
+            relative = relative or r["path"]
+            found = os.path.lexists(where)
         if r.get("sha256"):
-            done.keys.add(resume_key(r["path"], r["sha256"]))
+            done.scored.setdefault(r["sha256"], set()).add(where)
         else:
-            done.failed.add(os.path.abspath(r["path"]))
+            done.failed.add(where)
         if done.artists is None and isinstance(r.get("artists"), list) and not r.get("error"):
             done = done._replace(artists=[a["artist"] for a in r["artists"]])
+    if relative is not None and not found:
+        raise ValueError(f"--resume: {path.name} names files relative to another working folder ({relative} is "
+                         "not here): resume from that folder")
     return done
 
 
@@ -208,7 +226,7 @@ def _score_batch(batch: tuple[list[Job], str | None]) -> list[dict[str, Any]]:
     return score_jobs(_worker["scorer"], *batch)
 
 
-def _jobs(root: Path, skip: tuple[set[str], set[str]], counts: Counter) -> Iterator[Job]:
+def _jobs(root: Path, done: Done, counts: Counter) -> Iterator[Job]:
     for path, problem in iter_image_paths([root]):
         data = None
         if not problem:
@@ -216,8 +234,9 @@ def _jobs(root: Path, skip: tuple[set[str], set[str]], counts: Counter) -> Itera
                 data = path.read_bytes()
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
-        if (data is not None and skip[0] and resume_key(shown(path), hashlib.sha256(data).hexdigest()) in skip[0]
-                or data is None and os.path.abspath(shown(path)) in skip[1]):  # (a fresh scan hashes nothing here)
+        if (data is not None and done.scored  # (a fresh scan hashes nothing here)
+                and already(done.scored.get(hashlib.sha256(data).hexdigest(), ()), path)
+                or data is None and already(done.failed, path)):
             counts["resumed"] += 1
             continue
         yield Job(shown(path), data, problem)
@@ -234,10 +253,10 @@ def _batches(jobs: Iterator[Job], artist: str | None, size: int = BATCH) -> Iter
         yield batch, artist
 
 
-def _local(store: Store, embedders: Embedders, root: Path, artist: str | None, skip: tuple[set[str], set[str]],
+def _local(store: Store, embedders: Embedders, root: Path, artist: str | None, done: Done,
            counts: Counter, workers: int, clip: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
     """Records from this machine: in this process, or in `workers` spawned processes."""
-    batches = _batches(_jobs(root, skip, counts), artist)
+    batches = _batches(_jobs(root, done, counts), artist)
     if workers <= 1:
         scorer = Scorer(store, embedders)
         for batch in batches:
@@ -286,9 +305,12 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
             raise IsADirectoryError(errno.EISDIR, "is a folder", str(target))
     store.check_embedders(embedders.specs(), spare=SPARE)  # here, before any worker starts, not in each of them
     counts = Counter() if counts is None else counts
-    done = _done(out) if resume else Done(set(), set(), None)
+    legacy = out.with_suffix(".jsonl")
+    if resume and fmt == ".html" and not records.exists() and legacy.exists():
+        raise ValueError(f"--resume: {records.name} does not exist; if {legacy.name} holds this report's records "
+                         f"(chimera kept them there before), rename it to {records.name}; else scan without --resume")
+    done = _done(out) if resume else Done({}, set(), None)
     _check_same_artists(done, out, artist, store)
-    skip = (done.keys, done.failed)
     records.parent.mkdir(parents=True, exist_ok=True)
     append = resume and records.exists() and records.stat().st_size > 0
     total = sum(1 for _ in iter_image_paths([root]))
@@ -299,11 +321,11 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
             writer.writeheader()
         if engine == "ray":
             from service.scan_ray import ray_records
-            results = ray_records(store.root, root, artist, skip, counts, workers, clip, ray_address)
+            results = ray_records(store.root, root, artist, done, counts, workers, clip, ray_address)
         else:
-            results = _local(store, embedders, root, artist, skip, counts, workers or 1, clip)
+            results = _local(store, embedders, root, artist, done, counts, workers or 1, clip)
         # the bar counts the files this run scores: those the output holds already are no part of its rate
-        bar = tqdm(total=max(total - len(skip[0]) - len(skip[1]), 0), unit="img", desc="scanning",
+        bar = tqdm(total=max(total - done.records, 0), unit="img", desc="scanning",
                    disable=not progress)
         try:
             for result in results:
@@ -325,13 +347,14 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
     if counts["resumed"]:
         summary += f" ({counts['resumed']} already done, skipped)"
     if append:  # the output, and the report, cover the whole scan, not only this run's part
-        whole = Counter(_label(r) for r in _read_records(records))
+        latest = _latest(records)
+        whole = Counter(_label(r) for r in latest)
         for k in labels:
             counts[k] = whole[k]
-        summary += f"; {out.name} now holds {sum(whole.values())} records: " + ", ".join(
+        summary += f"; {out.name} now holds records of {sum(whole.values())} files: " + ", ".join(
             f"{whole[k]} {k}" for k in labels)
         if fmt == ".html":
-            flagged = [r for r in _read_records(records) if is_flagged(r)]
+            flagged = [r for r in latest if is_flagged(r)]
     if fmt == ".html":
         write_html(flagged, out, summary, work_png=store.thumbnail)
     return summary

@@ -28,7 +28,7 @@ from detector.embedders import Embedders
 from detector.images import iter_image_paths, shown
 from detector.score import Scorer
 from index.store import Store
-from service.scan import BATCH, Job, limit_threads, resume_key, score_jobs
+from service.scan import BATCH, Done, Job, already, limit_threads, score_jobs
 
 READ_BATCH = 64  # files per read task
 SKIPPED = ""  # the record of a file a resumed scan already has
@@ -56,9 +56,9 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
-    """Bytes of each file; `skip` for those the output already holds (`resume_key`)."""
+    """Bytes of each file; `skip` for those the output already holds (`service.scan.already`)."""
     import ray
-    keys, failed = ray.get(done[0])
+    held: Done = ray.get(done[0])
     data, problems, skip = [], [], []
     for path, problem in zip(batch["path"], batch["problem"]):
         blob = b""
@@ -68,12 +68,10 @@ def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
         if problem:
-            skip.append(os.path.abspath(shown(path)) in failed)
-        elif not len(keys):  # a fresh scan: nothing to look up
-            skip.append(False)
-        else:
-            key = np.array([resume_key(shown(path), hashlib.sha256(blob).hexdigest())], dtype="S64")
-            skip.append(bool(keys[min(np.searchsorted(keys, key)[0], len(keys) - 1)] == key[0]))
+            skip.append(already(held.failed, Path(path)))
+        else:  # a fresh scan hashes nothing here
+            skip.append(bool(held.scored) and already(held.scored.get(hashlib.sha256(blob).hexdigest(), ()),
+                                                      Path(path)))
         data.append(blob)
         problems.append(problem)
     return {"path": batch["path"], "problem": np.array(problems, dtype=object),
@@ -102,7 +100,7 @@ class _ScoreActor:
         return {"record": np.array(records, dtype=object)}
 
 
-def ray_records(store_root: Path, root: Path, artist: str | None, skip: tuple[set[str], set[str]],
+def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
                 counts: Counter, workers: int | None, clip: dict[str, Any] | None,
                 address: str | None) -> Iterator[dict[str, Any]]:
     """Records of every image under `root`, in completion order, scored by `workers` Ray actors
@@ -132,7 +130,7 @@ def ray_records(store_root: Path, root: Path, artist: str | None, skip: tuple[se
             return
         if not workers:
             workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
-        done = ray.put((np.array(sorted(skip[0]), dtype="S64"), skip[1]))
+        done = ray.put(held)
         ds = (ray.data.from_items(items, override_num_blocks=min(len(items), max(4 * workers, len(items) // 256)))
               .map_batches(_read, batch_size=READ_BATCH, fn_kwargs={"done": [done]}, num_cpus=0.25)
               .map_batches(_ScoreActor, batch_size=BATCH, num_cpus=1,

@@ -66,6 +66,10 @@ def test_models_fetch_reads_the_same_settings_as_scoring(monkeypatch, capsys):
     monkeypatch.setenv("CHIMERA_CLIP_MODEL", "no-such-model")
     assert main(["models", "fetch"]) == 2
     assert "unknown open_clip model" in capsys.readouterr().err
+    monkeypatch.setenv("CHIMERA_CLIP_MODEL", "ViT-B-32")
+    monkeypatch.setenv("CHIMERA_CLIP_WEIGHTS", "/nowhere/w.pt")  # a local checkpoint is never fetched
+    assert main(["models", "fetch"]) == 2
+    assert "no checkpoint file at /nowhere/w.pt" in capsys.readouterr().err
 
 
 def test_cli_uses_clip_and_refuses_mixing(tiny_clip, icons, store_dir, capsys, tmp_path):

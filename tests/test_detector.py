@@ -275,7 +275,7 @@ def test_resume_gives_every_path_its_record_mends_a_torn_csv_row_and_counts_the_
     summary = scan(world["store"], world["emb"], folder, out, resume=True, counts=counts)
     assert sorted(json.loads(x)["path"] for x in out.read_text().splitlines()) == paths
     assert summary.startswith("scanned 3 files") and "(1 already done, skipped)" in summary
-    assert "scan.jsonl now holds 4 records: 2 copy" in summary and counts["error"] == 1
+    assert "scan.jsonl now holds records of 4 files: 2 copy" in summary and counts["error"] == 1
 
     csv_out = tmp_path / "scan.csv"
     scan(world["store"], world["emb"], folder, csv_out)
@@ -287,6 +287,38 @@ def test_resume_gives_every_path_its_record_mends_a_torn_csv_row_and_counts_the_
         rows = list(csv.DictReader(f))
     assert sorted(r["path"] for r in rows) == paths and all(r["verdict"] or r["error"] for r in rows)
     assert counts["error"] == 1 and counts["scanned"] < 4  # the rows before the torn one were kept
+
+
+def test_resume_after_a_fix_counts_each_file_once_and_says_what_it_cannot_resume(world, tmp_path, monkeypatch):
+    """A scan given a relative DIR and resumed with the absolute one skips what it did; a file that was
+    unreadable and has been replaced is scored again and counted by its new record. Resumed from
+    another working folder, where its relative paths name nothing, or as an HTML report written
+    before its records moved to X.html.jsonl, it refuses rather than start over silently."""
+    from collections import Counter
+
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    (folder / "partial.png").write_bytes(world["corpus"][0].refs[1].read_bytes()[:80])
+    out = tmp_path / "scan.jsonl"
+    monkeypatch.chdir(tmp_path)
+    counts: Counter = Counter()
+    scan(world["store"], world["emb"], Path("incoming"), out, counts=counts)
+    assert counts["error"] == 1
+    (folder / "partial.png").write_bytes(world["corpus"][0].refs[1].read_bytes())  # mended
+    monkeypatch.chdir("/")
+    with pytest.raises(ValueError, match="relative to another working folder"):
+        scan(world["store"], world["emb"], folder, out, resume=True)
+    monkeypatch.chdir(tmp_path)
+    counts = Counter()
+    summary = scan(world["store"], world["emb"], folder, out, resume=True, counts=counts)
+    assert summary.startswith("scanned 1 files: 1 copy") and "(1 already done, skipped)" in summary
+    assert counts["error"] == 0 and counts["copy"] == 2 and "records of 2 files" in summary
+    legacy = tmp_path / "report.jsonl"
+    legacy.write_text(out.read_text())
+    with pytest.raises(ValueError, match="rename it to report.html.jsonl"):
+        scan(world["store"], world["emb"], folder, tmp_path / "report.html", resume=True)
 
 
 def test_resume_refuses_an_output_scored_with_another_artist_filter(world, tmp_path):
