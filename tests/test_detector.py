@@ -164,6 +164,17 @@ def test_small_benchmark_meets_its_bars(world):
     assert m["signer_accuracy"] >= 0.6
 
 
+def test_benchmark_metrics_ignore_query_order_and_allow_exactly_their_false_positive_rate():
+    """Copy micro-AP ranks tied confidences together (the order queries are listed in cannot move it);
+    TPR at 5% FPR lets 6 of 120 negatives score above the threshold, not 5."""
+    assert evaluate.average_precision([0.9, 0.9], [True, False], 1) == evaluate.average_precision(
+        [0.9, 0.9], [False, True], 1) == 0.5
+    assert evaluate.average_precision([3, 2, 1], [True, False, True], 2) == pytest.approx((1 + 2 / 3) / 2)
+    negatives = [0.0] * 114 + [1.0] * 6  # 5% of them above every positive
+    assert evaluate.roc([0.9] * 4, negatives)[1] == 1.0
+    assert evaluate.roc([0.9] * 4, [0.0] * 113 + [1.0] * 7)[1] == 0.0
+
+
 def test_the_benchmark_tells_an_artists_own_reuse_from_a_new_work(world):
     """The benchmark's negatives are "new works in the artist's hand"; one its artist assembled from
     registered works' parts (as emoji are) is measured apart, by pixels alone."""
