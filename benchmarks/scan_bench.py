@@ -136,6 +136,8 @@ def _dedup_init(ready) -> None:
     """An imagededup worker started and warmed before the clock, as ours are."""
     from imagededup.methods import PHash
     limit_threads(1)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("imagededup")]:
+        logging.getLogger(name).setLevel(logging.ERROR)  # as in the main process: a warning per corrupt file
     _limiter["phash"] = PHash(verbose=False)
     ready.wait()
 
