@@ -281,18 +281,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------ parser
+def _global_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+    """The store and CLIP options every command reads; without `defaults`, unset ones stay unset."""
+    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    p.add_argument("--store", **({"default": os.environ.get("CHIMERA_STORE", "chimera-store")} if defaults else unset),
+                   help="store directory (env CHIMERA_STORE; default ./chimera-store)")
+    p.add_argument("--clip-model", **({"default": None} if defaults else unset),
+                   help="open_clip model name or config JSON (env CHIMERA_CLIP_MODEL)")
+    p.add_argument("--clip-weights", **({"default": None} if defaults else unset),
+                   help="hub tag or local checkpoint path (env CHIMERA_CLIP_WEIGHTS; default laion2b_s34b_b79k)")
+    p.add_argument("--no-clip", action="store_true", **unset, help="do not use CLIP even if weights are present")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="chimera", description="Provenance and misuse detection for illustrations.")
-    p.add_argument("--store", default=os.environ.get("CHIMERA_STORE", "chimera-store"),
-                   help="store directory (env CHIMERA_STORE; default ./chimera-store)")
-    p.add_argument("--clip-model", default=None, help="open_clip model name or config JSON (env CHIMERA_CLIP_MODEL)")
-    p.add_argument("--clip-weights", default=None,
-                   help="hub tag or local checkpoint path (env CHIMERA_CLIP_WEIGHTS; default laion2b_s34b_b79k)")
-    p.add_argument("--no-clip", action="store_true", help="do not use CLIP even if weights are present")
+    _global_options(p, defaults=True)
+    # the same options after a command (`chimera score x.png --store S`): there they only override
+    # what was given before it, so their defaults are left to the top level
+    common = Parser(add_help=False)
+    _global_options(common, defaults=False)
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def cmd(parent, name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
-        sp = parent.add_parser(name, help=help, description=help)
+        sp = parent.add_parser(name, help=help, description=help, parents=[common])
         sp.set_defaults(fn=fn)
         return sp
 

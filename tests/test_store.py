@@ -38,6 +38,8 @@ def test_add_list_remove_rebuild_round_trip(chimera, icons, store_dir):
     code, out, _ = chimera("index", "list", "--artist", "bob")
     assert out.splitlines()[0].split()[0] == str(bob_work) and works[0]["source"] in out
     assert chimera("index", "list", "--artist", "carol")[0] == 2
+    other = chimera("--store", str(store_dir) + "-elsewhere", "index", "list", "--json", "--store", str(store_dir))
+    assert json.loads(other[1])["artists"][1]["name"] == "bob"  # the store option also after the command
     assert chimera("--store", str(store_dir) + "-none", "index", "list", "--artist", "bob")[0] == 2  # no store
     assert chimera("index", "remove", "--artist", "bob", "--work", str(bob_work))[0] == 0
     assert listing(chimera)["artists"][1]["works"] == 3
