@@ -283,14 +283,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------ parser
 def _global_options(p: argparse.ArgumentParser, defaults: bool) -> None:
     """The store and CLIP options every command reads; without `defaults`, unset ones stay unset."""
-    unset = {} if defaults else {"default": argparse.SUPPRESS}
-    p.add_argument("--store", **({"default": os.environ.get("CHIMERA_STORE", "chimera-store")} if defaults else unset),
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+    p.add_argument("--store", default=default(os.environ.get("CHIMERA_STORE", "chimera-store")),
                    help="store directory (env CHIMERA_STORE; default ./chimera-store)")
-    p.add_argument("--clip-model", **({"default": None} if defaults else unset),
+    p.add_argument("--clip-model", default=default(None),
                    help="open_clip model name or config JSON (env CHIMERA_CLIP_MODEL)")
-    p.add_argument("--clip-weights", **({"default": None} if defaults else unset),
+    p.add_argument("--clip-weights", default=default(None),
                    help="hub tag or local checkpoint path (env CHIMERA_CLIP_WEIGHTS; default laion2b_s34b_b79k)")
-    p.add_argument("--no-clip", action="store_true", **unset, help="do not use CLIP even if weights are present")
+    p.add_argument("--no-clip", action="store_true", default=default(False),
+                   help="do not use CLIP even if weights are present")
 
 
 def build_parser() -> argparse.ArgumentParser:
