@@ -89,10 +89,8 @@ class ClipEmbedder:
             raise ClipUnavailable(f"open_clip not importable ({e})") from None
         model, weights = chosen(model, weights)
         name = _model_name(model)
-        if _names_a_file(weights) and not Path(weights).is_file():
-            raise ClipUnavailable(f"no checkpoint file at {weights}")
-        if Path(weights).is_file():
-            path, ident = Path(weights), {"checkpoint_sha256": file_digest(Path(weights))}
+        if (local := local_checkpoint(weights)) is not None:
+            path, ident = local, {"checkpoint_sha256": file_digest(local)}
         else:
             path = cached_hub_weights(name, weights)
             if path is None:
@@ -140,9 +138,15 @@ def chosen(model: str | None, weights: str | None) -> tuple[str, str]:
             weights or os.environ.get("CHIMERA_CLIP_WEIGHTS") or DEFAULT_WEIGHTS)
 
 
-def _names_a_file(weights: str) -> bool:
-    """Whether `weights` is written as a file path rather than a hub tag (tags have no slash or suffix)."""
-    return os.sep in weights or Path(weights).suffix.lower() in (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+def local_checkpoint(weights: str) -> Path | None:
+    """The checkpoint file `weights` names, or None for a hub tag (tags have no slash or file suffix);
+    ClipUnavailable when it names a file that is not there."""
+    path = Path(weights)
+    if path.is_file():
+        return path
+    if os.sep in weights or path.suffix.lower() in (".pt", ".pth", ".bin", ".safetensors", ".ckpt"):
+        raise ClipUnavailable(f"no checkpoint file at {weights}")
+    return None
 
 
 def fetch(model: str | None = None, weights: str | None = None) -> Path:
@@ -150,10 +154,8 @@ def fetch(model: str | None = None, weights: str | None = None) -> Path:
     import open_clip
     model, weights = chosen(model, weights)
     name = _model_name(model)
-    if _names_a_file(weights) or Path(weights).is_file():  # a local checkpoint: loaded as it is, never fetched
-        if not Path(weights).is_file():
-            raise ClipUnavailable(f"no checkpoint file at {weights}")
-        return Path(weights)
+    if (local := local_checkpoint(weights)) is not None:  # loaded as it is, never fetched
+        return local
     open_clip.create_model_and_transforms(name, pretrained=weights)
     path = cached_hub_weights(name, weights)
     if path is None:

@@ -24,9 +24,9 @@ from werkzeug.exceptions import HTTPException
 from detector.embedders import Embedders
 from detector.images import ImageError, decode
 from detector.score import Scorer, error_result
+from index.names import NAME_RULE, valid_name
 from index.store import Store, StoreError, default_store_path
 from service.ingest import add_images
-from index.names import NAME_RULE, valid_name
 from service.openapi import spec
 
 DEFAULTS = {"MAX_CONTENT_LENGTH": 32 * 1024 * 1024, "CHIMERA_MAX_PIXELS": 16 * 1024 * 1024,

@@ -122,6 +122,13 @@ class Done(NamedTuple):
     def records(self) -> int:
         return sum(map(len, self.scored.values())) + len(self.failed)
 
+    def holds(self, path: Path, data: bytes | None) -> bool:
+        """Whether the output has this file's record: its bytes' (`data`), or for a file that could not
+        be read its path's. A fresh scan hashes nothing here."""
+        if data is None:
+            return already(self.failed, path)
+        return bool(self.scored) and already(self.scored.get(hashlib.sha256(data).hexdigest(), ()), path)
+
 
 def _done(out: Path) -> Done:
     done = Done({}, set(), None)
@@ -234,9 +241,7 @@ def _jobs(root: Path, done: Done, counts: Counter) -> Iterator[Job]:
                 data = path.read_bytes()
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
-        if (data is not None and done.scored  # (a fresh scan hashes nothing here)
-                and already(done.scored.get(hashlib.sha256(data).hexdigest(), ()), path)
-                or data is None and already(done.failed, path)):
+        if done.holds(path, data):
             counts["resumed"] += 1
             continue
         yield Job(shown(path), data, problem)

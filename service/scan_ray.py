@@ -12,7 +12,6 @@ store and the scanned folder at the same paths (a shared filesystem).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,7 +27,7 @@ from detector.embedders import Embedders
 from detector.images import iter_image_paths, shown
 from detector.score import Scorer
 from index.store import Store
-from service.scan import BATCH, Done, Job, already, limit_threads, score_jobs
+from service.scan import BATCH, Done, Job, limit_threads, score_jobs
 
 READ_BATCH = 64  # files per read task
 SKIPPED = ""  # the record of a file a resumed scan already has
@@ -56,7 +55,7 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
-    """Bytes of each file; `skip` for those the output already holds (`service.scan.already`)."""
+    """Bytes of each file; `skip` for those the output already holds (`Done.holds`)."""
     import ray
     held: Done = ray.get(done[0])
     data, problems, skip = [], [], []
@@ -67,11 +66,7 @@ def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
                 blob = Path(path).read_bytes()
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
-        if problem:
-            skip.append(already(held.failed, Path(path)))
-        else:  # a fresh scan hashes nothing here
-            skip.append(bool(held.scored) and already(held.scored.get(hashlib.sha256(blob).hexdigest(), ()),
-                                                      Path(path)))
+        skip.append(held.holds(Path(path), None if problem else blob))
         data.append(blob)
         problems.append(problem)
     return {"path": batch["path"], "problem": np.array(problems, dtype=object),
