@@ -124,9 +124,9 @@ def add(index: faiss.Index, binary: bool, ids: np.ndarray, vecs: np.ndarray) -> 
 
 def search(index: faiss.Index, binary: bool, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """k nearest neighbours: (scores, ids). Float: cosine (higher is closer); binary: Hamming."""
-    if index.ntotal == 0 or len(queries) == 0:
-        return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), np.int64)
     k = min(k, index.ntotal)
+    if k <= 0 or len(queries) == 0:
+        return np.zeros((len(queries), 0)), np.zeros((len(queries), 0), np.int64)
     if binary:
         return index.search(np.ascontiguousarray(queries, dtype=np.uint8), k)
     inner = _inner(index)

@@ -681,3 +681,4 @@ def test_exact_float_search_finds_what_faiss_finds_across_blocks_and_small_index
         assert (ids == ref_ids).all()
         assert np.abs(scores - ref_scores).max() < 1e-5
         assert (np.diff(scores, axis=1) <= 0).all()  # best first
+    assert vx.search(index, False, queries, 0)[1].shape == (nq, 0)  # nothing asked, nothing found (FAISS asserts)
