@@ -14,6 +14,7 @@ The rules are written into metrics.json next to the numbers, so a reader never h
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from generator.dataset import load_manifest
 from generator.diffusion import load_checkpoint, pick_device, sampler
@@ -243,7 +245,7 @@ def sample_files(samples: Path, n: int) -> list[Path]:
 
 def analyze_images(files: list[Path], ref: Reference, root: Path) -> tuple[list[dict], list[Explanation], list[np.ndarray]]:
     records, explanations, images = [], [], []
-    for path in files:
+    for path in tqdm(files, unit="img", desc="analysing", disable=not sys.stderr.isatty()):
         with Image.open(path) as img:
             image = as_array(img, ref.size)
         record, explanation = explain_image(image, ref)
@@ -276,17 +278,26 @@ def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: in
         samples = out / "samples"
         sample(run, n, samples, steps=steps)
     sample_paths = sample_files(Path(samples), n)
+    if len(sample_paths) < n:
+        print(f"chimera: analysing the {len(sample_paths)} samples in {samples} (asked for {n})", file=sys.stderr)
     for path in sample_paths:
         provenance = read_provenance(path)
         if provenance and provenance.get("run") != info["run"]:
             raise ValueError(f"{path} was sampled from run {provenance.get('run')}, not {info['run']}")
+        if provenance and provenance.get("step") != info["steps"]:  # the report and receptive field are latest.pt's
+            raise ValueError(f"{path} was sampled at step {provenance.get('step')}, and run {info['run']} is now at "
+                             f"step {info['steps']}: sample it again, or analyse without --samples")
     ref = load_reference(data, artist, info["config"]["image_size"])
     records, explanations, images = analyze_images(sample_paths, ref, Path(samples))
+    if receptive is None:
+        if sys.stderr.isatty():  # minutes on a CPU, after the samples' bar has finished
+            print("chimera: measuring the receptive field of latest.pt ...", file=sys.stderr)
+        receptive = measure_receptive_field(run, ref)
     metrics = {
         "run": info["run"], "preset": info["preset"], "steps": info["steps"], "seed": info["seed"],
         "artist": artist, "dataset": info["dataset"]["digest"], "samples_dir": str(samples),
         **summarize(records, explanations, ref),
-        "receptive_field": measure_receptive_field(run, ref) if receptive is None else receptive,
+        "receptive_field": receptive,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     (out / "samples.json").write_text(json.dumps(records, indent=1) + "\n")

@@ -154,8 +154,14 @@ def make_dataset(
 
 
 def load_manifest(data: Path) -> list[dict]:
+    """The manifest's records; a line that is not one (no JSON object with a path and an artist, both
+    text) is a ValueError naming it, not a KeyError deep in training."""
     path = Path(data) / "manifest.jsonl"
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not a dataset manifest ({e})") from None
+    for n, r in enumerate(records, 1):
+        if not (isinstance(r, dict) and isinstance(r.get("path"), str) and isinstance(r.get("artist"), str)):
+            raise ValueError(f"{path}: record {n} is not an icon's (an object with a \"path\" and an \"artist\")")
+    return records

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, PngImagePlugin
+from tqdm import tqdm
 
 from generator.diffusion import ddim, load_checkpoint, pick_device, sampler
 from generator.train import LATEST, RUN_FILE
@@ -98,16 +100,20 @@ def sample(
     common = {
         "run": info["run"], "checkpoint": f"ckpt-{ckpt['step']}.pt", "checkpoint_sha256": file_sha256(ckpt_path),
         "step": ckpt["step"], "dataset": info["dataset"]["digest"], "seed": seed, "batch": batch, "steps": steps,
+        "device": dev.type, "torch": torch.__version__,  # CUDA and CPU draw different samples from one seed
     }
     out.mkdir(parents=True, exist_ok=True)
     records = []
+    bar = tqdm(total=n, unit="img", desc="sampling", disable=not sys.stderr.isatty())
     for start in range(0, n, batch):
         images = ddim(model, min(batch, n - start), steps, batch_seed(seed, start))
+        bar.update(len(images))
         pixels = images.mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         for offset, array in enumerate(pixels):
             index = start + offset
             record = {"path": f"sample_{index:05d}.png", **common, "index": index}
             write_png(array, out / record["path"], {k: v for k, v in record.items() if k != "path"})
             records.append(record)
+    bar.close()
     (out / MANIFEST).write_text("".join(json.dumps(r) + "\n" for r in records))
     return records

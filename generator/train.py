@@ -14,13 +14,17 @@ Layout under `out/`:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import random
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import asdict, replace
 from importlib import metadata
@@ -198,6 +202,39 @@ def checkpoint_steps(out: Path) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in out.glob("ckpt-*.pt") if p.stem.split("-")[1].isdigit())
 
 
+@contextlib.contextmanager
+def _stop_after_step() -> Iterator[threading.Event]:
+    """An event a Ctrl-C sets while training: the loop saves a checkpoint after the step under way and
+    stops, so the steps since the last checkpoint (minutes on a CPU) are kept and resume exactly. A
+    second Ctrl-C stops at once. (Signals reach the main thread only; elsewhere nothing is caught.)"""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def interrupted(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _recorded_run(out: Path) -> str | None:
+    """The run id `out/run.json` names, None without one."""
+    path = out / RUN_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())["run"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise ValueError(f"{path} is not a run manifest: use another output folder") from None
+
+
 def atomic_copy(src: Path, dst: Path) -> None:
     tmp = dst.with_suffix(".tmp")
     shutil.copyfile(src, tmp)
@@ -268,8 +305,14 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     session = Session(config, load_icons(files, config.image_size), dev)
-    if (out / LATEST).exists():
-        ckpt = load_checkpoint(out / LATEST, torch.device("cpu"))
+    recorded = _recorded_run(out)
+    if recorded not in (None, rid):  # latest.pt deleted, or only checkpoints left: still another run's folder
+        raise ValueError(f"{out} holds run {recorded}, not {rid}: use another output folder, "
+                         "or the same preset, data, seed, artist and knobs to resume it")
+    resume = out / LATEST if (out / LATEST).exists() else \
+        next((out / f"ckpt-{s}.pt" for s in reversed(checkpoint_steps(out))), None)
+    if resume is not None:
+        ckpt = load_checkpoint(resume, torch.device("cpu"))
         if ckpt["run"] != rid:
             raise ValueError(f"{out} holds run {ckpt['run']}, not {rid}: use another output folder, "
                              "or the same preset, data, seed, artist and knobs to resume it")
@@ -280,7 +323,8 @@ def train(
         (out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
     start = session.steps_done
-    with tqdm(total=config.steps, initial=start, desc=rid, mininterval=1.0, disable=start >= config.steps) as bar:
+    with tqdm(total=config.steps, initial=start, desc=rid, mininterval=1.0, disable=start >= config.steps) as bar, \
+            _stop_after_step() as stop:
         while session.steps_done < config.steps:
             t0 = time.perf_counter()
             session.step()
@@ -290,9 +334,13 @@ def train(
             done = session.steps_done
             if done % config.sample_every == 0 or done == config.steps:
                 save_grid(session, out / f"samples-{done}.png", seed)
-            if done % config.checkpoint_every == 0 or done == config.steps:
+            if done % config.checkpoint_every == 0 or done == config.steps or stop.is_set():
                 save_checkpoint(session, out, rid)
                 write_manifest()  # after every checkpoint, so a killed run still describes its latest.pt
+            if stop.is_set():
+                bar.close()
+                print(f"chimera: saved step {done} in {out}; the same command resumes it", file=sys.stderr)
+                raise KeyboardInterrupt
     if not (out / RUN_FILE).exists():  # resumed a finished run whose manifest was deleted
         write_manifest()
     return json.loads((out / RUN_FILE).read_text())

@@ -182,6 +182,15 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fresh(out: Path, what: str) -> None:
+    """Refuse an --out folder that holds anything: writing over an earlier run's files replaces some and
+    leaves others beside them, unlisted, and a store entry made from one would name another picture."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file: write {what} to a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty: write {what} to a new or empty folder")
+
+
 def cmd_dataset_make(args: argparse.Namespace) -> int:
     from generator.dataset import make_dataset
     for flag, value, least in (("--artists", args.artists, 1), ("--per-artist", args.per_artist, 1),
@@ -190,11 +199,9 @@ def cmd_dataset_make(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be at least {least} (got {value})")
     if args.size > MAX_ICON:
         raise UserError(f"--size must be at most {MAX_ICON} (got {args.size}): icons, not posters")
-    out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()):  # a dataset made over another leaves the other's icons behind
-        raise UserError(f"{out} is not empty: make a dataset in a new or empty folder")
+    _fresh(Path(args.out), "a dataset")  # a dataset made over another leaves the other's icons behind
     try:
-        rows = make_dataset(out, artists=args.artists, per_artist=args.per_artist, size=args.size,
+        rows = make_dataset(Path(args.out), artists=args.artists, per_artist=args.per_artist, size=args.size,
                             seed=args.seed, signed=args.signed, holdout=args.holdout)
     except ValueError as e:  # more icons than the parts can make
         raise UserError(str(e)) from None
@@ -206,6 +213,7 @@ def cmd_dataset_chimeras(args: argparse.Namespace) -> int:
     from generator.chimeras import make_chimeras
     if not (Path(args.data) / "manifest.jsonl").exists():
         raise UserError(f"{args.data} is not a dataset (no manifest.jsonl; make one with `chimera dataset make`)")
+    _fresh(Path(args.out), "chimeras")
     try:
         rows = make_chimeras(Path(args.data), Path(args.out), n=args.n, seed=args.seed)
     except ValueError as e:  # too few icons, a bad --n or --seed, a damaged manifest
@@ -227,6 +235,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from generator.sample import sample
+    _fresh(Path(args.out), "samples")
     try:
         records = sample(Path(args.run), args.n, Path(args.out), steps=args.steps, seed=args.seed)
     except ValueError as e:
@@ -249,6 +258,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from generator.analyze import analyze
+    _fresh(Path(args.out), "a report")
     try:
         metrics = analyze(Path(args.run), Path(args.data), Path(args.out),
                           samples=Path(args.samples) if args.samples else None, n=args.n, steps=args.steps)

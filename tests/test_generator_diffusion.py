@@ -98,6 +98,72 @@ def test_resume_continues_the_same_run(run: Path, data: Path, tmp_path: Path) ->
 
 
 
+def test_a_run_folder_is_never_taken_over_and_resumes_from_its_checkpoints(data: Path, tmp_path: Path) -> None:
+    """With latest.pt gone (it only copies the newest checkpoint), the folder still belongs to its run:
+    another run is refused, and the same run resumes from its newest ckpt-N.pt instead of starting over."""
+    first = train(data, tmp_path, "small", steps=15, device="cpu", seed=0, **TINY)
+    (tmp_path / "latest.pt").unlink()
+    kept = (tmp_path / "ckpt-15.pt").stat().st_mtime_ns
+    with pytest.raises(ValueError, match="holds run"):
+        train(data, tmp_path, "small", steps=16, device="cpu", seed=1, **TINY)
+    again = train(data, tmp_path, "small", steps=15, device="cpu", seed=0, **TINY)
+    assert again["run"] == first["run"] and again["steps"] == 15
+    assert (tmp_path / "ckpt-15.pt").stat().st_mtime_ns == kept  # resumed (nothing left to do), not retrained
+
+
+def test_ctrl_c_while_training_keeps_every_step_and_resumes_exactly(run: Path, data: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Ctrl-C (SIGINT) during training saves after the step under way and stops; the same command then
+    resumes and ends with the weights of a run that never stopped (the `run` fixture)."""
+    import os
+    import signal
+
+    from generator import train as training
+    real, calls = training.Session.step, []
+
+    def step(self) -> None:  # the user presses Ctrl-C during the 20th step
+        calls.append(1)
+        if len(calls) == 20:
+            os.kill(os.getpid(), signal.SIGINT)
+        real(self)
+
+    monkeypatch.setattr(training.Session, "step", step)
+    with pytest.raises(KeyboardInterrupt):
+        train(data, tmp_path, "small", steps=STEPS, device="cpu", seed=0, **TINY)  # checkpoints every 15
+    assert json.loads((tmp_path / "run.json").read_text())["steps"] == 20
+    assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 20
+    monkeypatch.undo()
+    assert train(data, tmp_path, "small", steps=STEPS, device="cpu", seed=0, **TINY)["steps"] == STEPS
+    resumed, straight = (torch.load(p / "latest.pt", weights_only=True) for p in (tmp_path, run))
+    assert resumed["losses"] == straight["losses"]
+    assert all(torch.equal(resumed["ema"][k], straight["ema"][k]) for k in straight["ema"])
+
+
+def test_research_outputs_are_never_written_over(run: Path, data: Path, tmp_path: Path, refused) -> None:
+    """sample, dataset chimeras and analyze refuse an --out folder that holds anything: a second run
+    would replace some of the first's files and leave others beside them, unlisted."""
+    from service.cli import main
+    out = tmp_path / "s"
+    assert main(["sample", str(run), "--n", "2", "--out", str(out), "--steps", "2"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    refused("sample", str(run), "--n", "1", "--out", str(out), "--steps", "3", says="is not empty")
+    refused("dataset", "chimeras", str(data), str(out), says="is not empty")
+    refused("analyze", str(run), "--data", str(data), "--out", str(out), "--n", "1", says="is not empty")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert read_provenance(out / "sample_00000.png")["device"] == "cpu"
+
+
+def test_analysis_refuses_samples_of_another_step(run: Path, data: Path, tmp_path: Path) -> None:
+    """Samples drawn before the run trained on are not its latest checkpoint's: the report would give
+    them the run's current step and measure the receptive field of another model."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    sample(copy, 1, tmp_path / "old", steps=2, device="cpu")
+    train(data, copy, "small", steps=STEPS + 1, device="cpu", seed=0, **TINY)
+    with pytest.raises(ValueError, match=f"sampled at step {STEPS}"):
+        analyze(copy, data, tmp_path / "a", samples=tmp_path / "old", n=1)
+
+
 def test_code_version_without_git_or_installed_package(monkeypatch: pytest.MonkeyPatch) -> None:
     """A copied tree (no .git, not installed) records the commit it is told, else "unknown", and never fails."""
     import subprocess
@@ -231,7 +297,7 @@ def test_research_commands_answer_bad_input_in_one_line_and_leave_nothing_behind
             says="not a readable checkpoint")
     afile = tmp_path / "afile"
     afile.write_text("mine")
-    refused("sample", str(run), "--n", "2", "--out", str(afile), "--steps", "2", says="File exists")
+    refused("sample", str(run), "--n", "2", "--out", str(afile), "--steps", "2", says="is a file")
     refused("sample", str(run), "--n", "2", "--out", str(tmp_path / "s2"), "--steps", "0", says="sampling steps")
     refused("train", str(data), "--preset", "small", "--out", str(tmp_path / "r1"), "--seed", "-3", says="seed")
     assert not (tmp_path / "s2").exists() and not (tmp_path / "r1").exists()
@@ -242,6 +308,11 @@ def test_research_commands_answer_bad_input_in_one_line_and_leave_nothing_behind
             says="which is missing")
     (missing / "manifest.jsonl").write_text("{not json\n")
     refused("dataset", "chimeras", str(missing), str(tmp_path / "c1"), says="not a dataset manifest")
+    for record in ('{"artist": "x"}', "[1, 2]"):  # JSON, but not an icon's record
+        (missing / "manifest.jsonl").write_text(record + "\n")
+        refused("train", str(missing), "--preset", "small", "--out", str(tmp_path / "r3"), "--steps", "1",
+                says="record 1 is not an icon's")
+        refused("dataset", "chimeras", str(missing), str(tmp_path / "c1"), says="record 1 is not an icon's")
     (broken / "run.json").write_text("{")
     refused("sample", str(broken), "--n", "1", "--out", str(tmp_path / "s3"), says="not a run description")
 
