@@ -16,9 +16,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageFile, ImageOps
+from PIL import (BmpImagePlugin, GifImagePlugin, Image, ImageFile, ImageOps, JpegImagePlugin,  # noqa: F401
+                 PngImagePlugin, TiffImagePlugin, WebPImagePlugin)  # registers FORMATS
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# Pillow's decoders for those (JPEG's also opens camera MPO files). Only these are tried: some others
+# (ICO, ICNS) decode an embedded picture of any size while opening, before any pixel budget is checked.
+FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "DIB", "TIFF")
 MAX_PIXELS = 64 * 1024 * 1024  # the default pixel budget; CHIMERA_MAX_PIXELS sets another (`pixel_budget`)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -117,7 +121,7 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
             # our budget, not Pillow's, decides (checked below before any pixel is decoded); Pillow
             # still refuses outright past twice its own, whatever CHIMERA_MAX_PIXELS says
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
             w, h = img.size
             if w * h > limit:
                 raise ImageError(source, f"{w}x{h} is {w * h} pixels, over the limit of {limit}"
@@ -132,7 +136,7 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
         raise ImageError(source, f"too many pixels (possible decompression bomb; Pillow refuses over "
                                  f"{2 * (Image.MAX_IMAGE_PIXELS or 0)})") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(source, "not an image (unrecognised format)") from None
+        raise ImageError(source, "not an image (unrecognised format; PNG, JPEG, WebP, GIF, BMP and TIFF are read)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(source, f"corrupt or truncated image ({e})") from None
     if rgb.width < 8 or rgb.height < 8:

@@ -1,14 +1,18 @@
 """Artist names: one rule for the whole store, whichever door a name comes in by (CLI or HTTP API).
 
 A name becomes a URL path segment (/v1/artists/{name}), a CSV cell and a line of terminal
-output, so path separators and control characters are refused wherever it is given.
+output, so path separators and control characters are refused wherever it is given; and a
+name is shown in reports and pages, so one that looks like another (invisible formatting
+characters such as a zero-width space or a right-to-left override, spaces at either end) is too.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
-NAME_RULE = "1-100 characters, not blank, no '/', '\\' or control characters"
+NAME_RULE = ("1-100 characters, not blank, no spaces at either end, no '/', '\\', control characters or "
+             "invisible formatting characters")
 NAME_CHAR = "[^\\x00-\\x1f\\x7f-\\x9f/\\\\]"  # any character but C0, DEL and C1 controls and path separators
 _NAME = re.compile(NAME_CHAR + "{1,100}")
 
@@ -17,7 +21,9 @@ def valid_name(name: object) -> bool:
     """Whether `name` follows NAME_RULE. Whole-string match: a regex `$` would also accept a name
     ending in a newline. A lone surrogate (JSON allows "\\ud800") is valid JSON but no UTF-8 text,
     so SQLite cannot store it."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or not name.strip():
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.strip() != name:
+        return False
+    if any(unicodedata.category(c) == "Cf" for c in name):  # zero-width, bidi overrides, BOM: a look-alike
         return False
     try:
         name.encode("utf-8")

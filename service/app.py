@@ -56,7 +56,10 @@ def settings(environ: dict[str, str]) -> dict[str, Any]:
                                  f"(got {environ[key]!r})") from None
             if not math.isfinite(out[key]) or out[key] <= 0:  # nan passes "<= 0"
                 raise ValueError(f"{key} must be positive (got {environ[key]!r})")
-    out["CHIMERA_SCORE_AUTH"] = environ.get("CHIMERA_SCORE_AUTH", "").strip().lower() in ("1", "true", "yes")
+    auth = environ.get("CHIMERA_SCORE_AUTH", "").strip().lower()
+    if auth not in ("", "0", "false", "no", "1", "true", "yes"):  # "on" must not leave scoring open unnoticed
+        raise ValueError(f"CHIMERA_SCORE_AUTH must be 1, true or yes (or 0, false, no) (got {auth!r})")
+    out["CHIMERA_SCORE_AUTH"] = auth in ("1", "true", "yes")
     out["CHIMERA_API_TOKENS"] = [t.strip() for t in environ.get("CHIMERA_API_TOKENS", "").split(",") if t.strip()]
     return out
 
@@ -202,8 +205,11 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         require_token()
         if not valid_name(name):
             raise ApiError(400, "invalid_name", f"artist names are {NAME_RULE}")
+        files = uploads("images")
+        if len(files) > app.config["CHIMERA_MAX_BATCH"]:  # memory and write-lock time grow with the count
+            raise ApiError(400, "batch_too_large", f"at most {app.config['CHIMERA_MAX_BATCH']} images per request")
         images, failed = [], []
-        for fname, data in uploads("images"):
+        for fname, data in files:  # all decoded before the write lock: a request of bad files changes nothing
             try:
                 images.append(decoded(fname, data))
             except ImageError as e:
@@ -306,7 +312,9 @@ def serve(host: str, port: int, store: Path | str | None, threads: int = 8,
     if threads < 1:
         raise ValueError(f"--threads must be at least 1 (got {threads})")
     app = create_app(store, embedders=embedders)
-    server = waitress.server.create_server(app, host=host, port=port, threads=threads, ident="chimera")
+    server = waitress.server.create_server(app, host=host, port=port, threads=threads, ident="chimera",
+                                           max_request_body_size=app.config["MAX_CONTENT_LENGTH"])
+    # (waitress's own limit is 1 GiB, spooled to disk before Flask's 413: refused after the headers instead)
     # said once the port is bound: a port in use or a foreign host is an error, not this line then one
     print(f"chimera: serving {app.extensions['chimera'].store_path} on http://{host}:{port}/", flush=True)
     try:

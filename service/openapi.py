@@ -80,9 +80,10 @@ def _upload(field: str, many: bool, artist: bool = False) -> dict:
         "type": "object", "required": [field], "properties": props}}}}
 
 
-# artist names (index.names.valid_name): 1-100 characters, not blank, no path separators or control characters
-NAME = {"type": "string", "minLength": 1, "maxLength": 100,
-        "pattern": f"^{NAME_CHAR}*[^\\s\\x00-\\x1f\\x7f-\\x9f/\\\\]{NAME_CHAR}*$"}
+# artist names (index.names.valid_name): 1-100 characters, no spaces at either end, no path separators or
+# control characters (the server also refuses invisible formatting characters, Unicode category Cf)
+_EDGE = "[^\\s\\x00-\\x1f\\x7f-\\x9f/\\\\]"
+NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": f"^{_EDGE}({NAME_CHAR}*{_EDGE})?$"}
 NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": NAME}
 AUTH = [{"bearer": []}]
 SCORE_AUTH = [{}, {"bearer": []}]  # open, unless the server sets CHIMERA_SCORE_AUTH
@@ -122,12 +123,14 @@ def spec() -> dict[str, Any]:
                 "parameters": [NAME_PARAM],
                 "responses": {"200": _json("Removed", "removed"), **_errors(401, 403, 404, 409)}}},
             "/v1/artists/{name}/works": {"post": {
-                "summary": "add works (the artist is created if new)", "security": AUTH, "parameters": [NAME_PARAM],
+                "summary": "add works, at most CHIMERA_MAX_BATCH a request (the artist is created if new)",
+                "security": AUTH, "parameters": [NAME_PARAM],
                 "requestBody": _upload("images", True),
                 "responses": {"201": _json("AddReport", "added"), "200": _json("AddReport", "nothing new"),
                               **_errors(400, 401, 403, 409, 413)}}},
             "/v1/artists/{name}/signatures": {"post": {
-                "summary": "add signature samples", "security": AUTH, "parameters": [NAME_PARAM],
+                "summary": "add signature samples, at most CHIMERA_MAX_BATCH a request", "security": AUTH,
+                "parameters": [NAME_PARAM],
                 "requestBody": _upload("images", True),
                 "responses": {"201": _json("AddReport", "added"), "200": _json("AddReport", "nothing new"),
                               **_errors(400, 401, 403, 409, 413)}}},

@@ -68,8 +68,15 @@ def _png_header_only(w: int, h: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
 
 
+def _ico_holding(png: bytes) -> bytes:
+    """An ICO whose directory says 16x16 and whose one entry is `png`, of any size."""
+    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 22) + png
+
+
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty file"),
+    # Pillow decodes an ICO's embedded picture while opening it, before the pixel budget is seen: not read
+    (_ico_holding(encode(Image.new("RGBA", (3000, 3000)), "PNG")), "not an image"),
     (b"this is not an image at all", "not an image"),
     (encode(Image.new("RGB", (64, 64), "red"), "PNG")[:80], "corrupt or truncated"),
     (_png_header_only(100_000, 100_000), "decompression bomb"),

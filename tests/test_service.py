@@ -202,11 +202,13 @@ def test_a_fresh_server_scores_against_an_empty_store(client):
     valid(r.json, "Result")
 
 
-@pytest.mark.parametrize("name", ["   ", "nl\n", "a\x7fb", "c1\x85", "x\ud800y", "a/b", "a\\b", "", "n" * 101])
+@pytest.mark.parametrize("name", ["   ", "nl\n", "a\x7fb", "c1\x85", "x\ud800y", "a/b", "a\\b", "", "n" * 101,
+                                  "alice ", " alice", "ali\u200bce", "ali\u202ece", "\ufeffalice"])
 def test_artist_names_that_are_blank_controlled_or_not_text_are_refused_as_such(client, name):
     """One rule for every endpoint that takes a name, matched against the whole name (a regex `$`
     let a name ending in a newline through), answered 400 invalid_name: not 409 (blank), not 500
-    (a lone surrogate is valid JSON but no UTF-8 text, so SQLite refused it)."""
+    (a lone surrogate is valid JSON but no UTF-8 text, so SQLite refused it). Names that would show
+    like another's are refused too: spaces at an end, zero-width and bidi-override characters, a BOM."""
     r = client.post("/v1/artists", headers=AUTH, json={"name": name})
     assert (r.status_code, r.json["error"]) == (400, "invalid_name")
     if name and "\ud800" not in name and "/" not in name:
@@ -271,6 +273,10 @@ def test_settings_from_the_environment_are_checked_and_upload_names_kept_readabl
         settings({"CHIMERA_REQUEST_TIMEOUT": "nan"})  # nan is no number of seconds
     assert settings({"CHIMERA_SCORE_AUTH": "TRUE", "CHIMERA_API_TOKENS": "a, b,"}) == {
         "CHIMERA_SCORE_AUTH": True, "CHIMERA_API_TOKENS": ["a", "b"]}
+    for unclear in ("on", "enabled", "2"):  # would have left scoring open without a word
+        with pytest.raises(ValueError, match="CHIMERA_SCORE_AUTH must be"):
+            settings({"CHIMERA_SCORE_AUTH": unclear})
+    assert settings({"CHIMERA_SCORE_AUTH": "no"})["CHIMERA_SCORE_AUTH"] is False
     assert [upload_name(n) for n in ("/", ".", None, "dir/a.png", "nul\x00.png")] == [
         "upload", "upload", "upload", "a.png", "nul\\x00.png"]
 
@@ -285,3 +291,43 @@ def test_scoring_auth_takes_any_case_of_bearer_and_says_when_no_token_can_pass(s
                         embedders=Embedders(None, "off")).test_client()
     r = locked.post("/v1/score", data={"image": (open(alice[0], "rb"), "a.png")})
     assert (r.status_code, r.json["error"]) == (403, "scoring_disabled")
+
+
+def test_adding_works_takes_at_most_a_batch_of_images_per_request(client):
+    """Each added image is decoded and embedded under the store's write lock: a request of many is
+    refused whole (400 batch_too_large) and adds nothing, as a scoring batch over the limit is."""
+    too_many = [(png(Image.new("RGB", (32, 32), (i, 0, 0))), f"{i}.png") for i in range(17)]
+    r = client.post("/v1/artists/alice/works", headers=AUTH, data={"images": too_many})
+    assert (r.status_code, r.json["error"]) == (400, "batch_too_large")
+    assert client.get("/v1/artists").json["artists"] == []
+
+
+def test_the_server_refuses_an_oversized_body_after_its_headers(tmp_path):
+    """A request announcing more than the upload limit is answered 413 before its body is read (the
+    server's own limit was 1 GiB, spooled to disk before the app's 413)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--store", str(tmp_path / "store"), "--no-clip",
+                             "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as conn:
+            conn.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                         b"Content-Length: 209715200\r\n\r\n" + b"x" * 1024)  # 200 MiB announced, 1 KiB sent
+            status = conn.recv(4096).split(b"\r\n", 1)[0]
+        assert b" 413 " in status, status
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
