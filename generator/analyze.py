@@ -235,7 +235,11 @@ def sample_files(samples: Path, n: int) -> list[Path]:
     if not samples.is_dir():
         raise ValueError(f"no samples directory at {samples}")
     if (samples / MANIFEST).is_file():
-        files = [samples / json.loads(line)["path"] for line in (samples / MANIFEST).read_text().splitlines() if line]
+        try:
+            files = [samples / json.loads(line)["path"] for line in (samples / MANIFEST).read_text().splitlines()
+                     if line.strip()]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{samples / MANIFEST} is not a samples list ({type(e).__name__}: {e})") from None
     else:
         files = sorted(samples.glob("*.png"))
     if not files:
@@ -266,8 +270,8 @@ def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: in
     run's `measure_receptive_field`, measured where its checkpoint is; without it, it is measured
     here from `run/latest.pt`.
     """
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if n < 1 or steps is not None and steps < 1:  # checked before `out` is made: a refusal leaves no folder
+        raise ValueError(f"n and sampling steps must be >= 1, got n={n}, steps={steps}")
     run, data, out = Path(run), Path(data), Path(out)
     info = read_run(run)
     artist, files = training_set(data, info["artist"])

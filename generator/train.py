@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
@@ -337,7 +338,7 @@ def train(
             if done % config.checkpoint_every == 0 or done == config.steps or stop.is_set():
                 save_checkpoint(session, out, rid)
                 write_manifest()  # after every checkpoint, so a killed run still describes its latest.pt
-            if stop.is_set():
+            if stop.is_set() and done < config.steps:  # (on the last step the run is simply complete)
                 bar.close()
                 print(f"chimera: saved step {done} in {out}; the same command resumes it", file=sys.stderr)
                 raise KeyboardInterrupt

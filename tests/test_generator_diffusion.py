@@ -151,6 +151,12 @@ def test_research_outputs_are_never_written_over(run: Path, data: Path, tmp_path
     refused("analyze", str(run), "--data", str(data), "--out", str(out), "--n", "1", says="is not empty")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert read_provenance(out / "sample_00000.png")["device"] == "cpu"
+    refused("analyze", str(run), "--data", str(data), "--out", str(tmp_path / "a0"), "--steps", "0",
+            says="sampling steps must be >= 1")
+    assert not (tmp_path / "a0").exists()
+    (out / "samples.jsonl").write_text('{"path": "sample_0')  # cut short
+    refused("analyze", str(run), "--data", str(data), "--out", str(tmp_path / "a1"), "--samples", str(out),
+            says="samples.jsonl is not a samples list")
 
 
 def test_analysis_refuses_samples_of_another_step(run: Path, data: Path, tmp_path: Path) -> None:
