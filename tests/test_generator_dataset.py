@@ -296,7 +296,7 @@ def test_dataset_commands_refuse_what_they_cannot_make_in_one_line(tmp_path: Pat
     refused("dataset", "make", str(tmp_path / "x"), "--artists", "1", "--per-artist", "10000000",
             says="distinct reference icons exist")
     (tmp_path / "afile").write_text("mine")
-    refused("dataset", "make", str(tmp_path / "afile"), "--artists", "1", "--per-artist", "2", says="Not a directory")
+    refused("dataset", "make", str(tmp_path / "afile"), "--artists", "1", "--per-artist", "2", says="is a file")
     refused("dataset", "chimeras", str(small), str(tmp_path / "c0"), "--n", "0", says="--n must be at least 1")
     refused("dataset", "chimeras", str(small), str(tmp_path / "c1"), "--seed", "-2", says="--seed must be 0 or more")
     tiny = tmp_path / "tiny"
