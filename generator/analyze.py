@@ -282,21 +282,23 @@ def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: in
         samples = out / "samples"
         sample(run, n, samples, steps=steps)
     sample_paths = sample_files(Path(samples), n)
+    latest = load_checkpoint(run / LATEST, torch.device("cpu")) if (run / LATEST).exists() else None
+    now = latest["step"] if latest else info["steps"]  # what a sample of this run draws from
     if len(sample_paths) < n:
         print(f"chimera: analysing the {len(sample_paths)} samples in {samples} (asked for {n})", file=sys.stderr)
     for path in sample_paths:
         provenance = read_provenance(path)
         if provenance and provenance.get("run") != info["run"]:
             raise ValueError(f"{path} was sampled from run {provenance.get('run')}, not {info['run']}")
-        if provenance and provenance.get("step") != info["steps"]:  # the report and receptive field are latest.pt's
+        if provenance and provenance.get("step") != now:  # the report and receptive field are latest.pt's
             raise ValueError(f"{path} was sampled at step {provenance.get('step')}, and run {info['run']} is now at "
-                             f"step {info['steps']}: sample it again, or analyse without --samples")
+                             f"step {now}: sample it again, or analyse without --samples")
     ref = load_reference(data, artist, info["config"]["image_size"])
     records, explanations, images = analyze_images(sample_paths, ref, Path(samples))
     if receptive is None:
         if sys.stderr.isatty():  # minutes on a CPU, after the samples' bar has finished
             print("chimera: measuring the receptive field of latest.pt ...", file=sys.stderr)
-        receptive = measure_receptive_field(run, ref)
+        receptive = measure_receptive_field(latest or load_checkpoint(run / LATEST, torch.device("cpu")), ref)
     metrics = {
         "run": info["run"], "preset": info["preset"], "steps": info["steps"], "seed": info["seed"],
         "artist": artist, "dataset": info["dataset"]["digest"], "samples_dir": str(samples),
@@ -309,8 +311,8 @@ def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: in
     return metrics
 
 
-def measure_receptive_field(run: Path, ref: Reference) -> dict[str, list]:
+def measure_receptive_field(checkpoint: dict[str, Any], ref: Reference) -> dict[str, list]:
     device = pick_device("auto")
-    _, model = sampler(load_checkpoint(run / LATEST, torch.device("cpu")), device)
+    _, model = sampler(checkpoint, device)
     icons = torch.from_numpy(ref.icons[:ERF_ICONS]).permute(0, 3, 1, 2).contiguous()
     return receptive_field(model, icons)

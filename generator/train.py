@@ -209,7 +209,8 @@ def _stop_after_step() -> Iterator[threading.Event]:
     stops, so the steps since the last checkpoint (minutes on a CPU) are kept and resume exactly. A
     second Ctrl-C stops at once. (Signals reach the main thread only; elsewhere nothing is caught.)"""
     stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # ignored, or someone else's
         yield stop
         return
 
@@ -225,15 +226,13 @@ def _stop_after_step() -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _recorded_run(out: Path) -> str | None:
-    """The run id `out/run.json` names, None without one."""
-    path = out / RUN_FILE
-    if not path.exists():
-        return None
+def _recorded(out: Path) -> dict[str, Any] | None:
+    """`out/run.json`, None without a readable one (then the checkpoints' run ids decide)."""
     try:
-        return json.loads(path.read_text())["run"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise ValueError(f"{path} is not a run manifest: use another output folder") from None
+        record = json.loads((out / RUN_FILE).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("run"), str) else None
 
 
 def atomic_copy(src: Path, dst: Path) -> None:
@@ -306,9 +305,9 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     session = Session(config, load_icons(files, config.image_size), dev)
-    recorded = _recorded_run(out)
-    if recorded not in (None, rid):  # latest.pt deleted, or only checkpoints left: still another run's folder
-        raise ValueError(f"{out} holds run {recorded}, not {rid}: use another output folder, "
+    recorded = _recorded(out)
+    if recorded and recorded["run"] != rid:  # latest.pt deleted, or only checkpoints left: still another run's
+        raise ValueError(f"{out} holds run {recorded['run']}, not {rid}: use another output folder, "
                          "or the same preset, data, seed, artist and knobs to resume it")
     resume = out / LATEST if (out / LATEST).exists() else \
         next((out / f"ckpt-{s}.pt" for s in reversed(checkpoint_steps(out))), None)
@@ -318,10 +317,14 @@ def train(
             raise ValueError(f"{out} holds run {ckpt['run']}, not {rid}: use another output folder, "
                              "or the same preset, data, seed, artist and knobs to resume it")
         session.load(ckpt)
+        if resume != out / LATEST:  # sampling and analysis read latest.pt
+            atomic_copy(resume, out / LATEST)
 
-    def write_manifest() -> None:
+    def write_manifest() -> None:  # whole or not at all: a kill mid-write must not cost the run its folder
         record = manifest(session, rid, preset, artist, data, files, digest, seed)
-        (out / RUN_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        tmp = out / f".{RUN_FILE}.tmp"
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, out / RUN_FILE)
 
     start = session.steps_done
     with tqdm(total=config.steps, initial=start, desc=rid, mininterval=1.0, disable=start >= config.steps) as bar, \
@@ -342,6 +345,6 @@ def train(
                 bar.close()
                 print(f"chimera: saved step {done} in {out}; the same command resumes it", file=sys.stderr)
                 raise KeyboardInterrupt
-    if not (out / RUN_FILE).exists():  # resumed a finished run whose manifest was deleted
+    if (_recorded(out) or {}).get("steps") != session.steps_done:  # deleted, damaged, or behind latest.pt
         write_manifest()
     return json.loads((out / RUN_FILE).read_text())

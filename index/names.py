@@ -12,21 +12,25 @@ import re
 import unicodedata
 
 NAME_RULE = ("1-100 characters, not blank, no spaces at either end, no '/', '\\', control characters or "
-             "invisible formatting characters")
+             "invisible formatting characters other than zero-width joiners")
 NAME_CHAR = "[^\\x00-\\x1f\\x7f-\\x9f/\\\\]"  # any character but C0, DEL and C1 controls and path separators
 _NAME = re.compile(NAME_CHAR + "{1,100}")
 
 
-def valid_name(name: object) -> bool:
+JOINERS = {"\u200c", "\u200d"}  # zero-width (non-)joiners: Persian spelling, emoji sequences need them
+
+
+def valid_name(name: object, new: bool = True) -> bool:
     """Whether `name` follows NAME_RULE. Whole-string match: a regex `$` would also accept a name
     ending in a newline. A lone surrogate (JSON allows "\\ud800") is valid JSON but no UTF-8 text,
-    so SQLite cannot store it."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or name.strip() != name:
-        return False
-    if any(unicodedata.category(c) == "Cf" for c in name):  # zero-width, bidi overrides, BOM: a look-alike
+    so SQLite cannot store it. The look-alike part of the rule (spaces at either end, invisible
+    formatting characters but the joiners) is for names entering the store (`new`): an artist
+    registered before it came keeps its name, and can still be added to."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or not name.strip():
         return False
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return True
+    return not new or name.strip() == name and not any(unicodedata.category(c) == "Cf" and c not in JOINERS
+                                                       for c in name)

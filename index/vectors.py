@@ -160,7 +160,7 @@ def _exact_search(flat: faiss.IndexFlat, ids: np.ndarray, queries: np.ndarray,
         where = np.concatenate([where, cand + start], axis=1)
         order = np.lexsort((where, -best), axis=1)[:, :k]  # by score, descending, then by position
         best, where = np.take_along_axis(best, order, axis=1), np.take_along_axis(where, order, axis=1)
-    return best, ids[where]
+    return best, np.where(np.isfinite(best), ids[where], -1)  # a NaN query finds nothing, as with FAISS
 
 
 def write_atomic(index: faiss.Index, binary: bool, path: Path) -> None:

@@ -203,7 +203,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
 
     def add(name: str, signature: bool):
         require_token()
-        if not valid_name(name):
+        if not valid_name(name, new=False) or not (valid_name(name) or artist_exists(name)):  # (an old name stays)
             raise ApiError(400, "invalid_name", f"artist names are {NAME_RULE}")
         files = uploads("images")
         if len(files) > app.config["CHIMERA_MAX_BATCH"]:  # memory and write-lock time grow with the count
@@ -312,9 +312,10 @@ def serve(host: str, port: int, store: Path | str | None, threads: int = 8,
     if threads < 1:
         raise ValueError(f"--threads must be at least 1 (got {threads})")
     app = create_app(store, embedders=embedders)
+    # waitress's own body limit is 1 GiB, spooled to disk before the app's JSON 413: at twice the app's
+    # limit, an upload a little too large still gets the JSON answer, and a huge one a plain 413 after its headers
     server = waitress.server.create_server(app, host=host, port=port, threads=threads, ident="chimera",
-                                           max_request_body_size=app.config["MAX_CONTENT_LENGTH"])
-    # (waitress's own limit is 1 GiB, spooled to disk before Flask's 413: refused after the headers instead)
+                                           max_request_body_size=2 * app.config["MAX_CONTENT_LENGTH"])
     # said once the port is bound: a port in use or a foreign host is an error, not this line then one
     print(f"chimera: serving {app.extensions['chimera'].store_path} on http://{host}:{port}/", flush=True)
     try:

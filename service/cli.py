@@ -7,9 +7,12 @@ that completed with per-file failures exits 1 after doing all the good work.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,7 +46,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     from detector.images import iter_image_paths
     from index.names import NAME_RULE, valid_name
     from service.ingest import add_images, load_paths
-    if not valid_name(args.artist):  # the API's rule: a name it could not address would be stuck in the store
+    if not valid_name(args.artist, new=False):  # the API's rule: a name it could not address would be stuck
         raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE} "
                         "(the HTTP API could not address it)")
     missing: list[tuple[str, str]] = []
@@ -51,6 +54,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     total = sum(1 for _ in iter_image_paths(paths))
     embedders = _embedders(args)
     with _open(args, create=True) as store:
+        if not store.has_artist(args.artist) and not valid_name(args.artist):  # a new name must not pass for another
+            raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE}")
         report = add_images(store, embedders, args.artist, load_paths(paths, missing), signature=args.signature,
                             progress=total > 20 and sys.stderr.isatty(), total=total)
     report.failed[:0] = missing
@@ -182,13 +187,22 @@ def cmd_models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fresh(out: Path, what: str) -> None:
+@contextlib.contextmanager
+def _fresh(out: Path, what: str) -> Iterator[None]:
     """Refuse an --out folder that holds anything: writing over an earlier run's files replaces some and
-    leaves others beside them, unlisted, and a store entry made from one would name another picture."""
+    leaves others beside them, unlisted, and a store entry made from one would name another picture.
+    A command that fails or is interrupted takes back what it wrote, so the same command can run again."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file: write {what} to a new or empty folder")
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{out} is not empty: write {what} to a new or empty folder")
+    existed = out.exists()
+    try:
+        yield
+    except BaseException:
+        for path in ([*out.iterdir()] if existed and out.is_dir() else [out] if out.exists() else []):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
 
 
 def cmd_dataset_make(args: argparse.Namespace) -> int:
@@ -199,10 +213,10 @@ def cmd_dataset_make(args: argparse.Namespace) -> int:
             raise UserError(f"{flag} must be at least {least} (got {value})")
     if args.size > MAX_ICON:
         raise UserError(f"--size must be at most {MAX_ICON} (got {args.size}): icons, not posters")
-    _fresh(Path(args.out), "a dataset")  # a dataset made over another leaves the other's icons behind
     try:
-        rows = make_dataset(Path(args.out), artists=args.artists, per_artist=args.per_artist, size=args.size,
-                            seed=args.seed, signed=args.signed, holdout=args.holdout)
+        with _fresh(Path(args.out), "a dataset"):  # a dataset made over another leaves the other's icons behind
+            rows = make_dataset(Path(args.out), artists=args.artists, per_artist=args.per_artist, size=args.size,
+                                seed=args.seed, signed=args.signed, holdout=args.holdout)
     except ValueError as e:  # more icons than the parts can make
         raise UserError(str(e)) from None
     print(f"wrote {len(rows)} icons of {args.artists} artists to {args.out} (manifest.jsonl)")
@@ -213,9 +227,9 @@ def cmd_dataset_chimeras(args: argparse.Namespace) -> int:
     from generator.chimeras import make_chimeras
     if not (Path(args.data) / "manifest.jsonl").exists():
         raise UserError(f"{args.data} is not a dataset (no manifest.jsonl; make one with `chimera dataset make`)")
-    _fresh(Path(args.out), "chimeras")
     try:
-        rows = make_chimeras(Path(args.data), Path(args.out), n=args.n, seed=args.seed)
+        with _fresh(Path(args.out), "chimeras"):
+            rows = make_chimeras(Path(args.data), Path(args.out), n=args.n, seed=args.seed)
     except ValueError as e:  # too few icons, a bad --n or --seed, a damaged manifest
         raise UserError(str(e)) from None
     print(f"wrote {len(rows)} chimeras with ground truth to {args.out} (chimeras.jsonl)")
@@ -235,9 +249,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from generator.sample import sample
-    _fresh(Path(args.out), "samples")
     try:
-        records = sample(Path(args.run), args.n, Path(args.out), steps=args.steps, seed=args.seed)
+        with _fresh(Path(args.out), "samples"):
+            records = sample(Path(args.run), args.n, Path(args.out), steps=args.steps, seed=args.seed)
     except ValueError as e:
         raise UserError(str(e)) from None
     print(f"wrote {len(records)} samples with provenance to {args.out} (samples.jsonl)")
@@ -258,10 +272,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from generator.analyze import analyze
-    _fresh(Path(args.out), "a report")
     try:
-        metrics = analyze(Path(args.run), Path(args.data), Path(args.out),
-                          samples=Path(args.samples) if args.samples else None, n=args.n, steps=args.steps)
+        with _fresh(Path(args.out), "a report"):
+            metrics = analyze(Path(args.run), Path(args.data), Path(args.out),
+                              samples=Path(args.samples) if args.samples else None, n=args.n, steps=args.steps)
     except ValueError as e:
         raise UserError(str(e)) from None
     print(json.dumps(metrics, indent=2))

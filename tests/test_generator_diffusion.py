@@ -109,12 +109,17 @@ def test_a_run_folder_is_never_taken_over_and_resumes_from_its_checkpoints(data:
     again = train(data, tmp_path, "small", steps=15, device="cpu", seed=0, **TINY)
     assert again["run"] == first["run"] and again["steps"] == 15
     assert (tmp_path / "ckpt-15.pt").stat().st_mtime_ns == kept  # resumed (nothing left to do), not retrained
+    assert (tmp_path / "latest.pt").exists()  # put back: sampling reads it
+    (tmp_path / "run.json").write_text('{"run": ')  # cut short by a kill: the checkpoints still name the run
+    assert train(data, tmp_path, "small", steps=16, device="cpu", seed=0, **TINY)["steps"] == 16
+    assert json.loads((tmp_path / "run.json").read_text())["steps"] == 16
 
 
 def test_ctrl_c_while_training_keeps_every_step_and_resumes_exactly(run: Path, data: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ctrl-C (SIGINT) during training saves after the step under way and stops; the same command then
-    resumes and ends with the weights of a run that never stopped (the `run` fixture)."""
+    resumes and ends with the weights of a run that never stopped (the `run` fixture). A run started with
+    SIGINT ignored (a background job) is not stopped by one."""
     import os
     import signal
 
@@ -134,6 +139,14 @@ def test_ctrl_c_while_training_keeps_every_step_and_resumes_exactly(run: Path, d
     assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 20
     monkeypatch.undo()
     assert train(data, tmp_path, "small", steps=STEPS, device="cpu", seed=0, **TINY)["steps"] == STEPS
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job: Ctrl-C is not for it
+    try:
+        calls.clear()
+        monkeypatch.setattr(training.Session, "step", step)
+        assert train(data, tmp_path / "bg", "small", steps=STEPS, device="cpu", seed=0, **TINY)["steps"] == STEPS
+    finally:
+        signal.signal(signal.SIGINT, before)
+    monkeypatch.undo()
     resumed, straight = (torch.load(p / "latest.pt", weights_only=True) for p in (tmp_path, run))
     assert resumed["losses"] == straight["losses"]
     assert all(torch.equal(resumed["ema"][k], straight["ema"][k]) for k in straight["ema"])
@@ -159,15 +172,23 @@ def test_research_outputs_are_never_written_over(run: Path, data: Path, tmp_path
             says="samples.jsonl is not a samples list")
 
 
-def test_analysis_refuses_samples_of_another_step(run: Path, data: Path, tmp_path: Path) -> None:
+def test_analysis_refuses_samples_of_another_step(run: Path, data: Path, tmp_path: Path, refused) -> None:
     """Samples drawn before the run trained on are not its latest checkpoint's: the report would give
-    them the run's current step and measure the receptive field of another model."""
+    them the run's current step and measure the receptive field of another model. The refusal takes back
+    the folder it made, so the corrected command runs; the step is latest.pt's, whatever run.json says."""
+    from service.cli import main
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     sample(copy, 1, tmp_path / "old", steps=2, device="cpu")
     train(data, copy, "small", steps=STEPS + 1, device="cpu", seed=0, **TINY)
-    with pytest.raises(ValueError, match=f"sampled at step {STEPS}"):
-        analyze(copy, data, tmp_path / "a", samples=tmp_path / "old", n=1)
+    refused("analyze", str(copy), "--data", str(data), "--out", str(tmp_path / "a"), "--samples",
+            str(tmp_path / "old"), "--n", "1", says=f"sampled at step {STEPS}")
+    assert not (tmp_path / "a").exists()
+    stale = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**stale, "steps": STEPS}))  # behind latest.pt (a kill mid-save)
+    sample(copy, 1, tmp_path / "new", steps=2, device="cpu")
+    assert main(["analyze", str(copy), "--data", str(data), "--out", str(tmp_path / "a"), "--samples",
+                 str(tmp_path / "new"), "--n", "1"]) == 0
 
 
 def test_code_version_without_git_or_installed_package(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -331,3 +331,22 @@ def test_the_server_refuses_an_oversized_body_after_its_headers(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_artists_registered_before_the_look_alike_rule_can_still_be_added_to(client, store_dir, icons):
+    """Names the rule now refuses for new artists (a trailing space) stay usable for an artist the store
+    already has, by the API and the CLI; the zero-width joiners Persian names and emoji need are allowed."""
+    from detector.images import load
+    from index.store import Store
+    from service.cli import main
+    from service.ingest import add_images
+    folder = icons("old", 2, (40, 120, 200))
+    with Store.open(store_dir, create=True) as store:
+        add_images(store, Embedders(None, "off"), "alice ", [load(sorted(folder.iterdir())[0])])
+    r = client.post(f"/v1/artists/{quote('alice ')}/works", headers=AUTH,
+                    data={"images": [(png(Image.new("RGB", (32, 32), (9, 9, 9))), "x.png")]})
+    assert r.status_code == 201, r.json
+    assert main(["--store", str(store_dir), "--no-clip", "index", "add", "--artist", "alice ",
+                 str(sorted(folder.iterdir())[1])]) == 0
+    assert client.post("/v1/artists", headers=AUTH, json={"name": "bob "}).json["error"] == "invalid_name"
+    assert client.post("/v1/artists", headers=AUTH, json={"name": "\u0645\u06cc\u200c\u062e\u0648\u0627\u0645"}).status_code == 201

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from generator.analyze import load_reference, measure_receptive_field
-from generator.diffusion import ddim, resolve
+from generator.diffusion import ddim, load_checkpoint, resolve
 from generator.sample import sample
 from generator.train import LATEST, Session, dataset_digest, load_icons, seed_everything, train, training_set
 
@@ -149,7 +149,8 @@ def main() -> None:
         sync()
         phase["sample_wall_s"] = round(time.monotonic() - t, 1)
         t = time.monotonic()
-        (run / "receptive.json").write_text(json.dumps(measure_receptive_field(run, ref)) + "\n")
+        checkpoint = load_checkpoint(run / LATEST, torch.device("cpu"))
+        (run / "receptive.json").write_text(json.dumps(measure_receptive_field(checkpoint, ref)) + "\n")
         phase["receptive_wall_s"] = round(time.monotonic() - t, 1)
         losses = torch.load(run / LATEST, map_location="cpu", weights_only=True, mmap=True)["losses"]
         (run / "losses.json").write_text(json.dumps(losses) + "\n")
