@@ -7,7 +7,7 @@ pool of spawned worker processes; "ray" runs the same batches on Ray Data
 read-only. Every record is written as soon as it arrives, so an interrupted scan
 keeps what it finished; `resume` skips files already in the output (the same path
 with the same sha256, `already`; unreadable ones by path). A bad file becomes a record with
-`error` set; the scan goes on.
+`error` set; the scan goes on. The local engine scores byte-identical files once (`_Twins`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import json
 import multiprocessing as mp
 import os
 import sys
-from collections import Counter
+import threading
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Collection, Iterator, NamedTuple
 
@@ -258,21 +259,76 @@ def _batches(jobs: Iterator[Job], artist: str | None, size: int = BATCH) -> Iter
         yield batch, artist
 
 
+class _Twins:
+    """Byte-identical files in one scan are scored once: a record depends only on the bytes (and the
+    store and options, the same for the whole scan), so a copy's record is its original's under its own
+    path. Reposts make such copies common in the folders bulk scans meet.
+
+    `unique` filters the jobs (it runs in the pool's feeder thread, hence the lock); `records` follows
+    each original's record with its copies' and hands out copies of records already written. The last
+    REMEMBERED records are kept for copies still to come; a copy found after its original's record was
+    forgotten is scored again."""
+
+    REMEMBERED = 4096
+
+    def __init__(self, counts: Counter):
+        self.counts, self.lock = counts, threading.Lock()
+        self.inflight: set[str] = set()  # originals sent to be scored, records not back yet
+        self.waiting: dict[str, list[str]] = {}  # sha256 -> paths of copies of an original in flight
+        self.written: OrderedDict[str, dict[str, Any]] = OrderedDict()  # sha256 -> record, newest last
+        self.ready: list[tuple[str, dict[str, Any]]] = []  # (path, record) of copies found after their original
+
+    def unique(self, jobs: Iterator[Job]) -> Iterator[Job]:
+        for job in jobs:
+            sha = hashlib.sha256(job.data).hexdigest() if job.data is not None else None
+            with self.lock:
+                if sha in self.inflight:
+                    self.waiting.setdefault(sha, []).append(job.path)
+                    continue
+                if sha in self.written:
+                    self.ready.append((job.path, self.written[sha]))
+                    continue
+                if sha is not None:
+                    self.inflight.add(sha)
+            yield job
+
+    def records(self, scored: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for record in scored:
+            sha = record.get("sha256")
+            with self.lock:
+                copies = self.waiting.pop(sha, []) if sha in self.inflight else []
+                if sha in self.inflight:
+                    self.inflight.discard(sha)
+                    self.written[sha] = record
+                    while len(self.written) > self.REMEMBERED:
+                        self.written.popitem(last=False)
+                ready, self.ready = self.ready, []
+            yield record
+            for path, original in [*((p, record) for p in copies), *ready]:
+                self.counts["copies"] += 1
+                yield {**original, "path": path}
+        with self.lock:  # copies found while the last records were written
+            ready, self.ready = self.ready, []
+        for path, original in ready:
+            self.counts["copies"] += 1
+            yield {**original, "path": path}
+
+
 def _local(store: Store, embedders: Embedders, root: Path, artist: str | None, done: Done,
            counts: Counter, workers: int, clip: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-    """Records from this machine: in this process, or in `workers` spawned processes."""
-    batches = _batches(_jobs(root, done, counts), artist)
+    """Records from this machine: in this process, or in `workers` spawned processes; byte-identical
+    files scored once (`_Twins`)."""
+    twins = _Twins(counts)
+    batches = _batches(twins.unique(_jobs(root, done, counts)), artist)
     if workers <= 1:
         scorer = Scorer(store, embedders)
-        for batch in batches:
-            yield from score_jobs(scorer, *batch)
+        yield from twins.records(r for batch in batches for r in score_jobs(scorer, *batch))
         return
     # spawn, not fork: a forked child of a process running OpenMP (FAISS, torch) can deadlock
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = mp.get_context("spawn").Pool(workers, _init, (str(store.root), clip or {"use_clip": False}, threads))
     try:
-        for records in pool.imap(_score_batch, batches):
-            yield from records
+        yield from twins.records(r for records in pool.imap(_score_batch, batches) for r in records)
     finally:
         pool.terminate()
         _worker.clear()
@@ -349,6 +405,8 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
             results.close()
     labels = ("copy", "derivative", "style_match", "unrelated", "error")
     summary = f"scanned {counts['scanned']} files: " + ", ".join(f"{counts[k]} {k}" for k in labels)
+    if counts["copies"]:
+        summary += f" ({counts['copies']} byte-identical to a file scored before them, scored once)"
     if counts["resumed"]:
         summary += f" ({counts['resumed']} already done, skipped)"
     if append:  # the output, and the report, cover the whole scan, not only this run's part

@@ -231,6 +231,31 @@ def test_scan_in_parallel_and_resume_after_interruption(world, tmp_path):
     assert len({json.loads(x)["sha256"] for x in out.read_text().splitlines()}) == 6
 
 
+def test_scan_scores_byte_identical_files_once_and_gives_each_its_own_record(world, tmp_path):
+    """Reposts: copies of the same bytes (and of a broken file) get their original's record under their own
+    path, in one process and in two, as if each had been scored; a resumed scan knows them as done."""
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    (folder / "again").mkdir(parents=True)
+    icon, other = world["corpus"][0].refs[0].read_bytes(), world["corpus"][1].heldout[0].read_bytes()
+    for name, data in (("a.png", icon), ("b.png", other), ("again/a1.png", icon), ("again/a2.png", icon),
+                       ("bad.png", b"\x89PNG\r\n\x1a\nbroken"), ("again/bad.png", b"\x89PNG\r\n\x1a\nbroken"),
+                       ("z.png", icon)):
+        (folder / name).write_bytes(data)
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}.jsonl"
+        summary = scan(world["store"], world["emb"], folder, out, workers=workers)
+        assert summary.startswith("scanned 7 files: 4 copy") and "2 error" in summary
+        assert "(4 byte-identical to a file scored before them, scored once)" in summary
+        rows = {Path(r["path"]).relative_to(folder).as_posix(): r
+                for r in map(json.loads, out.read_text().splitlines())}
+        assert sorted(rows) == ["a.png", "again/a1.png", "again/a2.png", "again/bad.png", "b.png", "bad.png", "z.png"]
+        for copy in ("again/a1.png", "again/a2.png", "z.png"):
+            assert {**rows[copy], "path": None} == {**rows["a.png"], "path": None}
+        assert rows["again/bad.png"]["error"] == rows["bad.png"]["error"]
+    assert "(7 already done, skipped)" in scan(world["store"], world["emb"], folder, out, resume=True)
+
+
 def test_scan_survives_odd_names_pipes_and_a_record_torn_by_a_kill(world, tmp_path):
     """A file name that is not UTF-8 is scanned and written (escaped) to every format, a FIFO named
     like an image becomes an error record instead of blocking the scan, and a resume after a kill
