@@ -305,7 +305,9 @@ def test_resume_gives_every_path_its_record_mends_a_torn_csv_row_and_counts_the_
     out = tmp_path / "scan.jsonl"
     scan(world["store"], world["emb"], folder, out)
     lines = out.read_text().splitlines(keepends=True)
-    assert [json.loads(x)["path"] for x in lines][:2] == [str(folder / "a.png"), str(folder / "b\nnewline.png")]
+    # a copy's record follows its original's (it is the original's, scored once)
+    assert [json.loads(x)["path"] for x in lines][:3] == [str(folder / "a.png"), str(folder / "z" / "a_copy.png"),
+                                                          str(folder / "b\nnewline.png")]
     out.write_text(lines[0])  # interrupted after a.png: its copy and the rest are still to do
     counts: Counter = Counter()
     summary = scan(world["store"], world["emb"], folder, out, resume=True, counts=counts)
