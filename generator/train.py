@@ -305,17 +305,19 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     session = Session(config, load_icons(files, config.image_size), dev)
+    def same_run(held: str) -> None:
+        if held != rid:
+            raise ValueError(f"{out} holds run {held}, not {rid}: use another output folder, "
+                             "or the same preset, data, seed, artist and knobs to resume it")
+
     recorded = _recorded(out)
-    if recorded and recorded["run"] != rid:  # latest.pt deleted, or only checkpoints left: still another run's
-        raise ValueError(f"{out} holds run {recorded['run']}, not {rid}: use another output folder, "
-                         "or the same preset, data, seed, artist and knobs to resume it")
+    if recorded:  # latest.pt deleted, or only checkpoints left: still that run's folder
+        same_run(recorded["run"])
     resume = out / LATEST if (out / LATEST).exists() else \
         next((out / f"ckpt-{s}.pt" for s in reversed(checkpoint_steps(out))), None)
     if resume is not None:
         ckpt = load_checkpoint(resume, torch.device("cpu"))
-        if ckpt["run"] != rid:
-            raise ValueError(f"{out} holds run {ckpt['run']}, not {rid}: use another output folder, "
-                             "or the same preset, data, seed, artist and knobs to resume it")
+        same_run(ckpt["run"])
         session.load(ckpt)
         if resume != out / LATEST:  # sampling and analysis read latest.pt
             atomic_copy(resume, out / LATEST)

@@ -200,7 +200,9 @@ def _fresh(out: Path, what: str) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        for path in ([*out.iterdir()] if existed and out.is_dir() else [out] if out.exists() else []):
+        if not existed:
+            shutil.rmtree(out, ignore_errors=True)
+        for path in out.iterdir() if out.is_dir() else ():  # an empty folder given: empty it again
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         raise
 

@@ -123,12 +123,12 @@ class Done(NamedTuple):
     def records(self) -> int:
         return sum(map(len, self.scored.values())) + len(self.failed)
 
-    def holds(self, path: Path, data: bytes | None) -> bool:
-        """Whether the output has this file's record: its bytes' (`data`), or for a file that could not
-        be read its path's. A fresh scan hashes nothing here."""
-        if data is None:
+    def holds(self, path: Path, sha256: str | None) -> bool:
+        """Whether the output has this file's record: its bytes' (`sha256` of them), or for a file that
+        could not be read (None) its path's."""
+        if sha256 is None:
             return already(self.failed, path)
-        return bool(self.scored) and already(self.scored.get(hashlib.sha256(data).hexdigest(), ()), path)
+        return already(self.scored.get(sha256, ()), path)
 
 
 def _done(out: Path) -> Done:
@@ -169,11 +169,12 @@ def _check_same_artists(done: Done, out: Path, artist: str | None, store: Store)
 
 
 class Job(NamedTuple):
-    """One file to score: its bytes, or why they could not be read."""
+    """One file to score: its bytes (and their sha256), or why they could not be read."""
 
     path: str
     data: bytes | None
     problem: str | None
+    sha256: str | None = None
 
 
 def score_jobs(scorer: Scorer, jobs: list[Job], artist: str | None) -> list[dict[str, Any]]:
@@ -242,10 +243,11 @@ def _jobs(root: Path, done: Done, counts: Counter) -> Iterator[Job]:
                 data = path.read_bytes()
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
-        if done.holds(path, data):
+        sha = None if data is None else hashlib.sha256(data).hexdigest()  # once: resume and twins both key on it
+        if done.holds(path, sha):
             counts["resumed"] += 1
             continue
-        yield Job(shown(path), data, problem)
+        yield Job(shown(path), data, problem, sha)
 
 
 def _batches(jobs: Iterator[Job], artist: str | None, size: int = BATCH) -> Iterator[tuple[list[Job], str | None]]:
@@ -280,36 +282,37 @@ class _Twins:
 
     def unique(self, jobs: Iterator[Job]) -> Iterator[Job]:
         for job in jobs:
-            sha = hashlib.sha256(job.data).hexdigest() if job.data is not None else None
             with self.lock:
-                if sha in self.inflight:
-                    self.waiting.setdefault(sha, []).append(job.path)
+                if job.sha256 in self.inflight:
+                    self.waiting.setdefault(job.sha256, []).append(job.path)
                     continue
-                if sha in self.written:
-                    self.ready.append((job.path, self.written[sha]))
+                if job.sha256 in self.written:
+                    self.ready.append((job.path, self.written[job.sha256]))
                     continue
-                if sha is not None:
-                    self.inflight.add(sha)
+                if job.sha256 is not None:
+                    self.inflight.add(job.sha256)
             yield job
 
     def records(self, scored: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for record in scored:
             sha = record.get("sha256")
+            copies: list[str] = []
             with self.lock:
-                copies = self.waiting.pop(sha, []) if sha in self.inflight else []
                 if sha in self.inflight:
                     self.inflight.discard(sha)
+                    copies = self.waiting.pop(sha, [])
                     self.written[sha] = record
                     while len(self.written) > self.REMEMBERED:
                         self.written.popitem(last=False)
-                ready, self.ready = self.ready, []
             yield record
-            for path, original in [*((p, record) for p in copies), *ready]:
-                self.counts["copies"] += 1
-                yield {**original, "path": path}
-        with self.lock:  # copies found while the last records were written
+            yield from self._copies([(p, record) for p in copies])
+        yield from self._copies()  # and those found while the last records were written
+
+    def _copies(self, pairs: Collection[tuple[str, dict[str, Any]]] = ()) -> Iterator[dict[str, Any]]:
+        """Records of copies: `pairs` of (path, original record), then those found after their original."""
+        with self.lock:
             ready, self.ready = self.ready, []
-        for path, original in ready:
+        for path, original in [*pairs, *ready]:
             self.counts["copies"] += 1
             yield {**original, "path": path}
 

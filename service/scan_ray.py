@@ -12,6 +12,7 @@ store and the scanned folder at the same paths (a shared filesystem).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -66,7 +67,7 @@ def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
                 blob = Path(path).read_bytes()
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
-        skip.append(held.holds(Path(path), None if problem else blob))
+        skip.append(held.holds(Path(path), None if problem else hashlib.sha256(blob).hexdigest()))
         data.append(blob)
         problems.append(problem)
     return {"path": batch["path"], "problem": np.array(problems, dtype=object),
