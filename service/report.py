@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 CSV_FIELDS = ["path", "sha256", "verdict", "artist", "confidence", "top_style_artist", "top_style",
               "best_match_work", "best_match_source", "best_match_similarity", "signatures", "forged_signatures",
-              "error"]
+              "error", "artists_scored"]  # (new columns go last: a resumed CSV keeps its older rows' order)
 
 
 def describe(r: dict[str, Any], notes: bool = True) -> str:
@@ -41,7 +41,8 @@ def csv_row(r: dict[str, Any]) -> dict[str, Any]:
             "confidence": v.get("confidence"), "top_style_artist": top.get("artist"), "top_style": top.get("style"),
             "best_match_work": best.get("work"), "best_match_source": best.get("source"),
             "best_match_similarity": best.get("similarity"), "signatures": len(r.get("signatures") or []),
-            "forged_signatures": sum(1 for s in r.get("signatures") or [] if s["forged"]), "error": r.get("error")}
+            "forged_signatures": sum(1 for s in r.get("signatures") or [] if s["forged"]), "error": r.get("error"),
+            "artists_scored": len(r.get("artists") or [])}
 
 
 def thumbnail(source: str | bytes | None, size: int = 96, boxes: list[list[int]] | None = None) -> str:

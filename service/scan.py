@@ -117,7 +117,9 @@ class Done(NamedTuple):
 
     scored: dict[str, set[str]]  # sha256 -> the paths of its records
     failed: set[str]  # paths of error records without bytes (unreadable files)
-    artists: list[str] | None  # the artists its first scored JSON record was scored against (CSV: None)
+    # the one artist its first scored record lists (scored with --artist, or the store held one), "" when it
+    # lists several (scored against every artist); None when no record says (none scored, or an older CSV)
+    against: str | None
 
     @property
     def records(self) -> int:
@@ -147,20 +149,39 @@ def _done(out: Path) -> Done:
             done.scored.setdefault(r["sha256"], set()).add(where)
         else:
             done.failed.add(where)
-        if done.artists is None and isinstance(r.get("artists"), list) and not r.get("error"):
-            done = done._replace(artists=[a["artist"] for a in r["artists"]])
+        if done.against is None and not r.get("error"):
+            done = done._replace(against=_against(r))
     if relative is not None and not found:
         raise ValueError(f"--resume: {path.name} names files relative to another working folder ({relative} is "
                          "not here): resume from that folder")
     return done
 
 
+def _csv_header(path: Path) -> list[str]:
+    """The columns of a CSV being resumed: rows appended to one written before a column was added
+    leave that column out, rather than run one field past the header."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return next(csv.reader(f), None) or CSV_FIELDS
+
+
+def _against(r: dict[str, Any]) -> str | None:
+    """`Done.against` as one scored record tells it: a JSON record by its `artists`, a CSV row by its
+    `artists_scored` count and `top_style_artist` (None for a CSV written before that column)."""
+    if isinstance(r.get("artists"), list):
+        names = [a["artist"] for a in r["artists"]]
+    elif (r.get("artists_scored") or "").isdigit():
+        names = [r.get("top_style_artist") or ""] * int(r["artists_scored"])
+    else:
+        return None
+    return names[0] if len(names) == 1 else ""
+
+
 def _check_same_artists(done: Done, out: Path, artist: str | None, store: Store) -> None:
     """Refuse to resume an output scored with another --artist: its records and this run's would
     answer different questions (one artist's scores, or every artist's) in one file."""
-    if done.artists is None:
+    if done.against is None:
         return
-    theirs = done.artists[0] if len(done.artists) == 1 else None
+    theirs = done.against or None
     if artist is not None and theirs != artist or artist is None and theirs is not None and len(store.artists()) > 1:
         before = f"with --artist {theirs}" if theirs else "against every artist"
         now = f"with --artist {artist}" if artist else "against every artist"
@@ -380,7 +401,8 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
     total = sum(1 for _ in iter_image_paths([root]))
     flagged: list[dict] = []
     with open(records, "a" if append else "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, CSV_FIELDS) if records.suffix.lower() == ".csv" else None
+        writer = (csv.DictWriter(f, _csv_header(records) if append else CSV_FIELDS, extrasaction="ignore")
+                  if records.suffix.lower() == ".csv" else None)
         if writer and not append:
             writer.writeheader()
         if engine == "ray":

@@ -359,20 +359,47 @@ def test_resume_after_a_fix_counts_each_file_once_and_says_what_it_cannot_resume
         scan(world["store"], world["emb"], folder, tmp_path / "report.html", resume=True)
 
 
-def test_resume_refuses_an_output_scored_with_another_artist_filter(world, tmp_path):
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_refuses_an_output_scored_with_another_artist_filter(world, tmp_path, suffix):
     from service.scan import scan
     folder = tmp_path / "incoming"
     folder.mkdir()
     for i, p in enumerate(world["corpus"][0].refs[:2]):
         (folder / f"{i}.png").write_bytes(p.read_bytes())
-    out = tmp_path / "scan.jsonl"
+    out = tmp_path / f"scan{suffix}"
     scan(world["store"], world["emb"], folder, out, artist="artist_00")
-    out.write_text(out.read_text().splitlines(keepends=True)[0])
+    keep = 2 if suffix == ".csv" else 1  # (a CSV's header, then its first row)
+    out.write_text("".join(out.read_text().splitlines(keepends=True)[:keep]))
     for other in ("artist_01", None):
         with pytest.raises(ValueError, match="holds records scored with --artist artist_00"):
             scan(world["store"], world["emb"], folder, out, artist=other, resume=True)
-    assert len(out.read_text().splitlines()) == 1  # refused before anything was written
+    assert len(out.read_text().splitlines()) == keep  # refused before anything was written
     assert scan(world["store"], world["emb"], folder, out, artist="artist_00", resume=True).startswith("scanned 1")
+    scan(world["store"], world["emb"], folder, every := tmp_path / f"every{suffix}")
+    every.write_text("".join(every.read_text().splitlines(keepends=True)[:keep]))
+    with pytest.raises(ValueError, match="holds records scored against every artist"):
+        scan(world["store"], world["emb"], folder, every, artist="artist_00", resume=True)
+
+
+def test_resuming_a_csv_written_before_its_last_column_keeps_its_columns(world, tmp_path):
+    """A CSV scan written before `artists_scored` existed resumes (its filter unknown, unchecked) with
+    rows that fit its header, which csv readers would otherwise read one field past."""
+    import csv
+
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(world["corpus"][0].refs[:2]):
+        (folder / f"{i}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "scan.csv"
+    scan(world["store"], world["emb"], folder, out)
+    rows = list(csv.reader(out.open(newline="")))
+    assert rows[0][-1] == "artists_scored" and rows[1][-1] == "2"
+    with out.open("w", newline="") as f:
+        csv.writer(f).writerows([r[:-1] for r in rows[:2]])  # as older versions wrote it, one file done
+    assert scan(world["store"], world["emb"], folder, out, artist="artist_01", resume=True).startswith("scanned 1")
+    rows = list(csv.reader(out.open(newline="")))
+    assert len(rows) == 3 and {len(r) for r in rows} == {len(rows[0])} and "artists_scored" not in rows[0]
 
 
 def test_scan_refuses_a_folder_as_report_and_too_many_workers_before_scanning(world, tmp_path):
