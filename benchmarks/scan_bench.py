@@ -15,6 +15,7 @@ CPU" is the share of the machine that lower-priority (niced) processes took mean
   imagededup ..., warm pool          its per-file hashing alone, on a pool started and warmed untimed
   hash stage                         ours: read, sha256, defensive decode, 240-bit hashes of all 8 turns,
                                      on a pool started and warmed untimed: compared with the row above
+                                     (these two rows take turns, --rounds times each; medians shown)
   limit: embedders on preloaded      describe_queries only (hashes, style, windows, keypoints): the
                                      issue's limit, with no I/O, decoding, search or verification
   limit: scoring on preloaded        the whole Scorer (embedders, search, verification) with no I/O
@@ -32,6 +33,7 @@ import logging
 import multiprocessing as mp
 import random
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -170,6 +172,28 @@ def _jiffies() -> tuple[int, int]:
 OTHERS: list[float] = []  # per timed phase: share of the machine's CPU taken by niced (other) processes
 
 
+def _alternating(rounds: int, w: int, paths: list[str], runs: list[tuple[str, object, object]]
+                 ) -> list[tuple[str, int, float]]:
+    """Each (name, pool initialiser, per-chunk function) run `rounds` times on `paths`, taking turns
+    (one, then the other, leading), each time on a fresh pool of `w` processes started and warmed
+    untimed; its median is kept. On a shared machine one pass of each can differ by a third from
+    noise alone, and a fresh pool per pass keeps what a worker remembers (resampling kernels, colour
+    classes) from one pass over the same files out of the next."""
+    ctx = mp.get_context("spawn")
+    secs: list[list[float]] = [[] for _ in runs]
+    others: list[list[float]] = [[] for _ in runs]
+    for r in range(rounds):
+        for i in (range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))):
+            _, init, work = runs[i]
+            ready = ctx.Barrier(w + 1)
+            with ctx.Pool(w, init, (ready,)) as pool:
+                ready.wait()  # the clock starts once every worker is here
+                secs[i].append(timed(lambda: pool.map(work, _chunks(paths, 8 * w))))
+            others[i].append(OTHERS.pop())
+    OTHERS.extend(statistics.median(o) for o in others)
+    return [(name, len(paths), statistics.median(t)) for (name, _, _), t in zip(runs, secs)]
+
+
 def timed(fn) -> float:
     j0, t = _jiffies(), time.perf_counter()
     fn()
@@ -185,6 +209,8 @@ def main() -> int:
     ap.add_argument("--limit-sample", type=int, default=1000, help="images the two limits are measured on")
     ap.add_argument("--skip-ray", action="store_true")
     ap.add_argument("--hashes-only", action="store_true", help="only imagededup against our hash stage")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="alternating timed rounds of the two warm-pool hashing rows (their medians are reported)")
     args = ap.parse_args()
     from imagededup.methods import PHash
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("imagededup")]:
@@ -208,17 +234,10 @@ def main() -> int:
         w = args.workers
         rows.append(("imagededup PHash.encode_images", len(paths),
                      timed(lambda: PHash(verbose=False).encode_images(str(folder), recursive=True, num_enc_workers=w))))
+        rows += _alternating(args.rounds, w, paths, [  # imagededup's hashing alone: no listing, no pool start
+            ("imagededup PHash.encode_image, warm pool", _dedup_init, _dedup_files),
+            ("hash stage (ours, 8 turns x 240 bits)", _hash_worker, _hash_files)])
         ctx = mp.get_context("spawn")
-        ready = ctx.Barrier(w + 1)
-        with ctx.Pool(w, _dedup_init, (ready,)) as pool:  # its hashing alone: no listing, no pool start
-            ready.wait()
-            rows.append(("imagededup PHash.encode_image, warm pool", len(paths),
-                         timed(lambda: pool.map(_dedup_files, _chunks(paths, 8 * w)))))
-        ready = ctx.Barrier(w + 1)
-        with ctx.Pool(w, _hash_worker, (ready,)) as pool:  # started and warmed untimed (imagededup's forks cheaply)
-            ready.wait()
-            rows.append(("hash stage (ours, 8 turns x 240 bits)", len(paths),
-                         timed(lambda: pool.map(_hash_files, _chunks(paths, 8 * w)))))
         if args.hashes_only:
             _, ded, ours = (n / s for _, n, s in rows)
             print(f"\n{machine()}; {len(paths)} files; {w} workers\n")
