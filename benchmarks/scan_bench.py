@@ -177,8 +177,8 @@ def _alternating(rounds: int, w: int, paths: list[str], runs: list[tuple[str, ob
     """Each (name, pool initialiser, per-chunk function) run `rounds` times on `paths`, taking turns
     (one, then the other, leading), each time on a fresh pool of `w` processes started and warmed
     untimed; its median is kept. On a shared machine one pass of each can differ by a third from
-    noise alone, and a fresh pool per pass keeps what a worker remembers (resampling kernels, colour
-    classes) from one pass over the same files out of the next."""
+    noise alone, and a fresh pool per pass keeps what a worker remembers (resampling kernels) from
+    one pass over the same files out of the next."""
     ctx = mp.get_context("spawn")
     secs: list[list[float]] = [[] for _ in runs]
     others: list[list[float]] = [[] for _ in runs]

@@ -225,6 +225,10 @@ def metrics(queries: list[Query], results: list[dict[str, Any]], store: Store) -
     found_sig = [(q, s) for q, s in hit if s is not None and iou(s["box"], q.signature["box"]) >= 0.3]
     out["signature_recall"] = len(found_sig) / max(len(signed), 1)
     out["false_region_rate"] = float(np.mean([bool(r["signatures"]) for r in unsigned])) if unsigned else float("nan")
+    # the costliest mistake: a forgery claimed on an image nobody signed (a mark found in the artwork,
+    # matched to a registered signer who is not the image's artist)
+    out["unsigned_forged_rate"] = (float(np.mean([any(s["forged"] for s in r["signatures"]) for r in unsigned]))
+                                   if unsigned else float("nan"))
     out["signer_accuracy"] = (float(np.mean([s["artist"] == q.signature["signer"] for q, s in found_sig]))
                               if found_sig else float("nan"))
     # a forged mark counts as flagged when it is flagged as its true signer's: a flag naming the wrong hand is wrong

@@ -162,6 +162,7 @@ def test_small_benchmark_meets_its_bars(world):
     assert m["derivative_auc:fresh_negatives"] >= 0.9 and 0.5 <= m["fresh_negatives"] <= 1.0
     assert m["signature_recall"] >= 0.6 and m["false_region_rate"] <= 0.1
     assert m["signer_accuracy"] >= 0.6
+    assert m["unsigned_forged_rate"] <= 0.05  # forgeries claimed on images nobody signed
 
 
 def test_benchmark_metrics_ignore_query_order_and_allow_exactly_their_false_positive_rate():
