@@ -211,7 +211,7 @@ def score_jobs(scorer: Scorer, jobs: list[Job], artist: str | None) -> list[dict
         try:
             good.append((i, decode(job.data, job.path)))
         except ImageError as e:
-            records[i] = error_result(job.path, e.reason, hashlib.sha256(job.data).hexdigest())
+            records[i] = error_result(job.path, e.reason, job.sha256 or hashlib.sha256(job.data).hexdigest())
     try:
         scored = scorer.score_many([im for _, im in good], artist)
     except Exception:  # noqa: BLE001 - find the culprit: score the batch one by one
