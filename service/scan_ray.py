@@ -2,10 +2,15 @@
 
 The pipeline is Ray Data's, stage by stage:
   1. the driver lists the tree (a Ray dataset is built from a listing: paths only);
-  2. read tasks read each file and its sha256, dropping what a resumed scan already has;
-  3. an actor pool decodes and scores batches: each actor holds the models and a
-     read-only store for its whole life, so they load once per actor, not per file;
-  4. the driver streams the records back to `scan`, which writes them as they arrive.
+  2. read tasks take each file's sha256; the driver drops what a resumed scan already has
+     and keeps one file of each set of byte-identical ones (their records are the same);
+  3. read tasks read those files, and an actor pool decodes and scores them in batches:
+     each actor holds the models and a read-only store for its whole life, so they load
+     once per actor, not per file;
+  4. the driver streams the records back to `scan`, which writes them as they arrive,
+     each followed by its byte-identical copies' (under their own paths).
+Step 2 reads every file once more than a scan that scored every copy would; scoring an
+image costs thousands of times what reading it does.
 On a cluster (`--ray-address`), every node needs this package installed and the
 store and the scanned folder at the same paths (a shared filesystem).
 """
@@ -31,7 +36,6 @@ from index.store import Store
 from service.scan import BATCH, Done, Job, limit_threads, score_jobs
 
 READ_BATCH = 64  # files per read task
-SKIPPED = ""  # the record of a file a resumed scan already has
 
 
 def _import_ray() -> Any:
@@ -55,11 +59,26 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         raise RuntimeError(f"cannot reach the Ray cluster at {address}: {e}") from None
 
 
-def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
-    """Bytes of each file; `skip` for those the output already holds (`Done.holds`)."""
+def _digest(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
+    """Each file's sha256 ("" when it cannot be read) and whether the output already holds it (`Done.holds`)."""
     import ray
     held: Done = ray.get(done[0])
-    data, problems, skip = [], [], []
+    shas, skip = [], []
+    for path, problem in zip(batch["path"], batch["problem"]):
+        sha = ""
+        if not problem:
+            try:
+                sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError:
+                pass  # the read stage reads it again and records why it cannot
+        shas.append(sha)
+        skip.append(held.holds(Path(path), sha or None))
+    return {**batch, "sha256": np.array(shas, dtype=object), "skip": np.array(skip, dtype=bool)}
+
+
+def _read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Bytes of each file (b"" with the reason in `problem` when it cannot be read)."""
+    data, problems = [], []
     for path, problem in zip(batch["path"], batch["problem"]):
         blob = b""
         if not problem:
@@ -67,11 +86,9 @@ def _read(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
                 blob = Path(path).read_bytes()
             except OSError as e:
                 problem = f"cannot read ({e.strerror or e})"
-        skip.append(held.holds(Path(path), None if problem else hashlib.sha256(blob).hexdigest()))
         data.append(blob)
         problems.append(problem)
-    return {"path": batch["path"], "problem": np.array(problems, dtype=object),
-            "data": np.array(data, dtype=object), "skip": np.array(skip, dtype=bool)}
+    return {"path": batch["path"], "problem": np.array(problems, dtype=object), "data": np.array(data, dtype=object)}
 
 
 class _ScoreActor:
@@ -87,13 +104,9 @@ class _ScoreActor:
         self.artist = artist
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        todo = [i for i, s in enumerate(batch["skip"]) if not s]
-        jobs = [Job(shown(batch["path"][i]), None if batch["problem"][i] else batch["data"][i],
-                    batch["problem"][i] or None) for i in todo]
-        records = [SKIPPED] * len(batch["path"])
-        for i, record in zip(todo, score_jobs(self.scorer, jobs, self.artist)):
-            records[i] = json.dumps(record)
-        return {"record": np.array(records, dtype=object)}
+        jobs = [Job(shown(path), None if problem else data, problem or None)
+                for path, problem, data in zip(batch["path"], batch["problem"], batch["data"])]
+        return {"record": np.array([json.dumps(r) for r in score_jobs(self.scorer, jobs, self.artist)], dtype=object)}
 
 
 def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
@@ -126,18 +139,37 @@ def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
             return
         if not workers:
             workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
+        blocks = lambda n: min(n, max(4 * workers, n // 256))  # noqa: E731 - read tasks for n files
         done = ray.put(held)
-        ds = (ray.data.from_items(items, override_num_blocks=min(len(items), max(4 * workers, len(items) // 256)))
-              .map_batches(_read, batch_size=READ_BATCH, fn_kwargs={"done": [done]}, num_cpus=0.25)
+        todo: list[dict[str, str]] = []  # the files to score
+        first: dict[str, str] = {}  # sha256 -> the (shown) path of the first file with those bytes
+        copies: dict[str, list[str]] = {}  # that path -> the paths of the others (by path: a record names it)
+        for row in (ray.data.from_items(items, override_num_blocks=blocks(len(items)))
+                    .map_batches(_digest, batch_size=READ_BATCH, fn_kwargs={"done": [done]}, num_cpus=0.25)
+                    .iter_rows()):
+            sha = row["sha256"]  # "" for a file that could not be read: scored (its error recorded) on its own
+            if row["skip"]:
+                counts["resumed"] += 1
+            elif sha in first:
+                copies.setdefault(first[sha], []).append(shown(row["path"]))
+            else:
+                if sha:
+                    first[sha] = shown(row["path"])
+                todo.append({"path": row["path"], "problem": row["problem"]})
+        if not todo:
+            return
+        ds = (ray.data.from_items(todo, override_num_blocks=blocks(len(todo)))
+              .map_batches(_read, batch_size=READ_BATCH, num_cpus=0.25)
               .map_batches(_ScoreActor, batch_size=BATCH, num_cpus=1,
                            compute=ray.data.ActorPoolStrategy(size=workers),
                            fn_constructor_kwargs={"store": str(store_root), "artist": artist,
                                                   "clip": clip or {"use_clip": False}}))
         for row in ds.iter_rows():
-            if row["record"] == SKIPPED:
-                counts["resumed"] += 1
-            else:
-                yield json.loads(row["record"])
+            record = json.loads(row["record"])
+            yield record
+            for path in copies.pop(record["path"], []):
+                counts["copies"] += 1
+                yield {**record, "path": path}
     finally:
         if started:
             ray.shutdown()

@@ -435,11 +435,14 @@ def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store
         (folder / f"{i}.png").write_bytes(p.read_bytes())
     (folder / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (folder / "sub" / "zero.png").write_bytes(b"")
+    for name, same_as in (("again.png", "0.png"), ("sub/again.png", "0.png"), ("sub/broken2.jpg", "sub/broken.jpg")):
+        (folder / name).write_bytes((folder / same_as).read_bytes())  # reposts: scored once by either engine
     catalogue = world["store"].root / "catalogue.sqlite"
     before = hashlib.sha256(catalogue.read_bytes()).hexdigest()
     emb = Embedders.load(use_clip=False)  # what scan workers load, so `embedders` agree too
     local = scan(world["store"], emb, folder, tmp_path / "local.jsonl")
     out = tmp_path / "ray.jsonl"
+    assert "(3 byte-identical to a file scored before them, scored once)" in local
     assert scan(world["store"], world["emb"], folder, out, engine="ray", workers=1) == local
     records = lambda f: {json.loads(x)["path"]: json.loads(x) for x in f.read_text().splitlines()}
     assert records(out) == records(tmp_path / "local.jsonl")  # the same records, whatever the engine
@@ -447,7 +450,7 @@ def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store
     assert records(out)[str(folder / "sub" / "zero.png")]["error"] == "empty file"
     out.write_text("".join(out.read_text().splitlines(keepends=True)[:2]))  # interrupted after two
     summary = scan(world["store"], world["emb"], folder, out, resume=True, engine="ray", workers=1)
-    assert summary.startswith("scanned 4 files") and "(2 already done, skipped)" in summary
+    assert summary.startswith("scanned 7 files") and "(2 already done, skipped)" in summary
     assert sorted(records(out)) == sorted(records(tmp_path / "local.jsonl"))
     assert hashlib.sha256(catalogue.read_bytes()).hexdigest() == before
 
