@@ -2,8 +2,9 @@
 
 The pipeline is Ray Data's, stage by stage:
   1. the driver lists the tree (a Ray dataset is built from a listing: paths only);
-  2. read tasks take each file's sha256; the driver drops what a resumed scan already has
-     and keeps one file of each set of byte-identical ones (their records are the same);
+  2. read tasks (service/ray_reads.py) take each file's sha256; the driver drops what a
+     resumed scan already has and keeps one file of each set of byte-identical ones (their
+     records are the same);
   3. read tasks read those files, and an actor pool decodes and scores them in batches:
      each actor holds the models and a read-only store for its whole life, so they load
      once per actor, not per file;
@@ -17,7 +18,6 @@ store and the scanned folder at the same paths (a shared filesystem).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +33,7 @@ from detector.embedders import Embedders
 from detector.images import iter_image_paths, shown
 from detector.score import Scorer
 from index.store import Store
+from service.ray_reads import digest, read
 from service.scan import BATCH, Done, Job, limit_threads, score_jobs
 
 READ_BATCH = 64  # files per read task
@@ -57,38 +58,6 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot reach the Ray cluster at {address}: {e}") from None
-
-
-def _digest(batch: dict[str, np.ndarray], done: list) -> dict[str, np.ndarray]:
-    """Each file's sha256 ("" when it cannot be read) and whether the output already holds it (`Done.holds`)."""
-    import ray
-    held: Done = ray.get(done[0])
-    shas, skip = [], []
-    for path, problem in zip(batch["path"], batch["problem"]):
-        sha = ""
-        if not problem:
-            try:
-                sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            except OSError:
-                pass  # the read stage reads it again and records why it cannot
-        shas.append(sha)
-        skip.append(held.holds(Path(path), sha or None))
-    return {**batch, "sha256": np.array(shas, dtype=object), "skip": np.array(skip, dtype=bool)}
-
-
-def _read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Bytes of each file (b"" with the reason in `problem` when it cannot be read)."""
-    data, problems = [], []
-    for path, problem in zip(batch["path"], batch["problem"]):
-        blob = b""
-        if not problem:
-            try:
-                blob = Path(path).read_bytes()
-            except OSError as e:
-                problem = f"cannot read ({e.strerror or e})"
-        data.append(blob)
-        problems.append(problem)
-    return {"path": batch["path"], "problem": np.array(problems, dtype=object), "data": np.array(data, dtype=object)}
 
 
 class _ScoreActor:
@@ -140,15 +109,14 @@ def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
         if not workers:
             workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
         blocks = lambda n: min(n, max(4 * workers, n // 256))  # noqa: E731 - read tasks for n files
-        done = ray.put(held)
         todo: list[dict[str, str]] = []  # the files to score
         first: dict[str, str] = {}  # sha256 -> the (shown) path of the first file with those bytes
         copies: dict[str, list[str]] = {}  # that path -> the paths of the others (by path: a record names it)
         for row in (ray.data.from_items(items, override_num_blocks=blocks(len(items)))
-                    .map_batches(_digest, batch_size=READ_BATCH, fn_kwargs={"done": [done]}, num_cpus=0.25)
+                    .map_batches(digest, batch_size=READ_BATCH, num_cpus=0.25)
                     .iter_rows()):
             sha = row["sha256"]  # "" for a file that could not be read: scored (its error recorded) on its own
-            if row["skip"]:
+            if held.holds(Path(row["path"]), sha or None):
                 counts["resumed"] += 1
             elif sha in first:
                 copies.setdefault(first[sha], []).append(shown(row["path"]))
@@ -159,7 +127,7 @@ def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
         if not todo:
             return
         ds = (ray.data.from_items(todo, override_num_blocks=blocks(len(todo)))
-              .map_batches(_read, batch_size=READ_BATCH, num_cpus=0.25)
+              .map_batches(read, batch_size=READ_BATCH, num_cpus=0.25)
               .map_batches(_ScoreActor, batch_size=BATCH, num_cpus=1,
                            compute=ray.data.ActorPoolStrategy(size=workers),
                            fn_constructor_kwargs={"store": str(store_root), "artist": artist,
