@@ -226,7 +226,7 @@ def metrics(queries: list[Query], results: list[dict[str, Any]], store: Store) -
     out["signature_recall"] = len(found_sig) / max(len(signed), 1)
     out["false_region_rate"] = float(np.mean([bool(r["signatures"]) for r in unsigned])) if unsigned else float("nan")
     # the costliest mistake: a forgery claimed on an image nobody signed (a mark found in the artwork,
-    # matched to a registered signer who is not the image's artist)
+    # matched to a registered signer, on an image not judged to be that signer's own work)
     out["unsigned_forged_rate"] = (float(np.mean([any(s["forged"] for s in r["signatures"]) for r in unsigned]))
                                    if unsigned else float("nan"))
     out["signer_accuracy"] = (float(np.mean([s["artist"] == q.signature["signer"] for q, s in found_sig]))
