@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 NAME_RULE = ("1-100 characters, not blank, no spaces at either end, no '/', '\\', control characters or "
              "invisible formatting characters other than zero-width joiners")
@@ -34,3 +35,9 @@ def valid_name(name: object, new: bool = True) -> bool:
         return False
     return not new or name.strip() == name and not any(unicodedata.category(c) == "Cf" and c not in JOINERS
                                                        for c in name)
+
+
+def addable_name(name: object, exists: Callable[[str], bool]) -> bool:
+    """Whether works may be added under `name`: a valid new name, or an artist the store already
+    holds (`exists`) whose name predates the look-alike part of the rule."""
+    return valid_name(name, new=False) and (valid_name(name) or exists(name))  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from werkzeug.exceptions import HTTPException
 from detector.embedders import Embedders
 from detector.images import ImageError, decode
 from detector.score import Scorer, error_result
-from index.names import NAME_RULE, valid_name
+from index.names import NAME_RULE, addable_name, valid_name
 from index.store import Store, StoreError, default_store_path
 from service.ingest import add_images
 from service.openapi import spec
@@ -203,7 +203,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
 
     def add(name: str, signature: bool):
         require_token()
-        if not valid_name(name, new=False) or not (valid_name(name) or artist_exists(name)):  # (an old name stays)
+        if not addable_name(name, artist_exists):
             raise ApiError(400, "invalid_name", f"artist names are {NAME_RULE}")
         files = uploads("images")
         if len(files) > app.config["CHIMERA_MAX_BATCH"]:  # memory and write-lock time grow with the count

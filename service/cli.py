@@ -44,7 +44,7 @@ def _embedders(args: argparse.Namespace, quiet: bool = False):
 # ------------------------------------------------------------------ index
 def cmd_index_add(args: argparse.Namespace) -> int:
     from detector.images import iter_image_paths
-    from index.names import NAME_RULE, valid_name
+    from index.names import NAME_RULE, addable_name, valid_name
     from service.ingest import add_images, load_paths
     if not valid_name(args.artist, new=False):  # the API's rule: a name it could not address would be stuck
         raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE} "
@@ -54,7 +54,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     total = sum(1 for _ in iter_image_paths(paths))
     embedders = _embedders(args)
     with _open(args, create=True) as store:
-        if not store.has_artist(args.artist) and not valid_name(args.artist):  # a new name must not pass for another
+        if not addable_name(args.artist, store.has_artist):  # a new name must not pass for another
             raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE}")
         report = add_images(store, embedders, args.artist, load_paths(paths, missing), signature=args.signature,
                             progress=total > 20 and sys.stderr.isatty(), total=total)
