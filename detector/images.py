@@ -144,14 +144,22 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
     return LoadedImage(rgb, hashlib.sha256(data).hexdigest(), rgb.width, rgb.height, source)
 
 
+def read_bytes(path: Path) -> tuple[bytes | None, str | None]:
+    """A file's bytes, or None and why they cannot be read: the reason every error record gives,
+    whichever command or scan engine read the file."""
+    try:
+        return path.read_bytes(), None
+    except OSError as e:
+        return None, f"cannot read ({e.strerror or e})"
+
+
 def load(path: Path | str, max_pixels: int | None = None) -> LoadedImage:
     path = Path(path)
     if (problem := _not_regular(path)) and path.exists():
         raise ImageError(shown(path), problem)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageError(shown(path), f"cannot read ({e.strerror or e})") from None
+    data, problem = read_bytes(path)
+    if data is None:
+        raise ImageError(shown(path), problem or "cannot read")
     return decode(data, shown(path), max_pixels)
 
 

@@ -27,7 +27,7 @@ from typing import Any, Collection, Iterator, NamedTuple
 from tqdm import tqdm
 
 from detector.embedders import Embedders
-from detector.images import ImageError, LoadedImage, decode, iter_image_paths, shown
+from detector.images import ImageError, LoadedImage, decode, iter_image_paths, read_bytes, shown
 from detector.score import SPARE, Scorer, error_result
 from index.store import Store
 from service.report import CSV_FIELDS, csv_row, is_flagged, write_html
@@ -258,12 +258,7 @@ def _score_batch(batch: tuple[list[Job], str | None]) -> list[dict[str, Any]]:
 
 def _jobs(root: Path, done: Done, counts: Counter) -> Iterator[Job]:
     for path, problem in iter_image_paths([root]):
-        data = None
-        if not problem:
-            try:
-                data = path.read_bytes()
-            except OSError as e:
-                problem = f"cannot read ({e.strerror or e})"
+        data, problem = (None, problem) if problem else read_bytes(path)
         sha = None if data is None else hashlib.sha256(data).hexdigest()  # once: resume and twins both key on it
         if done.holds(path, sha):
             counts["resumed"] += 1
