@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from importlib import metadata
 from pathlib import Path
@@ -235,19 +235,18 @@ def _recorded(out: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and isinstance(record.get("run"), str) else None
 
 
-def atomic_copy(src: Path, dst: Path) -> None:
+def atomically(dst: Path, write: Callable[[Path], object]) -> None:
+    """`write` the file at a temp path beside `dst`, then rename it there: a kill never leaves half a file."""
     tmp = dst.with_suffix(".tmp")
-    shutil.copyfile(src, tmp)
+    write(tmp)
     os.replace(tmp, dst)
 
 
 def save_checkpoint(session: Session, out: Path, rid: str) -> Path:
-    """ckpt-<step>.pt then latest.pt, each written to a temp file first so a kill never leaves half a file."""
+    """ckpt-<step>.pt then latest.pt, each written whole or not at all (`atomically`)."""
     path = out / f"ckpt-{session.steps_done}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save(session.state(rid), tmp)
-    os.replace(tmp, path)
-    atomic_copy(path, out / LATEST)
+    atomically(path, lambda tmp: torch.save(session.state(rid), tmp))
+    atomically(out / LATEST, lambda tmp: shutil.copyfile(path, tmp))
     keep = session.config.keep_checkpoints
     for step in checkpoint_steps(out)[:-keep] if keep else []:
         (out / f"ckpt-{step}.pt").unlink()
@@ -320,13 +319,11 @@ def train(
         same_run(ckpt["run"])
         session.load(ckpt)
         if resume != out / LATEST:  # sampling and analysis read latest.pt
-            atomic_copy(resume, out / LATEST)
+            atomically(out / LATEST, lambda tmp: shutil.copyfile(resume, tmp))
 
     def write_manifest() -> None:  # whole or not at all: a kill mid-write must not cost the run its folder
         record = manifest(session, rid, preset, artist, data, files, digest, seed)
-        tmp = out / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, out / RUN_FILE)
+        atomically(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
     start = session.steps_done
     with tqdm(total=config.steps, initial=start, desc=rid, mininterval=1.0, disable=start >= config.steps) as bar, \
