@@ -1,4 +1,5 @@
-"""Pillow's LANCZOS resize of an 8-bit grey array, pixel for pixel, with the kernels cached.
+"""Pillow's LANCZOS resize of an 8-bit grey array, pixel for pixel, with the kernels cached
+(and the BOX weights and rounding that detector/regions.py makes window thumbnails with).
 
 Hashing resizes every image three times to tiny sizes (32x32, 9x8, 8x9). Pillow spends
 most of such a call building the filter weights (two sines per tap), which are the same
@@ -45,14 +46,19 @@ def _box(x: np.ndarray) -> np.ndarray:
 FILTERS = {"lanczos": (_lanczos, SUPPORT), "box": (_box, 0.5)}  # Pillow's filter functions and supports
 
 
-@functools.lru_cache(maxsize=1024)  # lengths up to BATCH_MAX, outputs up to 128: at most 1024 x 128 KiB
 def kernel(in_size: int, out_size: int, name: str = "lanczos") -> np.ndarray:
     """(out_size, in_size) weights of one axis, Pillow's fixed-point integers times 2^-22,
-    for Pillow's filter `name` (FILTERS).
+    for Pillow's filter `name` (FILTERS). Kept for lengths up to BATCH_MAX, which every icon and
+    hash reduction uses; a large image's (window thumbnails) take a millisecond to build, and kept
+    for every size a scan meets they would grow without bound."""
+    return (_kernel if in_size <= BATCH_MAX else _kernel.__wrapped__)(in_size, out_size, name)
 
-    Each step is the same IEEE operation as Pillow's C, and the weights of an output are
-    summed left to right (a cumulative sum) as Pillow sums them, so the rounding to fixed
-    point is the same.
+
+@functools.lru_cache(maxsize=1024)  # lengths up to BATCH_MAX, outputs up to 128: at most 1024 x 128 KiB
+def _kernel(in_size: int, out_size: int, name: str) -> np.ndarray:
+    """`kernel`, built: each step is the same IEEE operation as Pillow's C (Resample.c), and the
+    weights of an output are summed left to right (a cumulative sum) as Pillow sums them, so the
+    rounding to fixed point is the same.
     """
     if in_size == out_size:  # Pillow skips the pass; unit weights leave 8-bit pixels as they are
         return np.eye(in_size)
@@ -81,7 +87,7 @@ def _stacked(in_size: int, outs: tuple[int, ...]) -> np.ndarray:
     return np.concatenate([kernel(in_size, n) for n in outs])
 
 
-def _round(acc: np.ndarray) -> np.ndarray:
+def round_pixels(acc: np.ndarray) -> np.ndarray:
     """Pillow's clip8, in place: add half, drop the fraction, clamp to 0..255."""
     acc += 0.5
     np.floor(acc, out=acc)
@@ -89,7 +95,7 @@ def _round(acc: np.ndarray) -> np.ndarray:
     return np.minimum(acc, 255, out=acc)
 
 
-def _down_first(h: int, w: int, size: tuple[int, int]) -> bool:
+def down_first(h: int, w: int, size: tuple[int, int]) -> bool:
     """Pillow 13 runs the vertical pass first when the height shrinks more than twice as much as
     the width (the order matters: each pass rounds to 8 bits)."""
     return 0 < h - size[1] and h - size[1] > (w - size[0]) * 2
@@ -127,26 +133,12 @@ def resize_batch(greys: list[np.ndarray], sizes: list[tuple[int, int]]) -> list[
         h, w = g.shape
         np.matmul(g, _stacked(w, ws).T, out=first[j, :h])  # every size's horizontal pass at once
         down[j, :, :h] = _stacked(h, hs)
-    _round(first)
+    round_pixels(first)
     for t, size in enumerate(sizes):
-        result = _round(down[:, row[t]:row[t + 1]] @ first[:, :, col[t]:col[t + 1]])
+        result = round_pixels(down[:, row[t]:row[t + 1]] @ first[:, :, col[t]:col[t + 1]])
         for j, g in enumerate(flat):
-            if _down_first(*g.shape, size):
-                result[j] = _round(_round(kernel(g.shape[0], size[1]) @ g) @ kernel(g.shape[1], size[0]).T)
+            if down_first(*g.shape, size):
+                result[j] = round_pixels(round_pixels(kernel(g.shape[0], size[1]) @ g) @ kernel(g.shape[1], size[0]).T)
         for j, i in enumerate(small):
             out[i].append(result[j])
     return out
-
-
-def resize_colour(crops: np.ndarray, size: tuple[int, int], name: str = "box") -> np.ndarray:
-    """`Image.fromarray(crop).resize(size, filter)` for a stack of same-sized 8-bit RGB crops
-    (N x h x w x 3), as float64 arrays of its (integer) pixels (N x size[1] x size[0] x 3): Pillow
-    resizes each band with the same weights, so the bands are three more images of the batch."""
-    n, h, w, _ = crops.shape
-    bands = np.moveaxis(crops, 3, 1).astype(np.float64)  # N x 3 x h x w
-    across, down = kernel(w, size[0], name), kernel(h, size[1], name)
-    if _down_first(h, w, size):
-        out = _round(_round(down @ bands) @ across.T)
-    else:
-        out = _round(down @ _round(bands @ across.T))
-    return np.moveaxis(out, 1, 3)

@@ -779,8 +779,8 @@ def test_a_bad_file_gets_one_error_record_everywhere_and_odd_names_keep_their_th
 
 
 def test_window_descriptors_of_a_large_image_are_made_a_few_at_a_time_and_come_out_the_same(monkeypatch):
-    """A 4096 px upload's windows in one batch took 3 GB of float64 on the way to 12x12 thumbnails; they
-    are reduced a few at a time (regions.BATCH_PIXELS), which must change no descriptor."""
+    """A 4096 px upload's windows in one batch took 3 GB of float64 on the way to 12x12 thumbnails; its
+    rows are summed a few at a time (regions.BATCH_PIXELS), which must change no descriptor."""
     from detector import regions
     rng = np.random.default_rng(5)
     img = Image.fromarray((rng.random((90, 130, 3)) * 255).astype(np.uint8)).resize((700, 500))

@@ -39,7 +39,7 @@ def test_resampler_gives_pillows_pixels_in_batches_and_alone():
     sizes = [(32, 32), (9, 8), (8, 9), (64, 64)]
     greys = _greys(rng, 48) + [np.full((100, 12), 7, np.uint8), rng.integers(0, 256, (150, 40), dtype=np.uint8)]
     # tall images make Pillow run the vertical pass first for some sizes; 150 px is past BATCH_MAX
-    assert any(resample._down_first(*g.shape, s) for g in greys for s in sizes)
+    assert any(resample.down_first(*g.shape, s) for g in greys for s in sizes)
     for start in range(0, len(greys), 8):
         batch = greys[start:start + 8]
         for grey, resized in zip(batch, resample.resize_batch(batch, sizes)):
@@ -52,18 +52,34 @@ def test_resampler_gives_pillows_pixels_in_batches_and_alone():
 
 
 
-def test_colour_box_reduction_gives_pillows_pixels():
-    """Window descriptors (detector/regions.py) reduce crops of every size to 12x12 with Pillow's BOX
-    filter, a stack at a time: the pixels must be Pillow's, so stored and new descriptors agree."""
+def test_window_descriptors_are_pillows_box_thumbnails():
+    """Window descriptors (detector/regions.py) are 12x12 thumbnails of each window that is not flat, by
+    Pillow's BOX filter, made a column strip at a time: they must be Pillow's pixels, so stored and new
+    descriptors agree. Windows overlap and sit anywhere; tall ones take Pillow's vertical pass first."""
+    from detector import regions
     rng = np.random.default_rng(1)
-    shapes = [(h, w) for h in (2, 5, 12, 21, 22, 32, 33, 64, 90) for w in (3, 12, 13, 21, 32, 43, 64)]
-    assert any(resample._down_first(h, w, (12, 12)) for h, w in shapes)
-    for h, w in shapes:
-        crops = rng.integers(0, 256, (3, h, w, 3), dtype=np.uint8)
-        crops[2] = crops[2] // 64 * 64  # flat stretches: exact ties in the rounding
-        for crop, ours in zip(crops, resample.resize_colour(crops, (12, 12))):
-            ref = np.asarray(Image.fromarray(crop).resize((12, 12), Image.Resampling.BOX), np.float64)
-            assert np.array_equal(ours, ref), (h, w)
+    pixels = rng.integers(0, 256, (140, 150, 3), dtype=np.uint8)
+    pixels[70:] = pixels[70:] // 64 * 64  # flat stretches: exact ties in the rounding
+    pixels[100:, :40] = 90  # a flat corner: its windows are left out
+    img = Image.fromarray(pixels)
+    shapes = [(h, w) for h in (2, 5, 12, 21, 22, 33, 64, 90) for w in (3, 12, 13, 21, 43, 64)]
+    assert any(resample.down_first(h, w, (12, 12)) for h, w in shapes)
+    boxes = [(x / 150, y / 140, (x + w) / 150, (y + h) / 140) for h, w in shapes
+             for x, y in zip(rng.integers(0, 150 - w, 4), rng.integers(0, 140 - h, 4))]
+    boxes += [(0.0, 0.75, 0.25, 1.0), (0.05, 0.8, 0.2, 0.95)]  # inside the flat corner
+    expected = []
+    for box in boxes:
+        x0, y0 = int(box[0] * 150), int(box[1] * 140)
+        crop = pixels[y0:max(int(box[3] * 140), y0 + 1), x0:max(int(box[2] * 150), x0 + 1)]
+        if crop.mean(axis=2).std() >= regions.MIN_CONTENT:
+            thumb = np.asarray(Image.fromarray(crop).resize((12, 12), Image.Resampling.BOX), np.float32)
+            vec = (thumb - thumb.mean()).ravel()
+            expected.append((box, vec / np.linalg.norm(vec)))
+    got = regions.describe(img, boxes)
+    assert 0 < len(got) == len(expected) < len(boxes)
+    for (box, vec), (ref_box, ref) in zip(got, expected):
+        assert box == ref_box and np.array_equal(vec, ref), box
+
 
 def _images() -> list[Image.Image]:
     rng = np.random.default_rng(1)
