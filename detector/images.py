@@ -12,9 +12,11 @@ import hashlib
 import io
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from PIL import (BmpImagePlugin, GifImagePlugin, Image, ImageFile, ImageOps, JpegImagePlugin,  # noqa: F401
                  PngImagePlugin, TiffImagePlugin, WebPImagePlugin)  # registers FORMATS
@@ -63,20 +65,28 @@ def unshown(text: str) -> Path:
     return Path(os.fsdecode(raw))
 
 
+FOLDER = "a folder, not an image file"
+
+
 def _not_regular(path: Path) -> str | None:
     """Why `path` (links followed) cannot be read as an image file: a pipe would block a scan for
     ever and a device (/dev/zero) never ends; None for a regular file."""
-    if path.is_dir():
-        return "a folder, not an image file"
-    return None if path.is_file() else "not a regular file (a pipe, device, socket or broken link)"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "not a regular file (a pipe, device, socket or broken link)"
+    except OSError as e:  # a folder on the way that may be listed but not entered
+        return f"cannot read ({e.strerror or e})"
+    if stat.S_ISDIR(mode):
+        return FOLDER
+    return None if stat.S_ISREG(mode) else "not a regular file (a pipe, device, socket or broken link)"
 
 
 def file_sha256(path: Path | str) -> str | None:
-    """The sha256 of a regular file's bytes (what error records carry), None when it cannot be read."""
-    try:
-        return None if _not_regular(Path(path)) else hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except OSError:
-        return None
+    """The sha256 of a regular file's bytes (what error records carry), None when it cannot be read
+    (or holds more than any image may: `read_bytes`)."""
+    data, _ = (None, None) if _not_regular(Path(path)) else read_bytes(Path(path))
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def pixel_budget() -> int:
@@ -144,18 +154,36 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
     return LoadedImage(rgb, hashlib.sha256(data).hexdigest(), rgb.width, rgb.height, source)
 
 
+def byte_budget() -> int:
+    """The most bytes an image file may hold: 8 a pixel of the pixel budget (16-bit RGBA, stored
+    uncompressed) and 16 MiB of metadata. A larger file is no image the budget admits, and reading
+    it whole (a sparse file of a terabyte) would only exhaust memory."""
+    return 8 * pixel_budget() + (16 << 20)
+
+
 def read_bytes(path: Path) -> tuple[bytes | None, str | None]:
     """A file's bytes, or None and why they cannot be read: the reason every error record gives,
     whichever command or scan engine read the file."""
+    limit = byte_budget()
     try:
-        return path.read_bytes(), None
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size > limit:
+                data = None
+            else:
+                data = f.read(limit + 1)  # at most: a file may grow while it is read
     except OSError as e:
         return None, f"cannot read ({e.strerror or e})"
+    except MemoryError:
+        data = None
+    if data is None or len(data) > limit:
+        return None, (f"too large: over {limit} bytes, more than an image of CHIMERA_MAX_PIXELS "
+                      f"({pixel_budget()}) pixels holds")
+    return data, None
 
 
 def load(path: Path | str, max_pixels: int | None = None) -> LoadedImage:
     path = Path(path)
-    if (problem := _not_regular(path)) and path.exists():
+    if (problem := _not_regular(path)) and os.path.exists(path):
         raise ImageError(shown(path), problem)
     data, problem = read_bytes(path)
     if data is None:
@@ -166,18 +194,28 @@ def load(path: Path | str, max_pixels: int | None = None) -> LoadedImage:
 def iter_image_paths(paths: list[Path]):
     """Files to process, in a stable order: folders recursively, by image suffix (any case).
 
-    Yields (path, None) for images and (path, reason) for named paths that are unusable,
-    streaming folders so a huge tree is never listed in memory at once.
+    Yields (path, None) for images and (path, reason) for named paths that are unusable and for
+    folders that cannot be listed, streaming folders so a huge tree is never listed in memory at once.
     """
     for p in paths:
-        if p.is_dir():
-            for root, dirs, files in os.walk(p):
+        problem = _not_regular(p)
+        if problem == FOLDER:
+            unlisted: list[OSError] = []  # folders os.walk cannot list (no permission): each gets a record
+            for root, dirs, files in os.walk(p, onerror=unlisted.append):
+                yield from _unlisted(unlisted)
                 dirs.sort()
                 for name in sorted(files):
                     f = Path(root) / name
                     if is_image_path(f):
                         yield f, _not_regular(f)
-        elif p.is_file():
+            yield from _unlisted(unlisted)
+        elif problem is None:
             yield (p, None) if is_image_path(p) else (p, f"not an image file suffix ({p.suffix or 'none'})")
         else:
-            yield p, _not_regular(p) if p.exists() else "no such file or directory"
+            yield p, problem if problem.startswith("cannot") or os.path.exists(p) else "no such file or directory"
+
+
+def _unlisted(errors: list[OSError]) -> Iterator[tuple[Path, str]]:
+    while errors:
+        e = errors.pop(0)
+        yield Path(e.filename), f"cannot list this folder ({e.strerror or e}): the files in it were not scanned"

@@ -17,24 +17,21 @@ from detector.images import read_bytes
 
 
 def digest(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each file's sha256, "" when it cannot be read (`read` reads it again and records why)."""
+    """Each file's sha256, "" when it cannot be read (`read` reads it again and records why).
+    Files are read at `file` (absolute: a task may run on another node, in another folder) and
+    recorded under `path`, as the scan names them."""
     shas = []
-    for path, problem in zip(batch["path"], batch["problem"]):
-        sha = ""
-        if not problem:
-            try:
-                sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            except OSError:
-                pass
-        shas.append(sha)
+    for file, problem in zip(batch["file"], batch["problem"]):
+        data, _ = (None, problem) if problem else read_bytes(Path(file))
+        shas.append("" if data is None else hashlib.sha256(data).hexdigest())
     return {**batch, "sha256": np.array(shas, dtype=object)}
 
 
 def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each file's bytes: b"" with the reason in `problem` when it cannot be read."""
     data, problems = [], []
-    for path, problem in zip(batch["path"], batch["problem"]):
-        blob, why = (None, problem) if problem else read_bytes(Path(path))
+    for file, problem in zip(batch["file"], batch["problem"]):
+        blob, why = (None, problem) if problem else read_bytes(Path(file))
         data.append(blob or b"")
         problems.append(why or "")
     return {"path": batch["path"], "problem": np.array(problems, dtype=object), "data": np.array(data, dtype=object)}

@@ -18,9 +18,11 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
-import threading
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Collection, Iterator, NamedTuple
 
@@ -85,13 +87,6 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(end)
 
 
-def already(written: Collection[str], path: Path) -> bool:
-    """Whether this file is among `written` (absolute record paths: those of its bytes, or of the
-    unreadable files). A byte-identical copy under another name is another file, and a file whose
-    bytes changed is looked up under its new bytes: both get records of their own."""
-    return os.path.abspath(shown(path)) in written
-
-
 def _latest(records: Path) -> list[dict[str, Any]]:
     """The output's records, one per file: a file scored again (it was unreadable, or its bytes
     changed) by its newest record."""
@@ -115,26 +110,26 @@ def _read_records(path: Path) -> Iterator[dict[str, Any]]:
 class Done(NamedTuple):
     """What an output file already holds, for resuming (paths made absolute)."""
 
-    scored: dict[str, set[str]]  # sha256 -> the paths of its records
-    failed: set[str]  # paths of error records without bytes (unreadable files)
+    latest: dict[str, str | None]  # path -> the sha256 of its newest record (None: the file could not be read)
     # the one artist its first scored record lists (scored with --artist, or the store held one), "" when it
     # lists several (scored against every artist); None when no record says (none scored, or an older CSV)
     against: str | None
 
     @property
     def records(self) -> int:
-        return sum(map(len, self.scored.values())) + len(self.failed)
+        return len(self.latest)
 
     def holds(self, path: Path, sha256: str | None) -> bool:
-        """Whether the output has this file's record: its bytes' (`sha256` of them), or for a file that
-        could not be read (None) its path's."""
-        if sha256 is None:
-            return already(self.failed, path)
-        return already(self.scored.get(sha256, ()), path)
+        """Whether the output's newest record of this path is of these bytes (`sha256` of them), or for
+        a file that cannot be read (None) is an unreadable file's. A byte-identical copy under another
+        name is another file, and a file whose bytes changed since (even back to bytes an older record
+        had) is scored again."""
+        where = os.path.abspath(shown(path))
+        return where in self.latest and self.latest[where] == sha256
 
 
 def _done(out: Path) -> Done:
-    done = Done({}, set(), None)
+    done = Done({}, None)
     path = _records_path(out)
     if not path.exists():
         return done
@@ -144,11 +139,8 @@ def _done(out: Path) -> Done:
         where = os.path.abspath(r["path"])
         if not os.path.isabs(r["path"]) and not found:
             relative = relative or r["path"]
-            found = os.path.lexists(where)
-        if r.get("sha256"):
-            done.scored.setdefault(r["sha256"], set()).add(where)
-        else:
-            done.failed.add(where)
+            found = os.path.lexists(where) or os.path.isdir(os.path.dirname(where))  # a file since moved away
+        done.latest[where] = r.get("sha256") or None
         if done.against is None and not r.get("error"):
             done = done._replace(against=_against(r))
     if relative is not None and not found:
@@ -248,12 +240,85 @@ def limit_threads(threads: int) -> None:
 
 
 def _init(store: str, clip: dict[str, Any], threads: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the scan's to handle: it stops the pool
     _worker["scorer"] = Scorer(Store.open(store, read_only=True), Embedders.load(**clip, quiet=True))
     limit_threads(threads)
 
 
 def _score_batch(batch: tuple[list[Job], str | None]) -> list[dict[str, Any]]:
     return score_jobs(_worker["scorer"], *batch)
+
+
+def _ready() -> bool:
+    return True
+
+
+STOPPED = "the scan worker scoring this file stopped (killed for memory, or a crash in native code)"
+
+
+class _Pool:
+    """Batches scored in `workers` spawned processes, records in the batches' order.
+
+    A worker that dies (killed for memory, or a crash in a native decoder on a hostile file) breaks
+    a process pool and every batch in it, and a pool that hides the loss would wait for ever. So the
+    pool is started again, the batch whose result was lost is scored again one file at a time (alone
+    in the pool, so a file that stops a worker again is the one to blame: it gets an error record),
+    and the batches it held are sent again. At most 2 batches per worker are in flight, so the tree
+    is read as fast as it is scored.
+    """
+
+    def __init__(self, workers: int, initargs: tuple) -> None:
+        self.workers, self.initargs = workers, initargs
+        self.pending: deque[tuple[tuple[list[Job], str | None], Any]] = deque()
+        self.pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        # spawn, not fork: a forked child of a process running OpenMP (FAISS, torch) can deadlock
+        pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init,
+                                   initargs=self.initargs)
+        try:
+            pool.submit(_ready).result()
+        except BrokenProcessPool:
+            pool.shutdown(wait=False)
+            raise RuntimeError("the scan's worker processes could not start (their error is above)") from None
+        return pool
+
+    def _restart(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._start()
+
+    def records(self, batches: Iterator[tuple[list[Job], str | None]]) -> Iterator[dict[str, Any]]:
+        for batch in batches:
+            self.pending.append((batch, self.pool.submit(_score_batch, batch)))
+            if len(self.pending) >= 2 * self.workers:
+                yield from self._next()
+        while self.pending:
+            yield from self._next()
+
+    def _next(self) -> list[dict[str, Any]]:
+        batch, future = self.pending.popleft()
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            pass
+        self._restart()
+        records = self._one_by_one(batch)
+        self.pending = deque((b, self.pool.submit(_score_batch, b)) for b, _ in self.pending)
+        return records
+
+    def _one_by_one(self, batch: tuple[list[Job], str | None]) -> list[dict[str, Any]]:
+        jobs, artist = batch
+        records = []
+        for job in jobs:
+            try:
+                records += self.pool.submit(_score_batch, ([job], artist)).result()
+            except BrokenProcessPool:
+                records.append(error_result(job.path, STOPPED, job.sha256))
+                self._restart()
+        return records
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _jobs(root: Path, done: Done, counts: Counter) -> Iterator[Job]:
@@ -282,15 +347,15 @@ class _Twins:
     store and options, the same for the whole scan), so a copy's record is its original's under its own
     path. Reposts make such copies common in the folders bulk scans meet.
 
-    `unique` filters the jobs (it runs in the pool's feeder thread, hence the lock); `records` follows
-    each original's record with its copies' and hands out copies of records already written. The last
+    `unique` filters the jobs; `records` follows each original's record with its copies' and hands out
+    copies of records already written. The last
     REMEMBERED records are kept for copies still to come; a copy found after its original's record was
     forgotten is scored again."""
 
     REMEMBERED = 4096
 
     def __init__(self, counts: Counter):
-        self.counts, self.lock = counts, threading.Lock()
+        self.counts = counts
         self.inflight: set[str] = set()  # originals sent to be scored, records not back yet
         self.waiting: dict[str, list[str]] = {}  # sha256 -> paths of copies of an original in flight
         self.written: OrderedDict[str, dict[str, Any]] = OrderedDict()  # sha256 -> record, newest last
@@ -298,59 +363,56 @@ class _Twins:
 
     def unique(self, jobs: Iterator[Job]) -> Iterator[Job]:
         for job in jobs:
-            with self.lock:
-                if job.sha256 in self.inflight:
-                    self.waiting.setdefault(job.sha256, []).append(job.path)
-                    continue
-                if job.sha256 in self.written:
-                    self.ready.append((job.path, self.written[job.sha256]))
-                    continue
-                if job.sha256 is not None:
-                    self.inflight.add(job.sha256)
+            if job.sha256 in self.inflight:
+                self.waiting.setdefault(job.sha256, []).append(job.path)
+                continue
+            if job.sha256 in self.written:
+                self.ready.append((job.path, self.written[job.sha256]))
+                continue
+            if job.sha256 is not None:
+                self.inflight.add(job.sha256)
             yield job
 
     def records(self, scored: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         for record in scored:
             sha = record.get("sha256")
             copies: list[str] = []
-            with self.lock:
-                if sha in self.inflight:
-                    self.inflight.discard(sha)
-                    copies = self.waiting.pop(sha, [])
-                    self.written[sha] = record
-                    while len(self.written) > self.REMEMBERED:
-                        self.written.popitem(last=False)
+            if sha in self.inflight:
+                self.inflight.discard(sha)
+                copies = self.waiting.pop(sha, [])
+                self.written[sha] = record
+                while len(self.written) > self.REMEMBERED:
+                    self.written.popitem(last=False)
             yield record
             yield from self._copies([(p, record) for p in copies])
         yield from self._copies()  # and those found while the last records were written
 
     def _copies(self, pairs: Collection[tuple[str, dict[str, Any]]] = ()) -> Iterator[dict[str, Any]]:
         """Records of copies: `pairs` of (path, original record), then those found after their original."""
-        with self.lock:
-            ready, self.ready = self.ready, []
+        ready, self.ready = self.ready, []
         for path, original in [*pairs, *ready]:
             self.counts["copies"] += 1
             yield {**original, "path": path}
 
 
 def _local(store: Store, embedders: Embedders, root: Path, artist: str | None, done: Done,
-           counts: Counter, workers: int, clip: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-    """Records from this machine: in this process, or in `workers` spawned processes; byte-identical
-    files scored once (`_Twins`)."""
+           counts: Counter, workers: int, clip: dict[str, Any] | None) -> Iterator[dict[str, Any] | None]:
+    """Records from this machine: in this process, or in `workers` spawned processes (`_Pool`);
+    byte-identical files scored once (`_Twins`). Yields None first, once the workers have started."""
     twins = _Twins(counts)
     batches = _batches(twins.unique(_jobs(root, done, counts)), artist)
     if workers <= 1:
         scorer = Scorer(store, embedders)
+        yield None
         yield from twins.records(r for batch in batches for r in score_jobs(scorer, *batch))
         return
-    # spawn, not fork: a forked child of a process running OpenMP (FAISS, torch) can deadlock
     threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = mp.get_context("spawn").Pool(workers, _init, (str(store.root), clip or {"use_clip": False}, threads))
+    pool = _Pool(workers, (str(store.root), clip or {"use_clip": False}, threads))
     try:
-        yield from twins.records(r for records in pool.imap(_score_batch, batches) for r in records)
+        yield None
+        yield from twins.records(pool.records(batches))
     finally:
-        pool.terminate()
-        _worker.clear()
+        pool.close()
 
 
 def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str | None = None,
@@ -389,22 +451,28 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
     if resume and fmt == ".html" and not records.exists() and legacy.exists():
         raise ValueError(f"--resume: {records.name} does not exist; if {legacy.name} holds this report's records "
                          f"(chimera kept them there before), rename it to {records.name}; else scan without --resume")
-    done = _done(out) if resume else Done({}, set(), None)
+    done = _done(out) if resume else Done({}, None)
     _check_same_artists(done, out, artist, store)
     records.parent.mkdir(parents=True, exist_ok=True)
     append = resume and records.exists() and records.stat().st_size > 0
     total = sum(1 for _ in iter_image_paths([root]))
     flagged: list[dict] = []
-    with open(records, "a" if append else "w", newline="", encoding="utf-8") as f:
+    if engine == "ray":
+        from service.scan_ray import ray_records
+        results = ray_records(store.root, root, artist, done, counts, workers, clip, ray_address)
+    else:
+        results = _local(store, embedders, root, artist, done, counts, workers or 1, clip)
+    next(results)  # the engine starts (workers, or Ray) before the output is touched: a failed start empties nothing
+    try:
+        f = open(records, "a" if append else "w", newline="", encoding="utf-8")
+    except OSError:
+        results.close()
+        raise
+    with f:
         writer = (csv.DictWriter(f, _csv_header(records) if append else CSV_FIELDS, extrasaction="ignore")
                   if records.suffix.lower() == ".csv" else None)
         if writer and not append:
             writer.writeheader()
-        if engine == "ray":
-            from service.scan_ray import ray_records
-            results = ray_records(store.root, root, artist, done, counts, workers, clip, ray_address)
-        else:
-            results = _local(store, embedders, root, artist, done, counts, workers or 1, clip)
         # the bar counts the files this run scores: those the output holds already are no part of its rate
         bar = tqdm(total=max(total - done.records, 0), unit="img", desc="scanning",
                    disable=not progress)

@@ -80,10 +80,11 @@ class _ScoreActor:
 
 def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
                 counts: Counter, workers: int | None, clip: dict[str, Any] | None,
-                address: str | None) -> Iterator[dict[str, Any]]:
+                address: str | None) -> Iterator[dict[str, Any] | None]:
     """Records of every image under `root`, in completion order, scored by `workers` Ray actors
-    (default: one per CPU Ray reports, less one for reading). Starts a local Ray when none is
-    running and `address` is None, and stops it again at the end."""
+    (default: one per CPU Ray reports, less one for reading), after a None yielded once Ray is
+    reached. Starts a local Ray when none is running and `address` is None, and stops it again
+    at the end."""
     ray = _import_ray()
     started = not ray.is_initialized()
     if started:
@@ -99,11 +100,13 @@ def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise RuntimeError(f"cannot start or reach {where}: {str(e).splitlines()[0]}") from None
     try:
+        yield None
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the scan shows its own bar
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        items = [{"path": str(p), "problem": problem or ""} for p, problem in iter_image_paths([root])]
+        items = [{"path": str(p), "file": os.path.abspath(p), "problem": problem or ""}
+                 for p, problem in iter_image_paths([root])]
         if not items:
             return
         if not workers:
@@ -123,7 +126,7 @@ def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
             else:
                 if sha:
                     first[sha] = shown(row["path"])
-                todo.append({"path": row["path"], "problem": row["problem"]})
+                todo.append({"path": row["path"], "file": row["file"], "problem": row["problem"]})
         if not todo:
             return
         ds = (ray.data.from_items(todo, override_num_blocks=blocks(len(todo)))
@@ -138,6 +141,8 @@ def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
             for path in copies.pop(record["path"], []):
                 counts["copies"] += 1
                 yield {**record, "path": path}
+    except ray.exceptions.RayError as e:  # an actor that could not start, a node lost: the first line says which
+        raise RuntimeError(f"the Ray scan failed: {str(e).strip().splitlines()[0]}") from None
     finally:
         if started:
             ray.shutdown()

@@ -7,6 +7,11 @@ import hashlib
 import json
 import os
 import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -460,8 +465,98 @@ def test_ray_engine_says_plainly_when_the_cluster_is_unreachable(world, tmp_path
     folder = tmp_path / "incoming"
     folder.mkdir()
     (folder / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    (tmp_path / "out.jsonl").write_text("an earlier scan's records\n")
     with pytest.raises(RuntimeError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
         scan(world["store"], world["emb"], folder, tmp_path / "out.jsonl", engine="ray", ray_address="127.0.0.1:1")
+    assert (tmp_path / "out.jsonl").read_text() == "an earlier scan's records\n"  # a failed start empties nothing
+
+
+def test_a_scan_worker_killed_mid_scan_costs_no_record_and_no_hang(world, tmp_path):
+    """A worker that dies (killed for memory, a crash in a native decoder) lost its batch, and the scan
+    waited for it for ever; the pool is now started again and the lost batches scored again."""
+    import multiprocessing
+    import threading
+
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    files = world["corpus"][0].refs[:24] + world["corpus"][1].refs[:24]
+    for i, p in enumerate(files):
+        (folder / f"{i:02d}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "scan.jsonl"
+    done: list[str] = []
+    runner = threading.Thread(target=lambda: done.append(scan(world["store"], world["emb"], folder, out, workers=2)))
+    runner.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and out.read_text().count("\n") >= 8):
+        time.sleep(0.05)
+    victims = multiprocessing.active_children()
+    assert victims and out.read_text().count("\n") < len(files)  # killed with batches still to score
+    os.kill(victims[0].pid, signal.SIGKILL)
+    runner.join(timeout=180)
+    assert not runner.is_alive(), "the scan hung after losing a worker"
+    assert done and done[0].startswith(f"scanned {len(files)} files: {len(files)} copy")
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(f"{i:02d}.png" for i in range(len(files)))
+
+
+def test_a_file_too_large_for_any_image_is_an_error_record_not_a_crash(world, tmp_path, monkeypatch):
+    """A huge file named like an image (a sparse file of gigabytes) was read whole before any check,
+    and the memory error ended the scan; now it is refused by its size, unread, and the scan goes on."""
+    from detector import images
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    monkeypatch.setenv("CHIMERA_MAX_PIXELS", "10000")  # the icon fits; a byte budget of 80,000 bytes and 16 MiB
+    with open(folder / "huge.png", "wb") as f:
+        f.truncate(images.byte_budget() + 1)  # sparse: no disk used
+    summary = scan(world["store"], world["emb"], folder, tmp_path / "scan.jsonl")
+    assert summary.startswith("scanned 2 files: 1 copy") and "1 error" in summary
+    rows = {Path(r["path"]).name: r for r in map(json.loads, (tmp_path / "scan.jsonl").read_text().splitlines())}
+    assert rows["huge.png"]["error"].startswith("too large: over ") and rows["huge.png"]["sha256"] is None
+
+
+def test_resume_scores_again_a_file_whose_bytes_went_back_to_an_older_version(world, tmp_path):
+    """Resume asks whether a path's newest record is of its bytes now: a file restored to bytes an older
+    record had is scored again, so the output's newest record tells what the file is."""
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    copy, other = world["corpus"][0].refs[0].read_bytes(), world["corpus"][1].heldout[0].read_bytes()
+    out = tmp_path / "scan.jsonl"
+    for data, verdict in ((copy, "copy"), (other, "style_match"), (copy, "copy")):
+        (folder / "x.png").write_bytes(data)
+        summary = scan(world["store"], world["emb"], folder, out, resume=True)
+        assert summary.startswith("scanned 1 files") and "already done" not in summary
+        assert json.loads(out.read_text().splitlines()[-1])["verdict"]["label"] == verdict
+    assert "(1 already done, skipped)" in scan(world["store"], world["emb"], folder, out, resume=True)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv to drop root's access to every file")
+def test_a_folder_the_scan_cannot_enter_or_list_gives_records_and_the_scan_goes_on(world, tmp_path):
+    """A subfolder that can be listed but not entered made the scan fail as "cannot write" its output,
+    and one that cannot be listed was skipped in silence; each now gives error records."""
+    folder = tmp_path / "incoming"
+    for sub in ("locked", "sealed"):
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "in.png").write_bytes(world["corpus"][0].refs[1].read_bytes())
+    (folder / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    (folder / "locked").chmod(0o644)  # listed, not entered
+    (folder / "sealed").chmod(0o000)  # not even listed
+    out = tmp_path / "scan.jsonl"
+    try:  # root reads everything: drop its capabilities, as an ordinary user runs the scan
+        run = subprocess.run(["setpriv", "--bounding-set=-all", "--inh-caps=-all", sys.executable, "-m",
+                              "service.cli", "--store", str(world["root"] / "store"), "--no-clip", "scan",
+                              str(folder), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    finally:
+        for sub in ("locked", "sealed"):
+            (folder / sub).chmod(0o755)
+    assert run.returncode == 1, run.stderr  # error records: exit 1 after writing them all
+    rows = {Path(r["path"]).relative_to(folder).as_posix(): r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["a.png"]["verdict"]["label"] == "copy"
+    assert "Permission denied" in rows["locked/in.png"]["error"]
+    assert rows["sealed"]["error"].startswith("cannot list this folder (Permission denied)")
 
 
 def test_artist_filter_does_not_turn_genuine_signatures_into_forgeries(world):
