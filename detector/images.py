@@ -106,7 +106,9 @@ def pixel_budget() -> int:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode to RGB, compositing transparency over white (how a viewer shows it)."""
-    if img.mode in ("I;16", "I;16B", "I;16L"):
+    if img.mode in ("I;16B", "I;16L"):  # Pillow's point() takes only the native order
+        img = img.convert("I;16")
+    if img.mode == "I;16":
         img = img.point(lambda v: v / 256).convert("L")
     elif img.mode in ("I", "F"):  # 32-bit integer or float grey: scaled by its range, not clipped to white
         hi = img.getextrema()[1]

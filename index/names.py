@@ -2,8 +2,11 @@
 
 A name becomes a URL path segment (/v1/artists/{name}), a CSV cell and a line of terminal
 output, so path separators and control characters are refused wherever it is given; and a
-name is shown in reports and pages, so one that looks like another (invisible formatting
-characters such as a zero-width space or a right-to-left override, spaces at either end) is too.
+name is shown in reports and pages, so one that looks like another is too: invisible characters
+(formatting ones such as a zero-width space or a right-to-left override, and the others Unicode
+lists as ignorable: fillers, variation selectors after a letter), blank or line-breaking ones
+other than a plain space, spaces at either end, and a decomposed spelling of a composed one
+("jose" + U+0301 beside "josé": names must be in NFC).
 """
 
 from __future__ import annotations
@@ -12,29 +15,46 @@ import re
 import unicodedata
 from collections.abc import Callable
 
-NAME_RULE = ("1-100 characters, not blank, no spaces at either end, no '/', '\\', control characters or "
-             "invisible formatting characters other than zero-width joiners")
+NAME_RULE = ("1-100 characters in Unicode NFC, not blank, no spaces at either end, no '/', '\\', control "
+             "characters, spaces other than ' ', or invisible characters other than zero-width joiners")
 NAME_CHAR = "[^\\x00-\\x1f\\x7f-\\x9f/\\\\]"  # any character but C0, DEL and C1 controls and path separators
 _NAME = re.compile(NAME_CHAR + "{1,100}")
 
 
 JOINERS = {"\u200c", "\u200d"}  # zero-width (non-)joiners: Persian spelling, emoji sequences need them
+# Unicode's Default_Ignorable_Code_Point characters that are not format characters (Cf, refused as a
+# category): they show as nothing. (DerivedCoreProperties.txt; unicodedata does not carry the property.)
+IGNORABLE = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\uffa0\ufff0-\ufff8"
+                       "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+VARIATION = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")  # variation selectors: an emoji's, not a letter's
+
+
+def _looks_like_another(name: str) -> bool:
+    """Whether a name could show like another name: see the module's docstring."""
+    if name.strip() != name or not unicodedata.is_normalized("NFC", name) or IGNORABLE.search(name):
+        return True
+    for i, c in enumerate(name):
+        kind = unicodedata.category(c)
+        if kind == "Cf" and c not in JOINERS or kind in ("Zl", "Zp") or kind == "Zs" and c != " ":
+            return True
+        if VARIATION.match(c) and (i == 0 or unicodedata.category(name[i - 1])[0] != "S"):
+            return True  # a variation selector changes a symbol's look (emoji or text); after a letter, nothing
+    return False
 
 
 def valid_name(name: object, new: bool = True) -> bool:
     """Whether `name` follows NAME_RULE. Whole-string match: a regex `$` would also accept a name
     ending in a newline. A lone surrogate (JSON allows "\\ud800") is valid JSON but no UTF-8 text,
-    so SQLite cannot store it. The look-alike part of the rule (spaces at either end, invisible
-    formatting characters but the joiners) is for names entering the store (`new`): an artist
-    registered before it came keeps its name, and can still be added to."""
+    so SQLite cannot store it. The look-alike part of the rule (`_looks_like_another`) is for names
+    entering the store (`new`): an artist registered before it came keeps its name, and can still
+    be added to."""
     if not isinstance(name, str) or not _NAME.fullmatch(name) or not name.strip():
         return False
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
         return False
-    return not new or name.strip() == name and not any(unicodedata.category(c) == "Cf" and c not in JOINERS
-                                                       for c in name)
+    return not new or not _looks_like_another(name)
 
 
 def addable_name(name: object, exists: Callable[[str], bool]) -> bool:

@@ -56,11 +56,15 @@ def settings(environ: dict[str, str]) -> dict[str, Any]:
                                  f"(got {environ[key]!r})") from None
             if not math.isfinite(out[key]) or out[key] <= 0:  # nan passes "<= 0"
                 raise ValueError(f"{key} must be positive (got {environ[key]!r})")
+            if cast is float and out[key] > threading.TIMEOUT_MAX:  # a wait that long overflows the clock
+                raise ValueError(f"{key} must be at most {threading.TIMEOUT_MAX:.0f} seconds (got {environ[key]!r})")
     auth = environ.get("CHIMERA_SCORE_AUTH", "").strip().lower()
     if auth not in ("", "0", "false", "no", "1", "true", "yes"):  # "on" must not leave scoring open unnoticed
         raise ValueError(f"CHIMERA_SCORE_AUTH must be 1, true or yes (or 0, false, no) (got {auth!r})")
     out["CHIMERA_SCORE_AUTH"] = auth in ("1", "true", "yes")
     out["CHIMERA_API_TOKENS"] = [t.strip() for t in environ.get("CHIMERA_API_TOKENS", "").split(",") if t.strip()]
+    if any(not (t.isascii() and t.isprintable()) for t in out["CHIMERA_API_TOKENS"]):  # HTTP headers are latin-1:
+        raise ValueError("CHIMERA_API_TOKENS must be printable ASCII")  # a UTF-8 token would never match
     return out
 
 
@@ -93,7 +97,9 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     app.config.update(DEFAULTS)
     app.config.update(settings(dict(os.environ)))
     app.config.update(config or {})
-    path = Path(store) if store is not None else default_store_path()
+    # absolute: error messages name the store by this path, which `store_error` replaces (a relative
+    # "store" would also replace the word everywhere in a message)
+    path = (Path(store) if store is not None else default_store_path()).absolute()
     Store.open(path, create=True).close()
     svc = Service(path, embedders or Embedders.load(), workers=app.config["CHIMERA_SCORE_WORKERS"])
     app.extensions["chimera"] = svc
@@ -153,7 +159,9 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     def http_error(e: HTTPException):
         code = {413: "too_large", 404: "not_found", 405: "method_not_allowed", 500: "internal"}.get(
             e.code or 400, "bad_request")
-        return jsonify(error=code, message=e.description), e.code
+        response = jsonify(error=code, message=e.description)
+        response.headers.extend((k, v) for k, v in e.get_headers() if k.lower() != "content-type")  # 405's Allow
+        return response, e.code
 
     @app.errorhandler(Exception)
     def unexpected(e: Exception):  # a bug of ours: logged, and still JSON
@@ -162,7 +170,9 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
 
     @app.errorhandler(StoreError)
     def store_error(e: StoreError):  # the message, without the server's path
-        message = str(e).replace(str(svc.store_path), "the store")
+        message, where = str(e), str(svc.store_path)
+        for said in (f"the store at {where}", f"store {where}", where):  # however a message names it
+            message = message.replace(said, "the store")
         return jsonify(error="store_busy" if "busy" in message else "conflict", message=message), 409
 
     # ------------------------------------------------------------------- routes
@@ -191,7 +201,10 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     @app.post("/v1/artists")
     def create_artist():
         require_token()
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # JSON nested deeper than Python's parser goes: not a name
+            body = None
         name = body.get("name") if isinstance(body, dict) else None
         if not valid_name(name):
             raise ApiError(400, "invalid_name", f"send JSON {{\"name\": \"...\"}}: {NAME_RULE}")

@@ -81,7 +81,8 @@ def _upload(field: str, many: bool, artist: bool = False) -> dict:
 
 
 # artist names (index.names.valid_name): 1-100 characters, no spaces at either end, no path separators or
-# control characters (the server also refuses invisible formatting characters, Unicode category Cf)
+# control characters (the server also refuses names that could show like another's: not in NFC, or with
+# invisible characters or spaces other than U+0020)
 _EDGE = "[^\\s\\x00-\\x1f\\x7f-\\x9f/\\\\]"
 NAME = {"type": "string", "minLength": 1, "maxLength": 100, "pattern": f"^{_EDGE}({NAME_CHAR}*{_EDGE})?$"}
 NAME_PARAM = {"name": "name", "in": "path", "required": True, "schema": NAME}

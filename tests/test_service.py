@@ -8,6 +8,7 @@ import random
 import re
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 from PIL import Image
@@ -203,12 +204,16 @@ def test_a_fresh_server_scores_against_an_empty_store(client):
 
 
 @pytest.mark.parametrize("name", ["   ", "nl\n", "a\x7fb", "c1\x85", "x\ud800y", "a/b", "a\\b", "", "n" * 101,
-                                  "alice ", " alice", "ali\u200bce", "ali\u202ece", "\ufeffalice"])
+                                  "alice ", " alice", "ali\u200bce", "ali\u202ece", "\ufeffalice", "alice\ufe0f",
+                                  "alice\u034f", "alice\u3164", "alice\u2800", "ali\u2028ce", "a\u00a0b",
+                                  "jose\u0301"])
 def test_artist_names_that_are_blank_controlled_or_not_text_are_refused_as_such(client, name):
     """One rule for every endpoint that takes a name, matched against the whole name (a regex `$`
     let a name ending in a newline through), answered 400 invalid_name: not 409 (blank), not 500
     (a lone surrogate is valid JSON but no UTF-8 text, so SQLite refused it). Names that would show
-    like another's are refused too: spaces at an end, zero-width and bidi-override characters, a BOM."""
+    like another's are refused too: spaces at an end, zero-width and bidi-override characters, a BOM,
+    fillers, blanks and a variation selector after a letter (all invisible), a line separator, a
+    no-break space, and a decomposed "josé" beside the composed one."""
     r = client.post("/v1/artists", headers=AUTH, json={"name": name})
     assert (r.status_code, r.json["error"]) == (400, "invalid_name")
     if name and "\ud800" not in name and "/" not in name:
@@ -277,6 +282,10 @@ def test_settings_from_the_environment_are_checked_and_upload_names_kept_readabl
         with pytest.raises(ValueError, match="CHIMERA_SCORE_AUTH must be"):
             settings({"CHIMERA_SCORE_AUTH": unclear})
     assert settings({"CHIMERA_SCORE_AUTH": "no"})["CHIMERA_SCORE_AUTH"] is False
+    with pytest.raises(ValueError, match="CHIMERA_REQUEST_TIMEOUT must be at most"):
+        settings({"CHIMERA_REQUEST_TIMEOUT": "1e10"})  # finite, but every score's wait overflowed: 500s
+    with pytest.raises(ValueError, match="CHIMERA_API_TOKENS must be printable ASCII"):
+        settings({"CHIMERA_API_TOKENS": "ok,t\u00f6k"})  # headers arrive as latin-1: it could never match
     assert [upload_name(n) for n in ("/", ".", None, "dir/a.png", "nul\x00.png")] == [
         "upload", "upload", "upload", "a.png", "nul\\x00.png"]
 
@@ -350,3 +359,31 @@ def test_artists_registered_before_the_look_alike_rule_can_still_be_added_to(cli
                  str(sorted(folder.iterdir())[1])]) == 0
     assert client.post("/v1/artists", headers=AUTH, json={"name": "bob "}).json["error"] == "invalid_name"
     assert client.post("/v1/artists", headers=AUTH, json={"name": "\u0645\u06cc\u200c\u062e\u0648\u0627\u0645"}).status_code == 201
+
+
+def test_odd_requests_get_their_http_due(client, store_dir, icons):
+    """A 405 says which methods are allowed; JSON nested past Python's parser is a bad name, not a
+    500; a big-endian 16-bit TIFF is an image like its little-endian twin; and a store given by a
+    relative path is named "the store" in messages without the word "store" being replaced."""
+    r = client.put("/v1/artists")
+    assert r.status_code == 405 and set(r.headers["Allow"].split(", ")) >= {"GET", "POST"}
+    r = client.post("/v1/artists", headers={**AUTH, "Content-Type": "application/json"},
+                    data="[" * 100_000 + "]" * 100_000)
+    assert (r.status_code, r.json["error"]) == (400, "invalid_name")
+    for order in ("<u2", ">u2"):
+        buf = io.BytesIO()
+        Image.fromarray((np.arange(4096).reshape(64, 64) * 16).astype(order)).save(buf, "TIFF")
+        buf.seek(0)
+        r = client.post("/v1/score", data={"image": (buf, "deep.tif")})
+        assert r.status_code == 200 and r.json["width"] == 64, (order, r.json)
+
+
+def test_store_messages_name_a_relative_store_once(tmp_path, monkeypatch):
+    from index.store import Store
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHIMERA_LOCK_TIMEOUT", "0")
+    app = create_app("store", {"CHIMERA_API_TOKENS": [TOKEN], "TESTING": True},
+                     embedders=Embedders(None, "unavailable: disabled in tests"))
+    with Store.open(tmp_path / "store", create=True) as held, held.writer():  # another writer holds the lock
+        r = app.test_client().post("/v1/artists", headers=AUTH, json={"name": "erin"})
+    assert r.status_code == 409 and r.json["message"].startswith("the store is busy"), r.json
