@@ -15,8 +15,8 @@ import re
 import unicodedata
 from collections.abc import Callable
 
-NAME_RULE = ("1-100 characters in Unicode NFC, not blank, no spaces at either end, no '/', '\\', control "
-             "characters, spaces other than ' ', or invisible characters other than zero-width joiners")
+NAME_RULE = ("1-100 characters in Unicode NFC, not blank, not '.' or '..', no spaces at either end, no '/', "
+             "'\\', control characters, spaces other than ' ', or invisible characters other than zero-width joiners")
 NAME_CHAR = "[^\\x00-\\x1f\\x7f-\\x9f/\\\\]"  # any character but C0, DEL and C1 controls and path separators
 _NAME = re.compile(NAME_CHAR + "{1,100}")
 
@@ -32,6 +32,8 @@ VARIATION = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef]")  # variation sele
 def _looks_like_another(name: str) -> bool:
     """Whether a name could show like another name: see the module's docstring."""
     if name.strip() != name or not unicodedata.is_normalized("NFC", name) or IGNORABLE.search(name):
+        return True
+    if name in (".", ".."):  # as a URL path segment, clients fold it into the path: /v1/artists/./works
         return True
     for i, c in enumerate(name):
         kind = unicodedata.category(c)

@@ -107,4 +107,19 @@ def test_upload_to_verdict_with_boxes(server):
         page.route("**/v1/score", lambda route: route.abort())
         page.click("#go")
         page.wait_for_function("document.querySelector('#status').textContent.includes('could not be reached')")
+        # two submissions in a row: the first's reply, arriving last, is not drawn over the second's result
+        page.unroute("**/v1/score")
+        held = []
+        page.route("**/v1/score", lambda route: route.continue_() if held else held.append(route))
+        page.set_input_files("#file", str(query))
+        page.click("#go")
+        while not held:
+            page.wait_for_timeout(50)
+        page.click("#go")
+        page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+        page.wait_for_function("document.querySelector('#status').textContent === ''")
+        held[0].fulfill(status=502, body="<h1>Bad Gateway</h1>", content_type="text/html")
+        page.wait_for_timeout(500)
+        assert page.inner_text("#status") == "" and page.is_visible("#result")
+        assert page.inner_text("#verdict").startswith("derivative")
         browser.close()

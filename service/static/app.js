@@ -78,9 +78,12 @@ async function failure(res) {
   try { return (await res.json()).message ?? `HTTP ${res.status}`; } catch { return `HTTP ${res.status}`; }
 }
 
+let latest = 0;  // the newest submission: an older one's reply, arriving late, is not drawn over it
+
 $("form").addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!file) return;
+  const mine = ++latest;
   $("status").textContent = "scoring…";
   $("boxes").replaceChildren();  // the last result's boxes never stay on a new image
   const img = $("preview");
@@ -97,11 +100,14 @@ $("form").addEventListener("submit", async (e) => {
     res = await fetch("/v1/score", { method: "POST", body: form,
       headers: token ? { Authorization: `Bearer ${token}` } : {} });
   } catch (err) {
+    if (mine !== latest) return;
     $("status").textContent = `error: the server could not be reached (${err.message})`;
     $("result").hidden = true;
     return;
   }
-  if (!res.ok) { $("status").textContent = `error: ${await failure(res)}`; $("result").hidden = true; return; }
+  const body = res.ok ? await res.json() : await failure(res);
+  if (mine !== latest) return;
+  if (!res.ok) { $("status").textContent = `error: ${body}`; $("result").hidden = true; return; }
   $("status").textContent = "";
-  show(await res.json());
+  show(body);
 });
