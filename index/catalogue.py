@@ -85,8 +85,8 @@ def connect(path: Path, read_only: bool = False, immutable: bool = False) -> sql
 def init_schema(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
     version = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-    if version is None:
-        conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    if version is None:  # (OR IGNORE: another process making the same new store may have written it)
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     elif int(version[0]) != SCHEMA_VERSION:
         raise sqlite3.DatabaseError(
             f"store schema version {version[0]} is not supported (this chimera reads {SCHEMA_VERSION})")

@@ -19,6 +19,7 @@ import math
 import os
 import sqlite3
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,11 @@ class Store:
         """Open (or with `create`, make) the store at `root`; `read_only` for readers that must never
         write, such as scan workers (their stale indexes are rebuilt in memory, never saved)."""
         root = Path(root) if root is not None else default_store_path()
+        try:
+            str(root).encode("utf-8")
+        except UnicodeEncodeError:  # FAISS takes its file names as text
+            raise StoreError(f"the store's path must be UTF-8 text: {str(root).encode('utf-8', 'surrogateescape')!r}"
+                             ) from None
         db = root / "catalogue.sqlite"
         if not db.exists():
             if not create or read_only:
@@ -107,11 +113,22 @@ class Store:
         # a folder this user cannot write (a shared read-only mount): SQLite cannot make the WAL's shared
         # memory file even to read, so the catalogue is opened as immutable, and only for reading
         frozen = not os.access(root, os.W_OK)
-        try:
-            conn = cat.connect(db, read_only or frozen, immutable=frozen)
-            cat.init_schema(conn)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
+        wal = db.with_name(db.name + "-wal")
+        if frozen and wal.exists() and wal.stat().st_size > 0:  # immutable reads would not see what it holds
+            raise StoreError(f"the store at {root} is in a folder this user cannot write, and its last changes are "
+                             f"still in {wal.name} (a writer was killed, or is still running): open it once where it "
+                             "can be written (`chimera index check`) to fold them into the catalogue")
+        for attempt in range(50):  # two processes making one new store: switching it to WAL can meet a lock
+            try:
+                conn = cat.connect(db, read_only or frozen, immutable=frozen)
+                cat.init_schema(conn)
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 49:
+                    raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
+                time.sleep(0.1)
+            except sqlite3.DatabaseError as e:
+                raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
         return cls(root, conn, read_only, frozen)
 
     def close(self) -> None:
@@ -343,9 +360,27 @@ class Store:
         return index
 
     def check(self) -> list[str]:
-        """Integrity problems (empty when the store agrees with itself)."""
-        problems = [r[0] for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
-        problems += [f"foreign key violation in {r[0]}" for r in self.conn.execute("PRAGMA foreign_key_check")]
+        """Integrity problems (empty when the store agrees with itself). Read in one snapshot, so a
+        writer committing meanwhile is no problem: the catalogue and the indexes checked are of one
+        generation (an index file the writer replaced meanwhile is stale, not damaged)."""
+        try:
+            problems = [r[0] for r in self.conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+            with self.snapshot():
+                problems += [f"foreign key violation in {r[0]}" for r in self.conn.execute("PRAGMA foreign_key_check")]
+                problems += self._check_indexes()
+                # a work and its vectors are written in one transaction, so none can lack them all; one may
+                # lack a kind (a blank picture has no keypoints and no detailed windows): no inconsistency
+                for table, owner in (("works", "work_id"), ("signatures", "signature_id")):
+                    missing = self.conn.execute(f"SELECT COUNT(*) FROM {table} t WHERE NOT EXISTS"
+                                                f" (SELECT 1 FROM vectors v WHERE v.{owner}=t.id)").fetchone()[0]
+                    if missing:
+                        problems.append(f"{missing} {table} without any vectors")
+        except sqlite3.DatabaseError as e:  # a damaged page: SQLite stops at it
+            problems = [f"the catalogue is damaged ({e}); restore catalogue.sqlite from a backup"]
+        return problems
+
+    def _check_indexes(self) -> list[str]:
+        problems = []
         for spec in self.specs().values():
             gen = cat.generation(self.conn, spec.kind)
             path = self.index_path(spec.kind, gen)
@@ -354,20 +389,15 @@ class Store:
             try:
                 index = vx.read(path, spec.binary)
             except RuntimeError as e:
-                problems.append(f"{path.name}: unreadable ({str(e).strip().splitlines()[-1]}); "
-                                "`chimera index rebuild` rewrites it")
+                if path.exists():  # else a writer replaced it since this snapshot: stale, not damaged
+                    problems.append(f"{path.name}: unreadable ({str(e).strip().splitlines()[-1]}); "
+                                    "`chimera index rebuild` rewrites it")
                 continue
             stored = {r[0] for r in self.conn.execute("SELECT id FROM vectors WHERE kind=?", (spec.kind,))}
             indexed = set(faiss.vector_to_array(index.id_map).tolist())
             if stored != indexed:
-                problems.append(f"{path.name}: {len(indexed)} ids indexed, {len(stored)} in the catalogue")
-        # a work and its vectors are written in one transaction, so none can lack them all; one may lack
-        # a kind (a blank picture has no keypoints and no detailed windows) and that is no inconsistency
-        for table, owner in (("works", "work_id"), ("signatures", "signature_id")):
-            missing = self.conn.execute(f"SELECT COUNT(*) FROM {table} t WHERE NOT EXISTS"
-                                        f" (SELECT 1 FROM vectors v WHERE v.{owner}=t.id)").fetchone()[0]
-            if missing:
-                problems.append(f"{missing} {table} without any vectors")
+                problems.append(f"{path.name}: {len(indexed & stored)} of {len(indexed)} ids indexed are among "
+                                f"the catalogue's {len(stored)}; `chimera index rebuild` rewrites it")
         return problems
 
     # ------------------------------------------------------------------ writes
@@ -665,3 +695,5 @@ class Writer:
             for old in path.parent.glob(f"{spec.kind}.*.faiss"):
                 if old != path:
                     old.unlink(missing_ok=True)
+            for torn in path.parent.glob(f".{spec.kind}.*.faiss.*.tmp"):  # a writer killed mid-write left it
+                torn.unlink(missing_ok=True)  # (under the write lock, nobody else is writing one)

@@ -11,12 +11,14 @@ import contextlib
 import json
 import os
 import shutil
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
 from detector.images import pixel_budget
+from index.names import NAME_RULE, valid_name
 from index.store import Store, StoreError
 
 MAX_ICON = 1024  # largest --size of `dataset make`: every part is drawn at full size in memory
@@ -44,11 +46,8 @@ def _embedders(args: argparse.Namespace, quiet: bool = False):
 # ------------------------------------------------------------------ index
 def cmd_index_add(args: argparse.Namespace) -> int:
     from detector.images import iter_image_paths
-    from index.names import NAME_RULE, addable_name, valid_name
+    from index.names import NAME_RULE, addable_name
     from service.ingest import add_images, load_paths
-    if not valid_name(args.artist, new=False):  # the API's rule: a name it could not address would be stuck
-        raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE} "
-                        "(the HTTP API could not address it)")
     missing: list[tuple[str, str]] = []
     paths = [Path(p) for p in args.paths]
     total = sum(1 for _ in iter_image_paths(paths))
@@ -428,6 +427,9 @@ def main(argv: list[str] | None = None) -> int:
             pixel_budget()  # settings read from the environment: a bad one is a user error before any work
         except ValueError as e:
             raise UserError(str(e)) from None
+        artist = getattr(args, "artist", None)
+        if artist is not None and not valid_name(artist, new=False):  # no artist is named so (the API's rule:
+            raise UserError(f"--artist {artist!r} is not an artist name: {NAME_RULE}")  # not UTF-8, a '/' ...)
         return args.fn(args)
     except (UserError, StoreError) as e:
         print(f"chimera: error: {e}", file=sys.stderr)
@@ -435,6 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a folder that is a file, a full disk, no permission: the system's one line
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"chimera: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as e:  # a damaged page met after the store opened (`index check` lists it)
+        print(f"chimera: error: the store's catalogue cannot be read ({e}); restore catalogue.sqlite from a "
+              "backup", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("chimera: interrupted", file=sys.stderr)

@@ -682,3 +682,38 @@ def test_exact_float_search_finds_what_faiss_finds_across_blocks_and_small_index
         assert np.abs(scores - ref_scores).max() < 1e-5
         assert (np.diff(scores, axis=1) <= 0).all()  # best first
     assert vx.search(index, False, queries, 0)[1].shape == (nq, 0)  # nothing asked, nothing found (FAISS asserts)
+
+
+def test_faults_a_review_found_are_one_line_answers(chimera, icons, store_dir, monkeypatch, tmp_path, refused):
+    """A read-only store whose WAL still holds committed works (a writer killed, or still running) hid them;
+    a writer killed mid-save left its temp index file for ever; a name or store path that is not UTF-8,
+    and a damaged catalogue page met after opening, were tracebacks."""
+    import shutil
+
+    from index import catalogue as cat
+    a = icons("alice", 3, (230, 180, 40))
+    assert chimera("index", "add", "--artist", "alice", str(a))[0] == 0
+    with Store.open(store_dir) as running:  # a writer still at work: its commits sit in the WAL
+        cat.set_meta(running.conn, "probe", "1")
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, *k, **kw: False if Path(p) == store_dir and mode == os.W_OK
+                            else real(p, mode, *k, **kw))
+        code, _, err = chimera("index", "list")
+        assert code == 2 and "its last changes are still in catalogue.sqlite-wal" in err
+        monkeypatch.setattr(os, "access", real)
+    torn = store_dir / "indexes" / ".style.7.faiss.4242.tmp"
+    torn.write_bytes(b"half an index")
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 1, (230, 180, 40), start=5)))[0] == 0
+    assert not torn.exists()
+    refused("--store", str(store_dir), "index", "list", "--artist", os.fsdecode(b"\xff"), says="is not an artist name")
+    refused("--store", os.fsdecode(bytes(tmp_path) + b"/st\xff"), "--no-clip", "index", "add", "--artist", "bob",
+            str(a), says="the store's path must be UTF-8 text")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(store_dir, damaged)
+    with open(damaged / "catalogue.sqlite", "r+b") as f:
+        f.seek(4 * 4096)
+        f.write(b"\xab" * 4096)
+    for args in (("index", "check"), ("score", str(next(a.iterdir())))):
+        capsys_code, _, err = chimera("--store", str(damaged), *args)
+        assert capsys_code in (1, 2) and "Traceback" not in err, err
+        assert any(w in err for w in ("damaged", "cannot be read", "not a readable")), err
