@@ -263,9 +263,12 @@ class _Pool:
     a process pool and every batch in it, and a pool that hides the loss would wait for ever. So the
     pool is started again, the batch whose result was lost is scored again one file at a time (alone
     in the pool, so a file that stops a worker again is the one to blame: it gets an error record),
-    and the batches it held are sent again. At most 2 batches per worker are in flight, so the tree
-    is read as fast as it is scored.
+    and the batches it held are sent again. Records go out in order, and at most IN_FLIGHT batches per
+    worker are out: the tree is read as fast as it is scored, and a worker done with a quick batch
+    has more to do while the oldest, slow one finishes.
     """
+
+    IN_FLIGHT = 4
 
     def __init__(self, workers: int, initargs: tuple) -> None:
         self.workers, self.initargs = workers, initargs
@@ -276,8 +279,9 @@ class _Pool:
         # spawn, not fork: a forked child of a process running OpenMP (FAISS, torch) can deadlock
         pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_init,
                                    initargs=self.initargs)
-        try:
-            pool.submit(_ready).result()
+        try:  # a task per worker: the pool starts a process for each task that finds none idle, so all start now
+            for probe in [pool.submit(_ready) for _ in range(self.workers)]:
+                probe.result()
         except BrokenProcessPool:
             pool.shutdown(wait=False)
             raise RuntimeError("the scan's worker processes could not start (their error is above)") from None
@@ -290,7 +294,7 @@ class _Pool:
     def records(self, batches: Iterator[tuple[list[Job], str | None]]) -> Iterator[dict[str, Any]]:
         for batch in batches:
             self.pending.append((batch, self.pool.submit(_score_batch, batch)))
-            if len(self.pending) >= 2 * self.workers:
+            if len(self.pending) >= self.IN_FLIGHT * self.workers:
                 yield from self._next()
         while self.pending:
             yield from self._next()
