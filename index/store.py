@@ -662,10 +662,11 @@ class Writer:
             if note:
                 self.store.notes.append(f"{spec.kind}: {note}")
             built[spec.kind] = index
-        if chosen:
-            with self._transaction() as c:
-                for kind, name in chosen.items():
-                    cat.set_meta(c, f"factory:{kind}", name)
+        with self._transaction() as c:
+            for kind, name in chosen.items():
+                cat.set_meta(c, f"factory:{kind}", name)
+            for kind in built:  # a new generation: a long-lived reader (the HTTP service) drops the index it holds
+                cat.bump_generation(c, kind)
         for kind, index in built.items():
             self.store._cache[kind] = (cat.generation(self.conn, kind), index)
             self.touched.add(kind)

@@ -352,9 +352,8 @@ class _Twins:
     path. Reposts make such copies common in the folders bulk scans meet.
 
     `unique` filters the jobs; `records` follows each original's record with its copies' and hands out
-    copies of records already written. The last
-    REMEMBERED records are kept for copies still to come; a copy found after its original's record was
-    forgotten is scored again."""
+    copies of records already written. The last REMEMBERED records are kept for copies still to come;
+    a copy found after its original's record was forgotten is scored again."""
 
     REMEMBERED = 4096
 

@@ -717,3 +717,18 @@ def test_faults_a_review_found_are_one_line_answers(chimera, icons, store_dir, m
         capsys_code, _, err = chimera("--store", str(damaged), *args)
         assert capsys_code in (1, 2) and "Traceback" not in err, err
         assert any(w in err for w in ("damaged", "cannot be read", "not a readable")), err
+
+
+def test_a_rebuild_reaches_a_store_held_open_by_a_long_lived_reader(chimera, icons, store_dir):
+    """`index rebuild` wrote the new indexes under the same generation, so a running server kept searching
+    the index it held until the next write; a rebuild is a new generation now."""
+    from index import vectors as vx
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 6, (230, 180, 40))))[0] == 0
+    with Store.open(store_dir) as server:
+        _, vecs = server.vectors("style")
+        before = server.search("style", vecs[:1], 3)
+        assert vx.factory_of(server._cache["style"][1]) == "Flat"
+        assert chimera("index", "rebuild", "--index-factory", "HNSW32")[0] == 0
+        assert server.search("style", vecs[:1], 3)[0][0].work_id == before[0][0].work_id
+        assert vx.factory_of(server._cache["style"][1]) == "HNSW32"
+    assert chimera("index", "check")[:2] == (0, "ok\n")
