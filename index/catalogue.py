@@ -102,6 +102,17 @@ def set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
                  (key, value))
 
 
+def next_id(conn: sqlite3.Connection, table: str) -> int:
+    """The id for a new row of `works` or `signatures`: one past every id the table ever gave out.
+    SQLite's own rowid gives the largest id again once that row is deleted, and an id a user holds
+    (`index remove --work`, a result's `matches[].work`) would then name another work. (Stores made
+    before this counter start from their largest id.)"""
+    row = conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()[0]
+    new = max(int(get_meta(conn, f"last_id:{table}", "0")), row) + 1
+    set_meta(conn, f"last_id:{table}", str(new))
+    return new
+
+
 def generation(conn: sqlite3.Connection, kind: str) -> int:
     return int(get_meta(conn, f"gen:{kind}", "0"))
 

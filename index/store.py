@@ -522,10 +522,10 @@ class Writer:
         """Add one work, its thumbnail and all its vectors atomically; returns the work id."""
         artist_id = self.ensure_artist(artist) if artist is not None else None
         with self._transaction() as c:
-            wid = c.execute("INSERT INTO works (artist_id, kind, source, sha256, width, height, added_at)"
-                            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (artist_id, "generated" if generated else "reference", source, sha256,
-                             width, height, cat.now())).lastrowid
+            wid = c.execute("INSERT INTO works (id, artist_id, kind, source, sha256, width, height, added_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (cat.next_id(c, "works"), artist_id, "generated" if generated else "reference", source,
+                             sha256, width, height, cat.now())).lastrowid
             if generated:
                 c.execute("INSERT INTO generated VALUES (?, ?, ?, ?, ?)",
                           (wid, generated["run"], generated.get("checkpoint"), generated.get("seed"),
@@ -540,9 +540,9 @@ class Writer:
                       vectors: dict[str, list[tuple[Box, np.ndarray]]]) -> int:
         artist_id = self.ensure_artist(artist)
         with self._transaction() as c:
-            sid = c.execute("INSERT INTO signatures (artist_id, source, sha256, width, height, added_at)"
-                            " VALUES (?, ?, ?, ?, ?, ?)", (artist_id, source, sha256, width, height,
-                                                           cat.now())).lastrowid
+            sid = c.execute("INSERT INTO signatures (id, artist_id, source, sha256, width, height, added_at)"
+                            " VALUES (?, ?, ?, ?, ?, ?, ?)", (cat.next_id(c, "signatures"), artist_id, source, sha256,
+                                                              width, height, cat.now())).lastrowid
             added = self._insert_vectors(c, "signature_id", sid, vectors)
         self._apply_adds(added)
         return sid

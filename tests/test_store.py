@@ -732,3 +732,18 @@ def test_a_rebuild_reaches_a_store_held_open_by_a_long_lived_reader(chimera, ico
         assert server.search("style", vecs[:1], 3)[0][0].work_id == before[0][0].work_id
         assert vx.factory_of(server._cache["style"][1]) == "HNSW32"
     assert chimera("index", "check")[:2] == (0, "ok\n")
+
+
+def test_a_removed_works_id_is_never_given_to_another_work(chimera, icons, store_dir):
+    """SQLite gives the largest rowid again once its row is deleted: `index remove --work N` then an add made
+    N name another work, and an id a user kept from a result or a listing would name the wrong picture."""
+    a = icons("alice", 4, (230, 180, 40))
+    files = sorted(a.iterdir())
+    for f in files[:3]:
+        assert chimera("index", "add", "--artist", "alice", str(f))[0] == 0
+    ids = [w["id"] for w in json.loads(chimera("index", "list", "--artist", "alice", "--json")[1])["works"]]
+    assert chimera("index", "remove", "--artist", "alice", "--work", str(max(ids)))[0] == 0
+    assert chimera("index", "add", "--artist", "alice", str(files[3]))[0] == 0
+    now = [w["id"] for w in json.loads(chimera("index", "list", "--artist", "alice", "--json")[1])["works"]]
+    assert max(now) > max(ids) and sorted(now)[:2] == sorted(ids)[:2]
+    assert chimera("index", "check")[:2] == (0, "ok\n")
