@@ -45,9 +45,10 @@ class WorkCanvas:
 class WorkCanvases:
     """Registered works on the working canvas, decoded from their stored thumbnails (LRU cache).
 
-    Keyed by work id, and SQLite hands a removed work's id to the next work added: `sync` empties
-    the cache whenever works were added or removed since it was filled, so a long-lived scorer (the
-    HTTP service's) never verifies a query against a removed work's pixels under a new work's id.
+    Keyed by work id. Ids are not given out twice (`catalogue.next_id`), but a store made before that
+    counter may give its removed largest id once more, so `sync` empties the cache whenever works were
+    added or removed since it was filled: a long-lived scorer (the HTTP service's) never verifies a
+    query against a removed work's pixels under a new work's id.
     """
 
     def __init__(self, store: Store, capacity: int = 256):  # ~0.15 MB each: bounded per scoring thread

@@ -1,7 +1,8 @@
 """Artist names: one rule for the whole store, whichever door a name comes in by (CLI or HTTP API).
 
 A name becomes a URL path segment (/v1/artists/{name}), a CSV cell and a line of terminal
-output, so path separators and control characters are refused wherever it is given; and a
+output, so path separators and control characters are refused wherever it is given (and, for new
+names, "." and "..", which clients fold into the URL's path); and a
 name is shown in reports and pages, so one that looks like another is too: invisible characters
 (formatting ones such as a zero-width space or a right-to-left override, and the others Unicode
 lists as ignorable: fillers, variation selectors after a letter), blank or line-breaking ones

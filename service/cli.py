@@ -46,7 +46,7 @@ def _embedders(args: argparse.Namespace, quiet: bool = False):
 # ------------------------------------------------------------------ index
 def cmd_index_add(args: argparse.Namespace) -> int:
     from detector.images import iter_image_paths
-    from index.names import NAME_RULE, addable_name
+    from index.names import addable_name
     from service.ingest import add_images, load_paths
     missing: list[tuple[str, str]] = []
     paths = [Path(p) for p in args.paths]
