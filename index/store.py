@@ -123,12 +123,10 @@ class Store:
                 conn = cat.connect(db, read_only or frozen, immutable=frozen)
                 cat.init_schema(conn)
                 break
-            except sqlite3.OperationalError as e:
-                if "locked" not in str(e) or attempt == 49:
+            except sqlite3.DatabaseError as e:
+                if not isinstance(e, sqlite3.OperationalError) or "locked" not in str(e) or attempt == 49:
                     raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
                 time.sleep(0.1)
-            except sqlite3.DatabaseError as e:
-                raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
         return cls(root, conn, read_only, frozen)
 
     def close(self) -> None:

@@ -467,33 +467,26 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
         results = _local(store, embedders, root, artist, done, counts, workers or 1, clip)
     next(results)  # the engine starts (workers, or Ray) before the output is touched: a failed start empties nothing
     try:
-        f = open(records, "a" if append else "w", newline="", encoding="utf-8")
-    except OSError:
-        results.close()
-        raise
-    with f:
-        writer = (csv.DictWriter(f, _csv_header(records) if append else CSV_FIELDS, extrasaction="ignore")
-                  if records.suffix.lower() == ".csv" else None)
-        if writer and not append:
-            writer.writeheader()
-        # the bar counts the files this run scores: those the output holds already are no part of its rate
-        bar = tqdm(total=max(total - done.records, 0), unit="img", desc="scanning",
-                   disable=not progress)
-        try:
-            for result in results:
-                counts[_label(result)] += 1
-                counts["scanned"] += 1
-                if writer:
-                    writer.writerow(csv_row(result))
-                else:
-                    f.write(json.dumps(result) + "\n")
-                f.flush()
-                if fmt == ".html" and is_flagged(result):
-                    flagged.append(result)
-                bar.update(1)
-        finally:
-            bar.close()
-            results.close()
+        with open(records, "a" if append else "w", newline="", encoding="utf-8") as f:
+            writer = (csv.DictWriter(f, _csv_header(records) if append else CSV_FIELDS, extrasaction="ignore")
+                      if records.suffix.lower() == ".csv" else None)
+            if writer and not append:
+                writer.writeheader()
+            # the bar counts the files this run scores: those the output holds already are no part of its rate
+            with tqdm(total=max(total - done.records, 0), unit="img", desc="scanning", disable=not progress) as bar:
+                for result in results:
+                    counts[_label(result)] += 1
+                    counts["scanned"] += 1
+                    if writer:
+                        writer.writerow(csv_row(result))
+                    else:
+                        f.write(json.dumps(result) + "\n")
+                    f.flush()
+                    if fmt == ".html" and is_flagged(result):
+                        flagged.append(result)
+                    bar.update(1)
+    finally:
+        results.close()  # the workers (or Ray) stop, whether the output could be opened, written or not
     labels = ("copy", "derivative", "style_match", "unrelated", "error")
     summary = f"scanned {counts['scanned']} files: " + ", ".join(f"{counts[k]} {k}" for k in labels)
     if counts["copies"]:
