@@ -424,7 +424,7 @@ class Store:
             lock.acquire(timeout=0)
         except filelock.Timeout:
             holder = pidfile.read_text().strip() if pidfile.exists() else "?"
-            print(f"chimera: waiting up to {timeout:.0f}s for another writer (pid {holder}) on {self.root}",
+            print(f"chimera: waiting up to {timeout:g}s for another writer (pid {holder}) on {self.root}",
                   file=sys.stderr)
             try:
                 lock.acquire(timeout=timeout)

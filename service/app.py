@@ -31,9 +31,9 @@ from service.openapi import spec
 
 DEFAULTS = {"MAX_CONTENT_LENGTH": 32 * 1024 * 1024, "CHIMERA_MAX_PIXELS": 16 * 1024 * 1024,
             "CHIMERA_MAX_BATCH": 16, "CHIMERA_REQUEST_TIMEOUT": 30.0, "CHIMERA_SCORE_WORKERS": 4,
-            "CHIMERA_SCORE_AUTH": False}
+            "CHIMERA_WRITE_WAIT": 10.0, "CHIMERA_SCORE_AUTH": False}
 SETTINGS = (("CHIMERA_MAX_PIXELS", int), ("CHIMERA_MAX_BATCH", int), ("CHIMERA_REQUEST_TIMEOUT", float),
-            ("CHIMERA_SCORE_WORKERS", int))  # numeric settings read from the environment
+            ("CHIMERA_SCORE_WORKERS", int), ("CHIMERA_WRITE_WAIT", float))  # numeric settings read from the environment
 
 
 def upload_name(filename: str | None) -> str:
@@ -122,6 +122,10 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
 
     def uploads(field: str) -> list[tuple[str, bytes]]:
         files = request.files.getlist(field)
+        if not files and request.mimetype == "multipart/form-data" and not request.files and not request.form:
+            # Werkzeug drops a whole body it cannot parse, such as one whose file name is not UTF-8
+            raise ApiError(400, "missing_image", f"no part of the multipart body could be read: send the image(s) "
+                                                 f"as form field '{field}', with part headers (file names) in UTF-8")
         if not files:
             raise ApiError(400, "missing_image", f"send the image(s) as multipart form field '{field}'")
         return [(upload_name(f.filename), f.read()) for f in files]
@@ -149,6 +153,12 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
 
     def store_for_writes() -> Store:
         return Store.open(svc.store_path, create=True)
+
+    def write_wait() -> float:
+        """How long a write request waits for the store's lock (another request's, or a CLI writer's)
+        before answering 409 store_busy: each waiting request holds one of the server's threads, so
+        a queue of writers must not keep them from scoring for CHIMERA_LOCK_TIMEOUT's minute."""
+        return app.config["CHIMERA_WRITE_WAIT"]
 
     # ------------------------------------------------------------------- errors
     @app.errorhandler(ApiError)
@@ -208,7 +218,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         name = body.get("name") if isinstance(body, dict) else None
         if not valid_name(name):
             raise ApiError(400, "invalid_name", f"send JSON {{\"name\": \"...\"}}: {NAME_RULE}")
-        with store_for_writes() as store, store.writer() as w:
+        with store_for_writes() as store, store.writer(write_wait()) as w:
             if store.has_artist(name):  # checked under the write lock: of two requests, one creates
                 raise ApiError(409, "exists", f"artist {name!r} already exists")
             w.ensure_artist(name)
@@ -230,7 +240,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         if not images:
             raise ApiError(400, "invalid_image", "; ".join(f"{f['file']}: {f['reason']}" for f in failed))
         with store_for_writes() as store:
-            report = add_images(store, svc.embedders, name, images, signature=signature)
+            report = add_images(store, svc.embedders, name, images, signature=signature, lock_timeout=write_wait())
         body = {"added": report.added, "skipped": [{"file": s, "reason": r} for s, r in report.skipped],
                 "failed": failed}
         return jsonify(body), 201 if report.added else 200
@@ -246,7 +256,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     @app.delete("/v1/artists/<name>")
     def delete_artist(name: str):
         require_token()
-        with store_for_writes() as store, store.writer() as w:
+        with store_for_writes() as store, store.writer(write_wait()) as w:
             if not store.has_artist(name):  # under the write lock: of two requests, one removes
                 raise ApiError(404, "not_found", f"no artist named {name!r}")
             removed = w.remove_artist(name)
@@ -255,7 +265,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     @app.delete("/v1/artists/<name>/works/<int:work_id>")
     def delete_work(name: str, work_id: int):
         require_token()
-        with store_for_writes() as store, store.writer() as w:
+        with store_for_writes() as store, store.writer(write_wait()) as w:
             try:
                 w.remove_work(name, work_id)
             except StoreError as e:

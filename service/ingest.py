@@ -31,12 +31,13 @@ class AddReport:
 
 def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable[LoadedImage | ImageError],
                signature: bool = False, generated: dict | None = None, progress: bool = False,
-               total: int | None = None) -> AddReport:
-    """Add decoded images (or decode errors, which are reported) as works or signature samples."""
+               total: int | None = None, lock_timeout: float | None = None) -> AddReport:
+    """Add decoded images (or decode errors, which are reported) as works or signature samples
+    (`lock_timeout`: the wait for the store's write lock, `Store.writer`'s)."""
     report = AddReport()
     seen: set[str] = set()
     bar = tqdm(total=total, unit="img", desc="adding", disable=not progress, leave=False)
-    with store.writer() as w:
+    with store.writer(lock_timeout) as w:
         w.register([s for s in embedders.specs() if (s.owner == "signature") == signature])
         batch: list[LoadedImage] = []
 

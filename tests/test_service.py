@@ -144,6 +144,15 @@ def test_bad_uploads_get_clear_4xx(client, alice, app):
         r = client.post("/v1/score", data=data)
         assert (r.status_code, r.json["error"]) == (status, code), r.json
         valid(r.json, "Error")
+    r = client.post("/v1/score", data={"images": (png(Image.new("RGB", (9, 9))), "x.png")})  # the wrong field
+    assert r.status_code == 400 and r.json["message"] == "send the image(s) as multipart form field 'image'"
+    body = (b'--B\r\nContent-Disposition: form-data; name="image"; filename="caf\xe9.png"\r\n\r\n'
+            + png(Image.new("RGB", (9, 9))).getvalue() + b"\r\n--B--\r\n")  # a Latin-1 file name
+    r = client.post("/v1/score", data=body, content_type="multipart/form-data; boundary=B")
+    assert (r.status_code, r.json["error"]) == (400, "missing_image") and "UTF-8" in r.json["message"], r.json
+    r = client.post("/v1/score", data=body.replace(b"caf\xe9", "café".encode()),
+                    content_type="multipart/form-data; boundary=B")
+    assert r.status_code == 200 and r.json["path"] == "café.png"
     app.config["CHIMERA_MAX_PIXELS"] = 1000
     r = client.post("/v1/score", data={"image": (png(Image.new("RGB", (100, 100))), "big.png")})
     assert r.status_code == 400 and "decompression bomb" in r.json["message"]
@@ -268,6 +277,32 @@ def test_a_timed_out_batch_stops_and_frees_its_worker(store_dir, alice):
     assert time.perf_counter() - start < whole / 2
 
 
+def test_a_write_request_waits_for_the_store_briefly_then_says_busy(tmp_path, monkeypatch, alice):
+    """Each write request waiting for the store's lock holds one of the server's threads, so it waits
+    CHIMERA_WRITE_WAIT seconds, not CHIMERA_LOCK_TIMEOUT's minute, answers 409 store_busy, and has
+    changed nothing; once the other writer is done, the same request succeeds."""
+    import time
+
+    from index.store import Store
+    monkeypatch.setenv("CHIMERA_WRITE_WAIT", "0.5")
+    monkeypatch.setenv("CHIMERA_LOCK_TIMEOUT", "3600")
+    app = create_app(tmp_path / "busy", {"CHIMERA_API_TOKENS": [TOKEN]},
+                     embedders=Embedders(None, "unavailable: disabled in tests"))
+    c = app.test_client()
+    assert c.post("/v1/artists", headers=AUTH, json={"name": "erin"}).status_code == 201
+    with Store.open(tmp_path / "busy") as held, held.writer():  # a CLI writer, say
+        start = time.monotonic()
+        busy = [c.post("/v1/artists", headers=AUTH, json={"name": "frank"}),
+                c.post("/v1/artists/erin/works", headers=AUTH, data={"images": (open(alice[0], "rb"), "a.png")}),
+                c.delete("/v1/artists/erin", headers=AUTH)]
+        waited = time.monotonic() - start
+    assert [(r.status_code, r.json["error"]) for r in busy] == [(409, "store_busy")] * 3, [r.json for r in busy]
+    assert waited < 60  # three requests, each told well within CHIMERA_LOCK_TIMEOUT
+    assert c.get("/v1/artists").json["artists"] == [{"name": "erin", "works": 0, "signatures": 0}]
+    r = c.post("/v1/artists/erin/works", headers=AUTH, data={"images": (open(alice[0], "rb"), "a.png")})
+    assert r.status_code == 201 and len(r.json["added"]) == 1
+
+
 def test_settings_from_the_environment_are_checked_and_upload_names_kept_readable():
     from service.app import settings, upload_name
     with pytest.raises(ValueError, match="CHIMERA_MAX_BATCH must be an integer"):
@@ -276,6 +311,8 @@ def test_settings_from_the_environment_are_checked_and_upload_names_kept_readabl
         settings({"CHIMERA_REQUEST_TIMEOUT": "0"})
     with pytest.raises(ValueError, match="CHIMERA_REQUEST_TIMEOUT must be positive"):
         settings({"CHIMERA_REQUEST_TIMEOUT": "nan"})  # nan is no number of seconds
+    with pytest.raises(ValueError, match="CHIMERA_WRITE_WAIT must be a number"):
+        settings({"CHIMERA_WRITE_WAIT": "soon"})
     assert settings({"CHIMERA_SCORE_AUTH": "TRUE", "CHIMERA_API_TOKENS": "a, b,"}) == {
         "CHIMERA_SCORE_AUTH": True, "CHIMERA_API_TOKENS": ["a", "b"]}
     for unclear in ("on", "enabled", "2"):  # would have left scoring open without a word
@@ -381,8 +418,7 @@ def test_odd_requests_get_their_http_due(client, store_dir, icons):
 def test_store_messages_name_a_relative_store_once(tmp_path, monkeypatch):
     from index.store import Store
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("CHIMERA_LOCK_TIMEOUT", "0")
-    app = create_app("store", {"CHIMERA_API_TOKENS": [TOKEN], "TESTING": True},
+    app = create_app("store", {"CHIMERA_API_TOKENS": [TOKEN], "TESTING": True, "CHIMERA_WRITE_WAIT": 0.01},
                      embedders=Embedders(None, "unavailable: disabled in tests"))
     with Store.open(tmp_path / "store", create=True) as held, held.writer():  # another writer holds the lock
         r = app.test_client().post("/v1/artists", headers=AUTH, json={"name": "erin"})
