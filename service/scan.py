@@ -346,6 +346,9 @@ def _batches(jobs: Iterator[Job], artist: str | None, size: int = BATCH) -> Iter
         yield batch, artist
 
 
+REMEMBERED = 4096  # records kept, by sha256, for byte-identical copies still to come (both engines)
+
+
 class _Twins:
     """Byte-identical files in one scan are scored once: a record depends only on the bytes (and the
     store and options, the same for the whole scan), so a copy's record is its original's under its own
@@ -354,8 +357,6 @@ class _Twins:
     `unique` filters the jobs; `records` follows each original's record with its copies' and hands out
     copies of records already written. The last REMEMBERED records are kept for copies still to come;
     a copy found after its original's record was forgotten is scored again."""
-
-    REMEMBERED = 4096
 
     def __init__(self, counts: Counter):
         self.counts = counts
@@ -384,7 +385,7 @@ class _Twins:
                 self.inflight.discard(sha)
                 copies = self.waiting.pop(sha, [])
                 self.written[sha] = record
-                while len(self.written) > self.REMEMBERED:
+                while len(self.written) > REMEMBERED:
                     self.written.popitem(last=False)
             yield record
             yield from self._copies([(p, record) for p in copies])

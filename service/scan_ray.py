@@ -1,13 +1,15 @@
 """`chimera scan --engine ray`: the scan's records computed on Ray Data.
 
-The pipeline is Ray Data's, stage by stage:
-  1. the driver lists the tree (a Ray dataset is built from a listing: paths only);
+The pipeline is Ray Data's, stage by stage, for each CHUNK files of the tree in turn (a Ray
+dataset is built from a listing, so the driver holds one chunk's paths, never the whole tree's):
+  1. the driver lists the next chunk of the tree;
   2. read tasks (service/ray_reads.py) take each file's sha256; the driver drops what a
      resumed scan already has and keeps one file of each set of byte-identical ones (their
-     records are the same);
+     records are the same; a copy of a file scored in an earlier chunk gets that file's record
+     while it is among the last `scan.REMEMBERED`, as in the local engine);
   3. read tasks read those files, and an actor pool decodes and scores them in batches:
      each actor holds the models and a read-only store for its whole life, so they load
-     once per actor, not per file;
+     once per actor and chunk, not per file;
   4. the driver streams the records back to `scan`, which writes them as they arrive,
      each followed by its byte-identical copies' (under their own paths).
 Step 2 reads every file once more than a scan that scored every copy would; scoring an
@@ -22,8 +24,9 @@ import json
 import logging
 import os
 import socket
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +37,13 @@ from detector.images import iter_image_paths, shown
 from detector.score import Scorer
 from index.store import Store
 from service.ray_reads import digest, read
-from service.scan import BATCH, Done, Job, limit_threads, score_jobs
+from service.scan import BATCH, REMEMBERED, Done, Job, limit_threads, score_jobs
 
 READ_BATCH = 64  # files per read task
+# files per Ray dataset: the driver holds their paths and hashes (a few hundred bytes a file, where a
+# whole tree of millions would take gigabytes), and each chunk starts its actors anew (seconds, against
+# the hour or so a worker takes to score this many)
+CHUNK = 50_000
 
 
 def _import_ray() -> Any:
@@ -105,44 +112,60 @@ def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
         ctx.enable_progress_bars = False  # the scan shows its own bar
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        items = [{"path": str(p), "file": os.path.abspath(p), "problem": problem or ""}
-                 for p, problem in iter_image_paths([root])]
-        if not items:
-            return
         if not workers:
             workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
-        blocks = lambda n: min(n, max(4 * workers, n // 256))  # noqa: E731 - read tasks for n files
-        todo: list[dict[str, str]] = []  # the files to score
-        first: dict[str, str] = {}  # sha256 -> the (shown) path of the first file with those bytes
-        copies: dict[str, list[str]] = {}  # that path -> the paths of the others (by path: a record names it)
-        for row in (ray.data.from_items(items, override_num_blocks=blocks(len(items)))
-                    .map_batches(digest, batch_size=READ_BATCH, num_cpus=0.25)
-                    .iter_rows()):
-            sha = row["sha256"]  # "" for a file that could not be read: scored (its error recorded) on its own
-            if held.holds(Path(row["path"]), sha or None):
-                counts["resumed"] += 1
-            elif sha in first:
-                copies.setdefault(first[sha], []).append(shown(row["path"]))
-            else:
-                if sha:
-                    first[sha] = shown(row["path"])
-                todo.append({"path": row["path"], "file": row["file"], "problem": row["problem"]})
-        if not todo:
-            return
-        ds = (ray.data.from_items(todo, override_num_blocks=blocks(len(todo)))
-              .map_batches(read, batch_size=READ_BATCH, num_cpus=0.25)
-              .map_batches(_ScoreActor, batch_size=BATCH, num_cpus=1,
-                           compute=ray.data.ActorPoolStrategy(size=workers),
-                           fn_constructor_kwargs={"store": str(store_root), "artist": artist,
-                                                  "clip": clip or {"use_clip": False}}))
-        for row in ds.iter_rows():
-            record = json.loads(row["record"])
-            yield record
-            for path in copies.pop(record["path"], []):
-                counts["copies"] += 1
-                yield {**record, "path": path}
+        recent: OrderedDict[str, dict[str, Any]] = OrderedDict()  # sha256 -> record, of the last files scored
+        listing = iter_image_paths([root])
+        while chunk := list(islice(listing, CHUNK)):
+            yield from _chunk_records(ray, chunk, store_root, artist, held, counts, workers, clip, recent)
     except ray.exceptions.RayError as e:  # an actor that could not start, a node lost: the first line says which
         raise RuntimeError(f"the Ray scan failed: {str(e).strip().splitlines()[0]}") from None
     finally:
         if started:
             ray.shutdown()
+
+
+def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: Path, artist: str | None,
+                   held: Done, counts: Counter, workers: int, clip: dict[str, Any] | None,
+                   recent: OrderedDict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The records of one chunk of the listing (steps 2-4 of the module's pipeline); `recent` holds the
+    records of files scored in earlier chunks, for their copies in this one, and gains this chunk's."""
+    items = [{"path": str(p), "file": os.path.abspath(p), "problem": problem or ""} for p, problem in chunk]
+    blocks = lambda n: min(n, max(4 * workers, n // 256))  # noqa: E731 - read tasks for n files
+    todo: list[dict[str, str]] = []  # the files to score
+    first: dict[str, str] = {}  # sha256 -> the (shown) path of the first file with those bytes
+    copies: dict[str, list[str]] = {}  # that path -> the paths of the others (by path: a record names it)
+    for row in (ray.data.from_items(items, override_num_blocks=blocks(len(items)))
+                .map_batches(digest, batch_size=READ_BATCH, num_cpus=0.25)
+                .iter_rows()):
+        sha = row["sha256"]  # "" for a file that could not be read: scored (its error recorded) on its own
+        if held.holds(Path(row["path"]), sha or None):
+            counts["resumed"] += 1
+        elif sha in recent:  # a copy of a file scored in an earlier chunk
+            recent.move_to_end(sha)
+            counts["copies"] += 1
+            yield {**recent[sha], "path": shown(row["path"])}
+        elif sha in first:
+            copies.setdefault(first[sha], []).append(shown(row["path"]))
+        else:
+            if sha:
+                first[sha] = shown(row["path"])
+            todo.append({"path": row["path"], "file": row["file"], "problem": row["problem"]})
+    if not todo:
+        return
+    ds = (ray.data.from_items(todo, override_num_blocks=blocks(len(todo)))
+          .map_batches(read, batch_size=READ_BATCH, num_cpus=0.25)
+          .map_batches(_ScoreActor, batch_size=BATCH, num_cpus=1,
+                       compute=ray.data.ActorPoolStrategy(size=workers),
+                       fn_constructor_kwargs={"store": str(store_root), "artist": artist,
+                                              "clip": clip or {"use_clip": False}}))
+    for row in ds.iter_rows():
+        record = json.loads(row["record"])
+        yield record
+        if record.get("sha256"):
+            recent[record["sha256"]] = record
+            while len(recent) > REMEMBERED:
+                recent.popitem(last=False)
+        for path in copies.pop(record["path"], []):
+            counts["copies"] += 1
+            yield {**record, "path": path}

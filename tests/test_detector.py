@@ -432,8 +432,11 @@ def test_scan_refuses_a_folder_as_report_and_too_many_workers_before_scanning(wo
     assert error_row.count("<td") == header == 6  # a sort by any column reads a cell of every row
 
 
-def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store(world, tmp_path):
+def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store(world, tmp_path, monkeypatch):
+    """Ray takes the listing a chunk at a time (here 3 files, so reposts of 0.png sit in a later chunk
+    than it, and the corrupt file's repost in the same chunk) and gives the local engine's records."""
     from service.scan import scan
+    monkeypatch.setattr("service.scan_ray.CHUNK", 3)
     folder = tmp_path / "incoming"
     (folder / "sub").mkdir(parents=True)
     for i, p in enumerate(world["corpus"][0].refs[:2] + world["corpus"][1].heldout[:2]):
