@@ -609,9 +609,16 @@ class Writer:
             kinds = sorted({r[0] for r in gone})
             for kind in kinds:
                 cat.bump_generation(c, kind)
+        specs = self.store.specs()
         for kind in kinds:
             ids = np.array([r[1] for r in gone if r[0] == kind], np.int64)
+            gen = cat.generation(self.conn, kind)
             cached = self.store._cache.pop(kind, None)
+            if kind not in self.dirty and (cached is None or cached[0] != gen - 1):
+                # held from before another process's writes (or never read): start from the index
+                # as the last writer saved it, else save() rebuilds it from the catalogue
+                cached = self._saved(specs[kind], gen - 1)
+                self.store._cache.pop(kind, None)
             if cached is not None and kind not in self.dirty:
                 try:
                     cached[1].remove_ids(ids)

@@ -747,3 +747,27 @@ def test_a_removed_works_id_is_never_given_to_another_work(chimera, icons, store
     now = [w["id"] for w in json.loads(chimera("index", "list", "--artist", "alice", "--json")[1])["works"]]
     assert max(now) > max(ids) and sorted(now)[:2] == sorted(ids)[:2]
     assert chimera("index", "check")[:2] == (0, "ok\n")
+
+
+def test_a_long_lived_store_removing_after_another_process_added_keeps_that_add(icons, store_dir):
+    """A Store kept open (a notebook's, a service's) holds its indexes in memory. Another process (here a
+    second Store) adds works meanwhile; a removal through the first must start from the indexes as
+    that process left them, or it saves indexes without that process's works, which no search finds."""
+    from detector.embedders import Embedders
+    from detector.images import load
+    from service.ingest import add_images
+    emb = Embedders(None, "off")
+    alice = [load(p) for p in sorted(icons("alice", 3, (230, 180, 40)).iterdir())]
+    bob = [load(p) for p in sorted(icons("bob", 3, (60, 120, 220)).iterdir())]
+    with Store.open(store_dir, create=True) as mine:
+        add_images(mine, emb, "alice", alice)  # its indexes now held in memory
+        with Store.open(store_dir) as other:
+            add_images(other, emb, "bob", bob)
+        with mine.writer() as w:
+            w.remove_work("alice", mine.works_of("alice")[0]["id"])
+    with Store.open(store_dir) as s:
+        assert s.check() == []
+        for kind in ("hash", "style", "patch", "kp"):
+            _, vecs = s.vectors(kind)
+            found = {h.work_id for row in s.search(kind, vecs, 1) for h in row}
+            assert {w["id"] for w in s.works_of("bob")} <= found, kind
