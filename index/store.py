@@ -566,16 +566,16 @@ class Writer:
     def _apply_adds(self, added: dict[str, tuple[list[int], list[np.ndarray]]]) -> None:
         """Mirror committed vectors into the cached index and advance its generation.
 
-        A process that has not searched a kind yet (`chimera index add`) takes the index saved before
-        this add from its file: else `save` would rebuild it from the catalogue, retraining an IVF
-        index's lists on every add."""
+        A process that has not searched a kind yet (`chimera index add`), or holds it from before
+        another process's writes, takes the index saved before this add from its file: else `save`
+        would rebuild it from the catalogue, retraining an IVF index's lists on every add."""
         specs = self.store.specs()
         for kind, (ids, vecs) in added.items():
             spec = specs[kind]
             cached = self.store._cache.get(kind)
             gen = cat.generation(self.conn, kind)
-            if cached is None and kind not in self.dirty:
-                cached = self._saved(spec, gen - 1)
+            if (cached is None or cached[0] != gen - 1) and kind not in self.dirty:
+                cached = self._saved(spec, gen - 1)  # as the last writer (maybe another process) saved it
             if cached and cached[0] == gen - 1 and kind not in self.dirty and ids:
                 vx.add(cached[1], spec.binary, np.array(ids, np.int64), np.stack(vecs))
                 self.store._cache[kind] = (gen, cached[1])

@@ -771,3 +771,14 @@ def test_a_long_lived_store_removing_after_another_process_added_keeps_that_add(
             _, vecs = s.vectors(kind)
             found = {h.work_id for row in s.search(kind, vecs, 1) for h in row}
             assert {w["id"] for w in s.works_of("bob")} <= found, kind
+    with Store.open(store_dir) as mine:  # and an add through a Store held from before another's add
+        _, vecs = mine.vectors("kp")
+        mine.search("kp", vecs, 1)
+        with Store.open(store_dir) as other:
+            add_images(other, emb, "carol", [load(p) for p in sorted(icons("carol", 2, (20, 160, 60)).iterdir())])
+        add_images(mine, emb, "dave", [load(p) for p in sorted(icons("dave", 2, (160, 20, 160)).iterdir())])
+    with Store.open(store_dir) as s:
+        assert s.check() == []
+        _, vecs = s.vectors("kp")
+        found = {h.work_id for row in s.search("kp", vecs, 1) for h in row}
+        assert {w["id"] for a in ("bob", "carol", "dave") for w in s.works_of(a)} <= found
