@@ -90,8 +90,12 @@ class Reference:
 def load_reference(data: Path, artist: str, size: int) -> Reference:
     data = Path(data)
     artist, files = training_set(data, artist)
-    by_path = {r["path"]: r for r in load_manifest(data)}
+    by_path = {r["path"]: r for r in load_manifest(data, parts=True)}
     paths = [f.relative_to(data).as_posix() for f in files]
+    if any("signature" in (by_path[p].get("boxes") or {}) for p in paths):
+        raise ValueError(f"{artist}'s icons in {data} are signed (`dataset make --signed`): analysis explains an icon "
+                         "by its parts alone, and would read the signature as parts moved; analyse a run "
+                         "trained on an unsigned dataset")
     icons = load_icons(files, size).permute(0, 2, 3, 1).numpy()
     explainer = Explainer(load_library(data, artist, size), radius=max(1, size // 4))
     return Reference(artist, size, paths, icons, [by_path[p]["parts"] for p in paths], explainer)
@@ -250,8 +254,11 @@ def sample_files(samples: Path, n: int) -> list[Path]:
 def analyze_images(files: list[Path], ref: Reference, root: Path) -> tuple[list[dict], list[Explanation], list[np.ndarray]]:
     records, explanations, images = [], [], []
     for path in tqdm(files, unit="img", desc="analysing", disable=not sys.stderr.isatty()):
-        with Image.open(path) as img:
-            image = as_array(img, ref.size)
+        try:
+            with Image.open(path) as img:
+                image = as_array(img, ref.size)
+        except (OSError, SyntaxError, ValueError) as e:  # Pillow's messages do not name the file
+            raise ValueError(f"sample {path} is not a readable image ({e})") from None
         record, explanation = explain_image(image, ref)
         records.append({"path": path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path),
                         "provenance": read_provenance(path), **record})
@@ -287,7 +294,10 @@ def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: in
     if len(sample_paths) < n:
         print(f"chimera: analysing the {len(sample_paths)} samples in {samples} (asked for {n})", file=sys.stderr)
     for path in sample_paths:
-        provenance = read_provenance(path)
+        try:
+            provenance = read_provenance(path)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"sample {path} is not a readable image ({e})") from None
         if provenance and provenance.get("run") != info["run"]:
             raise ValueError(f"{path} was sampled from run {provenance.get('run')}, not {info['run']}")
         if provenance and provenance.get("step") != now:  # the report and receptive field are latest.pt's

@@ -61,7 +61,7 @@ def calibrate(data: Path, size: int | None = None, n: int = 12, seed: int = 0, a
     recognised fraction, part precision."""
     data = Path(data)
     artist, _ = training_set(data, artist)
-    works = [r for r in load_manifest(data) if r["artist"] == artist and r.get("split", "reference") == "reference"]
+    works = [r for r in load_manifest(data, parts=True) if r["artist"] == artist and r.get("split", "reference") == "reference"]
     size = size or works[0]["size"]
     ref: Reference = load_reference(data, artist, size)
     source, rng, table = Source(data), np.random.default_rng(seed), {}

@@ -136,7 +136,7 @@ def make_chimeras(data: Path, out: Path, n: int, seed: int = 0) -> list[dict]:
     """
     data, out = Path(data), Path(out)
     by_artist: dict[str, list[dict]] = defaultdict(list)
-    for work in load_manifest(data):
+    for work in load_manifest(data, parts=True):
         if work.get("split", "reference") == "reference":
             by_artist[work["artist"]].append(work)
     if n < 1:

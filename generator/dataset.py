@@ -153,9 +153,11 @@ def make_dataset(
     return records
 
 
-def load_manifest(data: Path) -> list[dict]:
+def load_manifest(data: Path, parts: bool = False) -> list[dict]:
     """The manifest's records; a line that is not one (no JSON object with a path and an artist, both
-    text) is a ValueError naming it, not a KeyError deep in training."""
+    text) is a ValueError naming it, not a KeyError deep in training. With `parts`, every record
+    must also name its part variants and size, as `make_dataset` writes them: analysis and chimeras
+    are built from the parts, where training needs only the icons."""
     path = Path(data) / "manifest.jsonl"
     try:
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -164,4 +166,7 @@ def load_manifest(data: Path) -> list[dict]:
     for n, r in enumerate(records, 1):
         if not (isinstance(r, dict) and isinstance(r.get("path"), str) and isinstance(r.get("artist"), str)):
             raise ValueError(f"{path}: record {n} is not an icon's (an object with a \"path\" and an \"artist\")")
+        if parts and not (isinstance(r.get("parts"), dict) and isinstance(r.get("size"), int)):
+            raise ValueError(f"{path}: record {n} names no part variants and size (\"parts\", \"size\"), which "
+                             "`chimera dataset make` writes: analysis and chimeras need a dataset made by it")
     return records

@@ -79,26 +79,33 @@ def load_icons(files: list[Path], size: int) -> torch.Tensor:
     """(N, 3, size, size) float in [0, 1]; icons of another size are resized with LANCZOS."""
     arrays = []
     for path in files:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.LANCZOS)
-            arrays.append(np.asarray(img))
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.Resampling.LANCZOS)
+                arrays.append(np.asarray(img))
+        except (OSError, SyntaxError, ValueError) as e:  # Pillow's messages do not name the file
+            raise ValueError(f"training icon {path} is not a readable image ({e})") from None
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255)
 
 
 def code_version() -> str:
-    """The git commit of this checkout, else $CHIMERA_CODE_VERSION, else the installed package version.
+    """The git commit of this checkout (with "+changes" when its tracked files differ from it), else
+    $CHIMERA_CODE_VERSION, else the installed package version.
 
-    A copied tree without git metadata (a GPU box, say) that is not installed either says
-    "unknown" rather than failing the run at its first checkpoint.
+    Only a checkout whose top is this package's own root counts: installed into a virtualenv inside
+    a user's repository, the package would otherwise record that repository's commit. A copied tree
+    without git metadata (a GPU box, say) that is not installed either says "unknown" rather than
+    failing the run at its first checkpoint.
     """
+    root = Path(__file__).resolve().parents[1]
+    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=10)  # noqa: E731
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10,
-        )
-        if head.returncode == 0:
-            return head.stdout.strip()
+        top, head = git("rev-parse", "--show-toplevel"), git("rev-parse", "HEAD")
+        if top.returncode == 0 and head.returncode == 0 and Path(top.stdout.strip()).resolve() == root:
+            changed = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+            return head.stdout.strip() + ("+changes" if changed else "")
     except (OSError, subprocess.SubprocessError):
         pass
     if os.environ.get("CHIMERA_CODE_VERSION"):
@@ -295,15 +302,16 @@ def train(
     config = config if steps is None else replace(config, steps=steps)
     if config.steps < 1:
         raise ValueError(f"steps must be >= 1, got {config.steps}")
-    if seed < 0:  # checked before `out` is made: a refused run leaves no folder
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    if not 0 <= seed < 2 ** 32:  # numpy's seeds; checked before `out` is made: a refused run leaves no folder
+        raise ValueError(f"seed must be in 0..4294967295 (2**32 - 1), got {seed}")
     data, out = Path(data), Path(out)
     artist, files = training_set(data, artist)
     digest, dev = dataset_digest(files), pick_device(device)
     rid = run_id(preset, config, digest, seed, artist)
+    icons = load_icons(files, config.image_size)  # a damaged icon is refused before `out` is made
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
-    session = Session(config, load_icons(files, config.image_size), dev)
+    session = Session(config, icons, dev)
     def same_run(held: str) -> None:
         if held != rid:
             raise ValueError(f"{out} holds run {held}, not {rid}: use another output folder, "
@@ -326,7 +334,8 @@ def train(
         atomically(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
     start = session.steps_done
-    with tqdm(total=config.steps, initial=start, desc=rid, mininterval=1.0, disable=start >= config.steps) as bar, \
+    with tqdm(total=config.steps, initial=start, desc=rid, mininterval=1.0,
+              disable=start >= config.steps or not sys.stderr.isatty()) as bar, \
             _stop_after_step() as stop:
         while session.steps_done < config.steps:
             t0 = time.perf_counter()

@@ -106,6 +106,8 @@ class Store:
             raise StoreError(f"the store's path must be UTF-8 text: {str(root).encode('utf-8', 'surrogateescape')!r}"
                              ) from None
         db = root / "catalogue.sqlite"
+        if root.exists() and not root.is_dir():
+            raise StoreError(f"{root} is a file, not a store (a store is a folder)")
         if not db.exists():
             if not create or read_only:
                 raise StoreError(f"no store at {root} (add works with `chimera index add` first)")

@@ -250,24 +250,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from generator.sample import sample
-    try:
-        with _fresh(Path(args.out), "samples"):
-            records = sample(Path(args.run), args.n, Path(args.out), steps=args.steps, seed=args.seed)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    print(f"wrote {len(records)} samples with provenance to {args.out} (samples.jsonl)")
-    if args.register:
+    # with --register, the store and embedders are made ready before sampling (hours on a GPU), so a store
+    # that cannot take the samples is said before, not after them
+    with (_open(args, create=True) if args.register else contextlib.nullcontext()) as store:
+        if store is not None and store.read_only:
+            raise UserError(f"cannot register samples: the store at {store.root} cannot be written here")
+        embedders = _embedders(args) if args.register else None
+        try:
+            with _fresh(Path(args.out), "samples"):
+                records = sample(Path(args.run), args.n, Path(args.out), steps=args.steps, seed=args.seed)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        print(f"wrote {len(records)} samples with provenance to {args.out} (samples.jsonl)")
+        if store is None:
+            return 0
         from service.ingest import add_images, load_paths
         paths = {str(Path(args.out) / r["path"]): r for r in records}
         generated = {p: {"run": r["run"], "checkpoint": r["checkpoint"], "seed": r["seed"], "index": r["index"]}
                      for p, r in paths.items()}
         missing: list[tuple[str, str]] = []
-        with _open(args, create=True) as store:
-            report = add_images(store, _embedders(args), None, load_paths([Path(p) for p in paths], missing),
-                                generated=generated)
-        for source, why in [*missing, *report.failed]:
-            print(f"chimera: failed: {source}: {why}", file=sys.stderr)
-        print(f"registered as generated outputs: {report.summary()}")
+        report = add_images(store, embedders, None, load_paths([Path(p) for p in paths], missing),
+                            generated=generated)
+    for source, why in [*missing, *report.failed]:
+        print(f"chimera: failed: {source}: {why}", file=sys.stderr)
+    print(f"registered as generated outputs: {report.summary()}")
     return 0
 
 

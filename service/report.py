@@ -24,7 +24,8 @@ def describe(r: dict[str, Any], notes: bool = True) -> str:
     for a in r["artists"][:5]:
         lines.append(f"  {a['artist']:<20} style {a['style']:.2f}  derivative {a['derivative']:.2f}  copy {a['copy']:.2f}")
     for m in r["matches"][:5]:
-        lines.append(f"  match: work {m['work']} ({m['artist']}) {m['source']}  similarity {m['similarity']:.2f}  box {m['box']}")
+        whose = m["artist"] if m.get("run") is None else f"sample {m.get('index')} of run {m['run']}"
+        lines.append(f"  match: work {m['work']} ({whose}) {m['source']}  similarity {m['similarity']:.2f}  box {m['box']}")
     for s in r["signatures"]:
         who = s["artist"] or "unknown signer"
         lines.append(f"  signature at {s['box']}: {who}" + ("  FORGED" if s["forged"] else ""))

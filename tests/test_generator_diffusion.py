@@ -4,7 +4,9 @@ and the analysis metrics say the right thing about planted copies, part swaps an
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +211,28 @@ def test_code_version_without_git_or_installed_package(monkeypatch: pytest.Monke
     monkeypatch.setenv("CHIMERA_CODE_VERSION", "abc123")
     assert code_version() == "abc123"
 
+
+def test_code_version_is_this_checkouts_never_an_enclosing_repositorys(tmp_path: Path) -> None:
+    """Installed (copied) into a virtualenv inside the user's own git repository, the package must not
+    record that repository's commit as its code; its own checkout records its commit."""
+    import subprocess
+    repo = tmp_path / "project"
+    site = repo / ".venv" / "site"
+    site.mkdir(parents=True)
+    git = lambda *a: subprocess.run(["git", *a], cwd=repo, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (repo / ".gitignore").write_text(".venv\n")
+    git("add", ".gitignore")
+    git("-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "theirs")
+    shutil.copytree(Path(__file__).parents[1] / "generator", site / "generator")
+    theirs = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+    env = {**os.environ, "PYTHONPATH": str(site), "CHIMERA_CODE_VERSION": "told"}
+    said = subprocess.run([sys.executable, "-c", "from generator.train import code_version; print(code_version())"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert said == "told" and theirs not in said
+    if (Path(__file__).parents[1] / ".git").exists():  # run from a git checkout: its own commit, marked if changed
+        assert len(code_version().removesuffix("+changes")) == 40
+
 # --- sampling --------------------------------------------------------------------------------------
 
 
@@ -281,6 +305,14 @@ def test_a_moved_part_is_found_displaced(data: Path, reference) -> None:
     assert record["scrambled"]
 
 
+def test_signed_icons_are_refused_for_analysis(tmp_path: Path) -> None:
+    """Analysis explains an icon by its part layers alone: a signature (`dataset make --signed`) would be
+    read as parts moved, calling training copies scrambled chimeras; it is refused, not misjudged."""
+    make_dataset(tmp_path / "signed", 1, 6, size=32, seed=0, signed=True)
+    with pytest.raises(ValueError, match="are signed"):
+        load_reference(tmp_path / "signed", "artist_00", 32)
+
+
 def test_noise_is_neither_memorised_nor_recognisable(reference) -> None:
     noise = np.random.default_rng(0).random((32, 32, 3), dtype=np.float32)
     record, _ = explain_image(noise, reference)
@@ -327,7 +359,18 @@ def test_research_commands_answer_bad_input_in_one_line_and_leave_nothing_behind
     refused("sample", str(run), "--n", "2", "--out", str(afile), "--steps", "2", says="is a file")
     refused("sample", str(run), "--n", "2", "--out", str(tmp_path / "s2"), "--steps", "0", says="sampling steps")
     refused("train", str(data), "--preset", "small", "--out", str(tmp_path / "r1"), "--seed", "-3", says="seed")
-    assert not (tmp_path / "s2").exists() and not (tmp_path / "r1").exists()
+    refused("train", str(data), "--preset", "small", "--out", str(tmp_path / "r1"), "--seed", str(2 ** 32),
+            says="seed must be in 0..4294967295")
+    refused("--store", str(afile), "--no-clip", "sample", str(run), "--n", "1", "--out", str(tmp_path / "s4"),
+            "--register", says="store")  # said before sampling, not after hours of it
+    assert not any((tmp_path / f).exists() for f in ("s2", "r1", "s4"))
+    damaged = tmp_path / "damaged"
+    shutil.copytree(data, damaged)
+    icon = sorted((damaged / "artist_00" / "icons").glob("*.png"))[1]
+    icon.write_bytes(icon.read_bytes()[:120])
+    refused("train", str(damaged), "--preset", "small", "--out", str(tmp_path / "r4"), "--steps", "1",
+            says=f"training icon {icon} is not a readable image")
+    assert not (tmp_path / "r4").exists()
     missing = tmp_path / "missing"
     shutil.copytree(data, missing)
     next((missing / "artist_00" / "icons").glob("*.png")).unlink()
@@ -340,6 +383,14 @@ def test_research_commands_answer_bad_input_in_one_line_and_leave_nothing_behind
         refused("train", str(missing), "--preset", "small", "--out", str(tmp_path / "r3"), "--steps", "1",
                 says="record 1 is not an icon's")
         refused("dataset", "chimeras", str(missing), str(tmp_path / "c1"), says="record 1 is not an icon's")
+    records = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
+    missing = tmp_path / "partless"
+    shutil.copytree(data, missing)
+    (missing / "manifest.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("path", "artist", "split")}) + "\n"
+                                                    for r in records))  # enough to train on, not to analyse
+    refused("dataset", "chimeras", str(missing), str(tmp_path / "c1"), says="record 1 names no part variants")
+    refused("analyze", str(run), "--data", str(missing), "--out", str(tmp_path / "a3"), "--n", "1",
+            says="record 1 names no part variants")
     (broken / "run.json").write_text("{")
     refused("sample", str(broken), "--n", "1", "--out", str(tmp_path / "s3"), says="not a run description")
 
@@ -356,3 +407,10 @@ def test_analyze_judges_given_samples_and_prints_whole_json(run: Path, data: Pat
     metrics = json.loads(out[:out.rindex("report:")])
     assert metrics["samples"] == 3 and metrics["samples_dir"] == str(tmp_path / "s")
     assert not (tmp_path / "a" / "samples").exists()
+    damaged = tmp_path / "s" / "sample_00001.png"
+    damaged.write_bytes(damaged.read_bytes()[:200])
+    capsys.readouterr()
+    assert main(["analyze", str(run), "--data", str(data), "--out", str(tmp_path / "a2"),
+                 "--samples", str(tmp_path / "s"), "--n", "3"]) == 2
+    assert f"sample {damaged} is not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "a2").exists()
