@@ -58,6 +58,13 @@ def shown(path: Path | str) -> str:
     return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+def for_terminal(text: object) -> str:
+    """Text as a terminal line may show it: control characters (escape sequences in a hostile file name
+    could retitle or clear the user's terminal) and other unprintable ones as \\xNN or \\uNNNN."""
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+                   for c in str(text))
+
+
 def unshown(text: str) -> Path:
     """The file a `shown` path names: its \\xNN back to the raw bytes of the name. (A name holding
     the text "\\xNN" itself is ambiguous; whoever opens a shown path tries it as written first.)"""

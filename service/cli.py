@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from detector.images import pixel_budget
+from detector.images import for_terminal, pixel_budget
 from index.names import NAME_RULE, valid_name
 from index.store import Store, StoreError
 
@@ -36,6 +36,14 @@ class Parser(argparse.ArgumentParser):
 
 def _open(args: argparse.Namespace, create: bool = False, read_only: bool = False) -> Store:
     return Store.open(args.store, create=create, read_only=read_only)
+
+
+def _path(text: str) -> str:
+    """A path argument: an empty one is refused, not read as the working folder (`Path("")` is "."),
+    so an unset variable ("$DIR") cannot scan, or register, everything under it."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path (an unset variable?)")
+    return text
 
 
 def _embedders(args: argparse.Namespace, quiet: bool = False):
@@ -59,9 +67,9 @@ def cmd_index_add(args: argparse.Namespace) -> int:
                             progress=total > 20 and sys.stderr.isatty(), total=total)
     report.failed[:0] = missing
     for source, why in report.failed:
-        print(f"chimera: failed: {source}: {why}", file=sys.stderr)
+        print(for_terminal(f"chimera: failed: {source}: {why}"), file=sys.stderr)
     for source, why in report.skipped:
-        print(f"chimera: skipped: {source}: {why}", file=sys.stderr)
+        print(for_terminal(f"chimera: skipped: {source}: {why}"), file=sys.stderr)
     what = "signatures" if args.signature else "works"
     print(f"{args.artist}: {report.summary()} ({what})")
     return 1 if report.failed else 0
@@ -71,8 +79,9 @@ def cmd_index_list(args: argparse.Namespace) -> int:
     try:
         store = _open(args)
     except StoreError:
-        if (Path(args.store) / "catalogue.sqlite").exists():
-            raise  # there, but unreadable: say so, never "no artists"
+        there = Path(args.store)
+        if (there / "catalogue.sqlite").exists() or there.exists() and not there.is_dir():
+            raise  # there but unreadable, or not a folder: say so, never "no artists"
         if args.artist is not None:
             raise UserError(f"no artist named {args.artist!r}: no store at {args.store}") from None
         data: dict[str, Any] = {"artists": [], "generated": 0}
@@ -85,7 +94,7 @@ def cmd_index_list(args: argparse.Namespace) -> int:
                 if args.json:
                     print(json.dumps({"artist": args.artist, "works": works}))
                 for w in [] if args.json else works:
-                    print(f"{w['id']:>7}  {w['width']}x{w['height']}  {w['source']}")
+                    print(f"{w['id']:>7}  {w['width']}x{w['height']}  {for_terminal(w['source'])}")
                 return 0
             data = {"artists": store.artists(), "generated": store.generated_count()}
     if args.json:
@@ -272,7 +281,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         report = add_images(store, embedders, None, load_paths([Path(p) for p in paths], missing),
                             generated=generated)
     for source, why in [*missing, *report.failed]:
-        print(f"chimera: failed: {source}: {why}", file=sys.stderr)
+        print(for_terminal(f"chimera: failed: {source}: {why}"), file=sys.stderr)
     print(f"registered as generated outputs: {report.summary()}")
     return 0
 
@@ -345,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     a = cmd(isub, "add", cmd_index_add, "add images or folders (recursive) as works or signature samples of an artist")
     a.add_argument("--artist", required=True)
     a.add_argument("--signature", action="store_true", help="the images are signature samples")
-    a.add_argument("paths", nargs="+", metavar="PATH")
+    a.add_argument("paths", nargs="+", metavar="PATH", type=_path)
     li = cmd(isub, "list", cmd_index_list, "list artists with their counts, or one artist's works")
     li.add_argument("--artist", help="list this artist's works: id (for `index remove --work`), size, source")
     li.add_argument("--json", action="store_true")
@@ -358,13 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmd(isub, "check", cmd_index_check, "check that the store agrees with itself")
 
     s = cmd(sub, "score", cmd_score, "score one image against the store")
-    s.add_argument("image")
+    s.add_argument("image", type=_path)
     s.add_argument("--artist")
     s.add_argument("--json", action="store_true")
     sc = cmd(sub, "scan", cmd_scan, "score every image under a folder")
-    sc.add_argument("dir")
+    sc.add_argument("dir", type=_path)
     sc.add_argument("--artist")
-    sc.add_argument("--out", required=True, help="result file: .jsonl, .csv or .html (flagged images; every record in FILE.html.jsonl)")
+    sc.add_argument("--out", required=True, type=_path, help="result file: .jsonl, .csv or .html (flagged images; every record in FILE.html.jsonl)")
     sc.add_argument("--workers", type=int, help="scoring processes, or Ray actors with --engine ray"
                     " (default: 1 process; with Ray, one actor per CPU less one)")
     sc.add_argument("--resume", action="store_true", help="skip files already in --out (the same path with the same sha256; run it from the same folder)")
@@ -438,11 +447,14 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--artist {artist!r} is not an artist name: {NAME_RULE}")  # not UTF-8, a '/' ...)
         return args.fn(args)
     except (UserError, StoreError) as e:
-        print(f"chimera: error: {e}", file=sys.stderr)
+        print(for_terminal(f"chimera: error: {e}"), file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`| head`): nothing is wrong, and nothing more can be said
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's flush at exit would fail again)
+        return 141  # as a program killed by SIGPIPE, so `set -o pipefail` sees it
     except OSError as e:  # a folder that is a file, a full disk, no permission: the system's one line
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"chimera: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(for_terminal(f"chimera: error: {e.strerror or e}{where}"), file=sys.stderr)
         return 2
     except sqlite3.DatabaseError as e:  # a damaged page met after the store opened (`index check` lists it)
         print(f"chimera: error: the store's catalogue cannot be read ({e}); restore catalogue.sqlite from a "

@@ -55,7 +55,8 @@ def _queries(data: Path, chimeras: list[dict], manifest: list[dict], out: Path) 
     return paths
 
 
-MADE = ("data", "chimeras", "queries", "store", "results.jsonl", "report.html")  # what a demo writes under --out
+MARK = ".chimera-demo"  # written first, so a demo stopped before it finished is still known as one
+MADE = (MARK, "data", "chimeras", "queries", "store", "results.jsonl", "report.html")  # what a demo writes under --out
 
 
 def _clear_previous(out: Path) -> None:
@@ -66,7 +67,8 @@ def _clear_previous(out: Path) -> None:
     if not out.exists() or not any(out.iterdir()):
         return
     foreign = sorted(p.name for p in out.iterdir() if p.name not in MADE)
-    if foreign or not (out / "results.jsonl").is_file() or not (out / "store").is_dir():
+    finished = (out / "results.jsonl").is_file() and (out / "store").is_dir()  # (as demos before MARK left it)
+    if foreign or not ((out / MARK).is_file() or finished):
         raise ValueError(f"{out} exists and is not a previous demo's folder"
                          f"{' (it holds ' + ', '.join(foreign[:3]) + ')' if foreign else ''}: choose another --out")
     for name in MADE:  # a previous demo's output: start afresh
@@ -81,6 +83,8 @@ def run_demo(out: Path, clip: bool = True) -> int:
     from generator.chimeras import make_chimeras
     from generator.dataset import make_dataset
     _clear_previous(out.resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARK).write_text("made by `chimera demo`, which may replace everything here that it made\n")
     data = out / "data"
     print(f"1/4 drawing 3 synthetic artists into {data}")
     manifest = make_dataset(data, artists=3, per_artist=60, size=64, seed=0, holdout=4)

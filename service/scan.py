@@ -87,10 +87,19 @@ def _drop_torn_tail(path: Path) -> None:
             f.truncate(end)
 
 
-def _latest(records: Path) -> list[dict[str, Any]]:
-    """The output's records, one per file: a file scored again (it was unreadable, or its bytes
-    changed) by its newest record."""
-    return list({os.path.abspath(r["path"]): r for r in _read_records(records)}.values())
+def _newest(records: Path) -> dict[str, tuple[int, str]]:
+    """Each file's newest record in the output (a file scored again: it was unreadable, or its bytes
+    changed), as (its position among the records, its count key): a resumed output of millions of
+    records is summed up without holding them."""
+    return {os.path.abspath(r["path"]): (i, _label(r)) for i, r in enumerate(_read_records(records))}
+
+
+def _flagged(records: Path, keep: set[int] | None) -> Iterator[dict[str, Any]]:
+    """The output's flagged records, streamed for the HTML report: those at the positions `keep`
+    (each file's newest), or every one (None)."""
+    for i, r in enumerate(_read_records(records)):
+        if (keep is None or i in keep) and is_flagged(r):
+            yield r
 
 
 def _label(record: dict[str, Any]) -> str:
@@ -457,10 +466,12 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
                          f"(chimera kept them there before), rename it to {records.name}; else scan without --resume")
     done = _done(out) if resume else Done({}, None)
     _check_same_artists(done, out, artist, store)
+    blocked = next((p for p in records.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:  # (mkdir would say "File exists")
+        raise NotADirectoryError(errno.ENOTDIR, f"{blocked} is a file, not a folder", str(records))
     records.parent.mkdir(parents=True, exist_ok=True)
     append = resume and records.exists() and records.stat().st_size > 0
     total = sum(1 for _ in iter_image_paths([root]))
-    flagged: list[dict] = []
     if engine == "ray":
         from service.scan_ray import ray_records
         results = ray_records(store.root, root, artist, done, counts, workers, clip, ray_address)
@@ -483,8 +494,6 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
                     else:
                         f.write(json.dumps(result) + "\n")
                     f.flush()
-                    if fmt == ".html" and is_flagged(result):
-                        flagged.append(result)
                     bar.update(1)
     finally:
         results.close()  # the workers (or Ray) stop, whether the output could be opened, written or not
@@ -494,15 +503,15 @@ def scan(store: Store, embedders: Embedders, root: Path, out: Path, artist: str 
         summary += f" ({counts['copies']} byte-identical to a file scored before them, scored once)"
     if counts["resumed"]:
         summary += f" ({counts['resumed']} already done, skipped)"
+    keep = None  # the records the report shows: every one, or after a resume each file's newest
     if append:  # the output, and the report, cover the whole scan, not only this run's part
-        latest = _latest(records)
-        whole = Counter(_label(r) for r in latest)
+        newest = _newest(records)
+        whole = Counter(label for _, label in newest.values())
         for k in labels:
             counts[k] = whole[k]
         summary += f"; {out.name} now holds records of {sum(whole.values())} files: " + ", ".join(
             f"{whole[k]} {k}" for k in labels)
-        if fmt == ".html":
-            flagged = [r for r in latest if is_flagged(r)]
+        keep = {i for i, _ in newest.values()}
     if fmt == ".html":
-        write_html(flagged, out, summary, work_png=store.thumbnail)
+        write_html(_flagged(records, keep), out, summary, work_png=store.thumbnail)
     return summary

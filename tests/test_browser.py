@@ -123,3 +123,46 @@ def test_upload_to_verdict_with_boxes(server):
         assert page.inner_text("#status") == "" and page.is_visible("#result")
         assert page.inner_text("#verdict").startswith("derivative")
         browser.close()
+
+
+def test_scan_report_sorts_by_any_column_and_shows_each_works_thumbnail(tmp_path):
+    """The HTML scan report opens from disk. Its path column sorts as text even where names start with
+    numbers (dated files: '2023-05-01 ...' once all compared equal as 2023), confidence as numbers;
+    a registered work's thumbnail is inlined once however many rows show it, and shows in each; a
+    small image is inlined at its own size and shown enlarged."""
+    from playwright.sync_api import sync_playwright
+
+    from service.report import write_html
+    icon = tmp_path / "icon.png"
+    __import__("PIL.Image", fromlist=["Image"]).new("RGB", (40, 40), (200, 30, 30)).save(icon)
+    names = ["2023-05-01 zebra", "2023-05-01 apple", "2023-04-30 kiwi", "2023-05-02 banana"]
+
+    def record(name: str, confidence: float) -> dict:
+        match = {"artist": "alice", "work": 7, "source": str(icon), "similarity": 0.9, "box": [0, 0, 20, 20]}
+        (tmp_path / f"{name}.png").write_bytes(icon.read_bytes())
+        return {"path": str(tmp_path / f"{name}.png"), "error": None, "width": 40, "height": 40, "verdict": {"label": "copy", "artist": "alice",
+                                                                  "confidence": confidence},
+                "matches": [match], "signatures": []}
+
+    report = tmp_path / "report.html"
+    write_html([record(n, c) for n, c in zip(names, [0.5, 0.95, 0.7, 0.15])], report, "4 files",
+               work_png=lambda _: icon.read_bytes())
+    assert report.read_text().count("data:image/png;base64,") == 1 + len(names)  # the work once, each query once
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        page.goto(report.as_uri())
+        paths = lambda: [Path(t).name for t in page.eval_on_selector_all(  # noqa: E731
+            "#t tbody tr", "rs => rs.map(r => r.cells[1].innerText)")]
+        page.click("th:nth-child(2)")
+        assert paths() == sorted(f"{n}.png" for n in names)
+        page.click("th:nth-child(2)")
+        assert paths() == sorted((f"{n}.png" for n in names), reverse=True)
+        page.click("th:nth-child(4)")
+        assert paths() == ["2023-05-02 banana.png", "2023-05-01 zebra.png", "2023-04-30 kiwi.png",
+                           "2023-05-01 apple.png"]
+        shown = page.eval_on_selector_all(".work", "ws => ws.map(w => getComputedStyle(w).backgroundImage)")
+        assert len(shown) == 4 and all(s.startswith('url("data:image/png;base64,') for s in shown)
+        sizes = page.eval_on_selector_all("#t tbody img", "is => is.map(i => [i.naturalWidth, i.width])")
+        assert sizes == [[40, 128]] * 4  # stored at its own size, shown enlarged
+        browser.close()

@@ -487,6 +487,27 @@ def test_demo_reruns_over_its_own_output_but_never_over_a_users_files_beside_it(
     (tmp_path / "afile").write_text("x")
     assert main(["demo", "--out", str(tmp_path / "afile")]) == 2
     assert "is a file" in capsys.readouterr().err
+    mine = tmp_path / "M"  # a user's dataset has a demo's entry names, but no demo made it
+    (mine / "data").mkdir(parents=True)
+    (mine / "data" / "manifest.jsonl").write_text("mine\n")
+    assert main(["demo", "--out", str(mine)]) == 2
+    assert (mine / "data" / "manifest.jsonl").read_text() == "mine\n"
+
+
+def test_a_demo_stopped_part_way_can_be_run_again_in_its_folder(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during `make demo` leaves part of a demo's output (its data, no results yet); running it
+    again replaces that, as the README says, instead of refusing the folder as foreign."""
+    from generator import chimeras
+    from service.cli import main
+
+    def stopped(*_, **__):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(chimeras, "make_chimeras", stopped)
+    assert main(["demo", "--out", str(tmp_path / "D"), "--no-clip"]) == 130  # "interrupted"
+    assert (tmp_path / "D" / "data").is_dir() and not (tmp_path / "D" / "results.jsonl").exists()
+    monkeypatch.undo()
+    assert main(["demo", "--out", str(tmp_path / "D"), "--no-clip"]) == 0
+    assert (tmp_path / "D" / "results.jsonl").is_file()
 
 
 def test_odd_requests_get_one_line_answers_and_leave_the_store_consistent(chimera, icons, store_dir, tmp_path,
@@ -782,3 +803,36 @@ def test_a_long_lived_store_removing_after_another_process_added_keeps_that_add(
         _, vecs = s.vectors("kp")
         found = {h.work_id for row in s.search("kp", vecs, 1) for h in row}
         assert {w["id"] for a in ("bob", "carol", "dave") for w in s.works_of(a)} <= found
+
+
+def test_the_cli_refuses_empty_paths_escapes_hostile_names_and_ends_quietly_on_a_closed_pipe(
+        chimera, icons, store_dir, tmp_path, monkeypatch, capsys):
+    """An unset variable ("$DIR") must not scan or register the working folder; a file name holding
+    terminal escape sequences is shown escaped, never sent to the terminal raw; a store or an --out
+    folder that is a file is said to be one; a reader that goes away (`| head`) is no error."""
+    alice = icons("alice", 2, (230, 180, 40))
+    monkeypatch.chdir(alice)
+    for args in (("index", "add", "--artist", "zed", ""), ("score", ""), ("scan", "", "--out", str(tmp_path / "o.jsonl"))):
+        with pytest.raises(SystemExit) as stop:  # argparse's refusal, in one line
+            chimera(*args)
+        assert stop.value.code == 2 and "an empty path" in capsys.readouterr().err, args
+    assert not store_dir.exists()  # nothing registered from the working folder
+    hostile = tmp_path / "in" / "\x1b]0;owned\x07\x1b[2Jx.png"
+    hostile.parent.mkdir()
+    hostile.write_bytes(b"junk")
+    code, _, err = chimera("index", "add", "--artist", "alice", str(alice), str(hostile))
+    assert code == 1 and "\x1b" not in err and "\x07" not in err and "\\x1b]0;owned\\x07\\x1b[2Jx.png" in err
+    code, out, _ = chimera("score", str(next(alice.iterdir())))
+    assert code == 0 and "\x1b" not in out
+    code, _, err = chimera("scan", str(alice), "--out", str(hostile / "x.jsonl"))
+    assert code == 2 and "is a file, not a folder" in err
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    from service.cli import main
+    assert main(["--store", str(afile), "index", "list"]) == 2 and "is a file, not a store" in capsys.readouterr().err
+    read, write = os.pipe()
+    os.close(read)
+    done = subprocess.run([sys.executable, "-m", "service.cli", "--store", str(store_dir), "index", "list"],
+                          stdout=write, stderr=subprocess.PIPE, text=True)
+    os.close(write)
+    assert (done.returncode, done.stderr) == (141, "")
