@@ -425,7 +425,10 @@ class Store:
         try:
             lock.acquire(timeout=0)
         except filelock.Timeout:
-            holder = pidfile.read_text().strip() if pidfile.exists() else "?"
+            try:
+                holder = pidfile.read_text().strip() or "?"
+            except OSError:  # none, or the holder removed it since: it is finishing
+                holder = "?"
             print(f"chimera: waiting up to {timeout:g}s for another writer (pid {holder}) on {self.root}",
                   file=sys.stderr)
             try:

@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--port", type=int, default=8000)
     sv.add_argument("--threads", type=int, default=8)
 
-    d = cmd(sub, "demo", cmd_demo, "make a synthetic reference set, index it, score a copy and a collage")
+    d = cmd(sub, "demo", cmd_demo, "make a synthetic reference set, index it, score copies, a collage, a chimera, an original and a forged signature")
     d.add_argument("--out", default="chimera-demo")
     return p
 
