@@ -87,12 +87,16 @@ def scrambled(rng: np.random.Generator, works: list[dict], source: Source) -> Ma
     centre = {layer: np.array(box).reshape(2, 2).mean(0) for layer in LAYERS
               if (box := owner[layer]["boxes"].get(layer)) is not None}
     moves: dict[str, tuple[int, int]] = {}
-    for i in rng.permutation(len(SWAPS))[: int(rng.integers(1, 3))]:
+    order, drawn = rng.permutation(len(SWAPS)), int(rng.integers(1, 3))
+    for n, i in enumerate(order):
+        if n >= drawn and moves:  # the swaps drawn; past them only while none has moved a part
+            break
         a, b = SWAPS[i]
         if a in moves or b in moves or a not in centre or b not in centre:
             continue
         dx, dy = (int(d) for d in np.round(centre[b] - centre[a]))
-        moves[a], moves[b] = (dx, dy), (-dx, -dy)
+        if (dx, dy) != (0, 0):  # (centres a pixel apart round together on tiny icons: that swap moves nothing)
+            moves[a], moves[b] = (dx, dy), (-dx, -dy)
     return recompose(owner, source, moves)
 
 

@@ -288,8 +288,11 @@ def test_dataset_commands_refuse_what_they_cannot_make_in_one_line(tmp_path: Pat
     from service.cli import main
     small = tmp_path / "small"
     assert main(["dataset", "make", str(small), "--artists", "2", "--per-artist", "12", "--size", "20"]) == 0
-    assert main(["dataset", "chimeras", str(small), str(tmp_path / "c20"), "--n", "16"]) == 0
-    assert len((tmp_path / "c20" / "chimeras.jsonl").read_text().splitlines()) == 16
+    assert main(["dataset", "chimeras", str(small), str(tmp_path / "c20"), "--n", "200"]) == 0
+    made = jsonl(tmp_path / "c20" / "chimeras.jsonl")
+    assert len(made) == 200
+    # a swap of parts whose centres round to one pixel moves nothing: a "scrambled" chimera moved some part
+    assert all(any(s["offset"] != [0, 0] for s in r["sources"]) for r in made if r["kind"] == "scrambled")
     refused("dataset", "make", str(small), "--artists", "1", "--per-artist", "3", says="is not empty")
     refused("dataset", "make", str(tmp_path / "x"), "--seed", "-1", says="--seed must be at least 0")
     refused("dataset", "make", str(tmp_path / "x"), "--size", "100000", says="--size must be at most")
