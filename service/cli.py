@@ -53,18 +53,32 @@ def _embedders(args: argparse.Namespace, quiet: bool = False):
 
 # ------------------------------------------------------------------ index
 def cmd_index_add(args: argparse.Namespace) -> int:
-    from detector.images import iter_image_paths
+    from itertools import chain
+
+    from detector.images import ImageError, iter_image_paths
     from index.names import addable_name
-    from service.ingest import add_images, load_paths
+    from service.ingest import AddReport, add_images, load_paths
     missing: list[tuple[str, str]] = []
     paths = [Path(p) for p in args.paths]
     total = sum(1 for _ in iter_image_paths(paths))
     embedders = _embedders(args)
-    with _open(args, create=True) as store:
-        if not addable_name(args.artist, store.has_artist):  # a new name must not pass for another
-            raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE}")
-        report = add_images(store, embedders, args.artist, load_paths(paths, missing), signature=args.signature,
-                            progress=total > 20 and sys.stderr.isatty(), total=total)
+    items = iter(load_paths(paths, missing))
+    first: list = []  # up to the first usable image: a new store is made only when there is one to add
+    usable = (Path(args.store) / "catalogue.sqlite").exists()
+    if not usable:
+        for item in items:
+            first.append(item)
+            if not isinstance(item, ImageError):
+                usable = True
+                break
+    if not usable:  # only files that cannot be read: said, and no empty store is left behind
+        report = AddReport(failed=[(e.source, e.reason) for e in first])
+    else:
+        with _open(args, create=True) as store:
+            if not addable_name(args.artist, store.has_artist):  # a new name must not pass for another
+                raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE}")
+            report = add_images(store, embedders, args.artist, chain(first, items), signature=args.signature,
+                                progress=total > 20 and sys.stderr.isatty(), total=total)
     report.failed[:0] = missing
     for source, why in report.failed:
         print(for_terminal(f"chimera: failed: {source}: {why}"), file=sys.stderr)

@@ -836,3 +836,16 @@ def test_the_cli_refuses_empty_paths_escapes_hostile_names_and_ends_quietly_on_a
                           stdout=write, stderr=subprocess.PIPE, text=True)
     os.close(write)
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_an_add_with_nothing_usable_leaves_no_store_behind(chimera, icons, store_dir, tmp_path):
+    """Bad input never touches the store: an add whose files are all unreadable says so for each and
+    makes no (empty) store; with one usable image among them, the store is made and holds it."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    code, _, err = chimera("index", "add", "--artist", "alice", str(bad), str(tmp_path / "gone.png"))
+    assert code == 1 and "bad.png: not an image" in err and "gone.png" in err and not store_dir.exists()
+    good = next(icons("alice", 1, (230, 180, 40)).iterdir())
+    code, out, err = chimera("index", "add", "--artist", "alice", str(bad), str(good))
+    assert code == 1 and "added 1" in out and "bad.png" in err
+    assert listing(chimera)["artists"] == [{"name": "alice", "works": 1, "signatures": 0}]
