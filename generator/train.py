@@ -334,6 +334,9 @@ def train(
         atomically(out / RUN_FILE, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
     start = session.steps_done
+    if start > config.steps:  # resuming with fewer steps than done: the run stays as it is
+        print(f"chimera: {out} is already at step {start}, past the {config.steps} asked for: nothing trained",
+              file=sys.stderr)
     with tqdm(total=config.steps, initial=start, desc=rid, mininterval=1.0,
               disable=start >= config.steps or not sys.stderr.isatty()) as bar, \
             _stop_after_step() as stop:

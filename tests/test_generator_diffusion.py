@@ -86,12 +86,16 @@ def test_training_lowers_the_loss_and_writes_a_run(run: Path, data: Path) -> Non
     assert info["loss"]["first"] > info["loss"]["last"] and info["code"]
 
 
-def test_resume_continues_the_same_run(run: Path, data: Path, tmp_path: Path) -> None:
-    """Stopping at a checkpoint and resuming ends with the weights of a run that never stopped."""
+def test_resume_continues_the_same_run(run: Path, data: Path, tmp_path: Path, capsys) -> None:
+    """Stopping at a checkpoint and resuming ends with the weights of a run that never stopped; asking
+    a run for fewer steps than it has done trains nothing, and says so."""
     half = train(data, tmp_path, "small", steps=STEPS // 2, device="cpu", seed=0, **TINY)
     assert half["steps"] == STEPS // 2
     full = train(data, tmp_path, "small", steps=STEPS, device="cpu", seed=0, **TINY)
     assert full["steps"] == STEPS and full["run"] == half["run"]
+    capsys.readouterr()
+    assert train(data, tmp_path, "small", steps=1, device="cpu", seed=0, **TINY)["steps"] == STEPS
+    assert f"already at step {STEPS}, past the 1 asked for: nothing trained" in capsys.readouterr().err
     resumed, straight = (torch.load(p / "latest.pt", weights_only=True) for p in (tmp_path, run))
     assert resumed["losses"] == straight["losses"]
     assert all(torch.equal(resumed["ema"][k], straight["ema"][k]) for k in straight["ema"])
