@@ -284,12 +284,12 @@ def analyze(run: Path, data: Path, out: Path, samples: Path | None = None, n: in
     artist, files = training_set(data, info["artist"])
     if dataset_digest(files) != info["dataset"]["digest"]:
         raise ValueError(f"{data} is not the dataset run {info['run']} was trained on (digest differs)")
+    latest = load_checkpoint(run / LATEST, torch.device("cpu")) if (run / LATEST).exists() else None
     out.mkdir(parents=True, exist_ok=True)
     if samples is None:
         samples = out / "samples"
-        sample(run, n, samples, steps=steps)
+        sample(run, n, samples, steps=steps, loaded=latest)  # read once, for sampling and the receptive field
     sample_paths = sample_files(Path(samples), n)
-    latest = load_checkpoint(run / LATEST, torch.device("cpu")) if (run / LATEST).exists() else None
     now = latest["step"] if latest else info["steps"]  # what a sample of this run draws from
     if len(sample_paths) < n:
         print(f"chimera: analysing the {len(sample_paths)} samples in {samples} (asked for {n})", file=sys.stderr)

@@ -77,10 +77,12 @@ def sample(
     checkpoint: Path | None = None,
     batch: int = 16,
     device: str = "auto",
+    loaded: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Write `n` samples of `run` (EMA weights of `checkpoint`, default latest.pt) to `out/sample_NNNNN.png`.
 
-    `steps` DDIM steps (default: the run's `sampling_timesteps`). Returns the records of
+    `steps` DDIM steps (default: the run's `sampling_timesteps`); `loaded`: the checkpoint's contents
+    when the caller has read them already (`analyze`: a GPU-scale checkpoint is gigabytes). Returns the records of
     `out/samples.jsonl`: path (relative to `out`), run, checkpoint, checkpoint_sha256, step,
     dataset, seed, index, batch, steps.
     """
@@ -90,7 +92,7 @@ def sample(
     info = read_run(run)
     ckpt_path = Path(checkpoint) if checkpoint is not None else run / LATEST
     dev = pick_device(device)
-    ckpt = load_checkpoint(ckpt_path, torch.device("cpu"))
+    ckpt = loaded if loaded is not None else load_checkpoint(ckpt_path, torch.device("cpu"))
     if ckpt["run"] != info["run"]:
         raise ValueError(f"checkpoint {ckpt_path} belongs to run {ckpt['run']}, not {info['run']}")
     config, model = sampler(ckpt, dev)
