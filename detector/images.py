@@ -61,8 +61,8 @@ def shown(path: Path | str) -> str:
 def for_terminal(text: object) -> str:
     """Text as a terminal line may show it: control characters (escape sequences in a hostile file name
     could retitle or clear the user's terminal) and other unprintable ones as \\xNN or \\uNNNN."""
-    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
-                   for c in str(text))
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" if ord(c) < 256 else
+                   f"\\u{ord(c):04x}" if ord(c) < 65536 else f"\\U{ord(c):08x}" for c in str(text))
 
 
 def unshown(text: str) -> Path:

@@ -166,7 +166,9 @@ def load_manifest(data: Path, parts: bool = False) -> list[dict]:
     for n, r in enumerate(records, 1):
         if not (isinstance(r, dict) and isinstance(r.get("path"), str) and isinstance(r.get("artist"), str)):
             raise ValueError(f"{path}: record {n} is not an icon's (an object with a \"path\" and an \"artist\")")
-        if parts and not (isinstance(r.get("parts"), dict) and isinstance(r.get("size"), int)):
-            raise ValueError(f"{path}: record {n} names no part variants and size (\"parts\", \"size\"), which "
-                             "`chimera dataset make` writes: analysis and chimeras need a dataset made by it")
+        if parts and not (isinstance(r.get("parts"), dict) and set(LAYERS) <= set(r["parts"])
+                          and isinstance(r.get("boxes"), dict) and isinstance(r.get("size"), int)):
+            raise ValueError(f"{path}: record {n} names no part variants, boxes and size (\"parts\" of every layer, "
+                             "\"boxes\", \"size\"), which `chimera dataset make` writes: analysis and chimeras need "
+                             "a dataset made by it")
     return records

@@ -124,8 +124,8 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         files = request.files.getlist(field)
         if not files and request.mimetype == "multipart/form-data" and not request.files and not request.form:
             # Werkzeug drops a whole body it cannot parse, such as one whose file name is not UTF-8
-            raise ApiError(400, "missing_image", f"no part of the multipart body could be read: send the image(s) "
-                                                 f"as form field '{field}', with part headers (file names) in UTF-8")
+            raise ApiError(400, "missing_image", f"the multipart body holds no part that could be read: send the "
+                                                 f"image(s) as form field '{field}', part headers (file names) in UTF-8")
         if not files:
             raise ApiError(400, "missing_image", f"send the image(s) as multipart form field '{field}'")
         return [(upload_name(f.filename), f.read()) for f in files]

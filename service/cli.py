@@ -273,31 +273,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from generator.sample import sample
-    # with --register, the store and embedders are made ready before sampling (hours on a GPU), so a store
-    # that cannot take the samples is said before, not after them
-    with (_open(args, create=True) if args.register else contextlib.nullcontext()) as store:
-        if store is not None and store.read_only:
-            raise UserError(f"cannot register samples: the store at {store.root} cannot be written here")
-        embedders = _embedders(args) if args.register else None
-        try:
-            with _fresh(Path(args.out), "samples"):
-                records = sample(Path(args.run), args.n, Path(args.out), steps=args.steps, seed=args.seed)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        print(f"wrote {len(records)} samples with provenance to {args.out} (samples.jsonl)")
-        if store is None:
-            return 0
-        from service.ingest import add_images, load_paths
-        paths = {str(Path(args.out) / r["path"]): r for r in records}
-        generated = {p: {"run": r["run"], "checkpoint": r["checkpoint"], "seed": r["seed"], "index": r["index"]}
-                     for p, r in paths.items()}
-        missing: list[tuple[str, str]] = []
+    embedders = _embedders(args) if args.register else None
+    if embedders is not None:
+        _can_register(args, embedders)  # before sampling (hours on a GPU), not after it
+    try:
+        with _fresh(Path(args.out), "samples"):
+            records = sample(Path(args.run), args.n, Path(args.out), steps=args.steps, seed=args.seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {len(records)} samples with provenance to {args.out} (samples.jsonl)")
+    if embedders is None:
+        return 0
+    from service.ingest import add_images, load_paths
+    paths = {str(Path(args.out) / r["path"]): r for r in records}
+    generated = {p: {"run": r["run"], "checkpoint": r["checkpoint"], "seed": r["seed"], "index": r["index"]}
+                 for p, r in paths.items()}
+    missing: list[tuple[str, str]] = []
+    with _open(args, create=True) as store:
         report = add_images(store, embedders, None, load_paths([Path(p) for p in paths], missing),
                             generated=generated)
     for source, why in [*missing, *report.failed]:
         print(for_terminal(f"chimera: failed: {source}: {why}"), file=sys.stderr)
     print(f"registered as generated outputs: {report.summary()}")
     return 0
+
+
+def _can_register(args: argparse.Namespace, embedders) -> None:
+    """Refuse (UserError, StoreError) a --store that could not take the samples: a file, one that cannot be
+    written here, one whose works were described by other embedders, or a new one where no folder can be
+    made. Nothing is created: the store is made when the samples are added."""
+    root = Path(args.store)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"cannot register samples: {root} is a file, not a store")
+    if (root / "catalogue.sqlite").exists():
+        with _open(args) as store:
+            if store.read_only:
+                raise UserError(f"cannot register samples: the store at {root} cannot be written here")
+            store.check_embedders([s for s in embedders.specs() if s.owner != "signature"])
+        return
+    near = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
+    if not near.is_dir() or not os.access(near, os.W_OK):
+        raise UserError(f"cannot register samples: no store can be made at {root} ({near} cannot be written)")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -339,7 +355,7 @@ def _global_options(p: argparse.ArgumentParser, defaults: bool) -> None:
     """The store and CLIP options every command reads; without `defaults`, unset ones stay unset."""
     def default(value: Any) -> Any:
         return value if defaults else argparse.SUPPRESS
-    p.add_argument("--store", default=default(os.environ.get("CHIMERA_STORE", "chimera-store")),
+    p.add_argument("--store", type=_path, default=default(os.environ.get("CHIMERA_STORE", "chimera-store")),
                    help="store directory (env CHIMERA_STORE; default ./chimera-store)")
     p.add_argument("--clip-model", default=default(None),
                    help="open_clip model name or config JSON (env CHIMERA_CLIP_MODEL)")
@@ -403,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds = sub.add_parser("dataset", help="synthetic layered artists", description="Synthetic layered artists.")
     dsub = ds.add_subparsers(dest="dataset_command", required=True, parser_class=Parser)
     mk = cmd(dsub, "make", cmd_dataset_make, "draw procedural artists as layered face icons (Cartesian product of parts)")
-    mk.add_argument("out")
+    mk.add_argument("out", type=_path)
     mk.add_argument("--artists", type=int, default=4)
     mk.add_argument("--per-artist", type=int, default=200)
     mk.add_argument("--size", type=int, default=64)
@@ -411,31 +427,31 @@ def build_parser() -> argparse.ArgumentParser:
     mk.add_argument("--holdout", type=int, default=0, help="also draw this many held-out originals per artist")
     mk.add_argument("--signed", action="store_true", help="sign every icon in its bottom-right corner")
     ch = cmd(dsub, "chimeras", cmd_dataset_chimeras, "recombine a dataset's icons, with the source of every part")
-    ch.add_argument("data")
-    ch.add_argument("out")
+    ch.add_argument("data", type=_path)
+    ch.add_argument("out", type=_path)
     ch.add_argument("--n", type=int, default=40)
     ch.add_argument("--seed", type=int, default=0)
 
     tr = cmd(sub, "train", cmd_train, "train the chimera diffusion setup (denoising-diffusion-pytorch) on a dataset")
-    tr.add_argument("data")
+    tr.add_argument("data", type=_path)
     tr.add_argument("--preset", required=True, help="seed, seed-baseline (GPU scale), small, small-baseline (CPU)")
-    tr.add_argument("--out", required=True, help="run directory (resumes when it holds a run)")
+    tr.add_argument("--out", required=True, type=_path, help="run directory (resumes when it holds a run)")
     tr.add_argument("--steps", type=int)
     tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--artist", help="artist of the dataset to train on (default: the first)")
     sa = cmd(sub, "sample", cmd_sample, "sample a trained run (DDIM) into PNGs carrying provenance")
-    sa.add_argument("run")
+    sa.add_argument("run", type=_path)
     sa.add_argument("--n", type=int, required=True)
-    sa.add_argument("--out", required=True)
+    sa.add_argument("--out", required=True, type=_path)
     sa.add_argument("--steps", type=int, help="DDIM steps")
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--register", action="store_true", help="store the samples as generated outputs")
     an = cmd(sub, "analyze", cmd_analyze, "measure memorisation, part recognisability, layout scramble, novelty")
-    an.add_argument("run")
-    an.add_argument("--data", required=True)
-    an.add_argument("--out", required=True)
-    an.add_argument("--samples", help="judge the samples in this folder (`chimera sample --out`) instead of drawing")
+    an.add_argument("run", type=_path)
+    an.add_argument("--data", required=True, type=_path)
+    an.add_argument("--out", required=True, type=_path)
+    an.add_argument("--samples", type=_path, help="judge the samples in this folder (`chimera sample --out`) instead of drawing")
     an.add_argument("--n", type=int, default=64, help="samples judged (drawn into OUT/samples without --samples)")
     an.add_argument("--steps", type=int, help="DDIM steps of the samples drawn (default: the run's)")
 
@@ -445,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, default=8)
 
     d = cmd(sub, "demo", cmd_demo, "make a synthetic reference set, index it, score copies, a collage, a chimera, an original and a forged signature")
-    d.add_argument("--out", default="chimera-demo")
+    d.add_argument("--out", default="chimera-demo", type=_path)
     return p
 
 
@@ -459,7 +475,9 @@ def main(argv: list[str] | None = None) -> int:
         artist = getattr(args, "artist", None)
         if artist is not None and not valid_name(artist, new=False):  # no artist is named so (the API's rule:
             raise UserError(f"--artist {artist!r} is not an artist name: {NAME_RULE}")  # not UTF-8, a '/' ...)
-        return args.fn(args)
+        code = args.fn(args)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not in Python's flush at exit
+        return code
     except (UserError, StoreError) as e:
         print(for_terminal(f"chimera: error: {e}"), file=sys.stderr)
         return 2

@@ -25,14 +25,18 @@ def describe(r: dict[str, Any], notes: bool = True) -> str:
     for a in r["artists"][:5]:
         lines.append(f"  {a['artist']:<20} style {a['style']:.2f}  derivative {a['derivative']:.2f}  copy {a['copy']:.2f}")
     for m in r["matches"][:5]:
-        whose = m["artist"] if m.get("run") is None else f"sample {m.get('index')} of run {m['run']}"
-        lines.append(f"  match: work {m['work']} ({t(whose)}) {t(m['source'])}  similarity {m['similarity']:.2f}  box {m['box']}")
+        lines.append(f"  match: work {m['work']} ({t(_whose(m))}) {t(m['source'])}  similarity {m['similarity']:.2f}  box {m['box']}")
     for s in r["signatures"]:
         who = s["artist"] or "unknown signer"
         lines.append(f"  signature at {s['box']}: {who}" + ("  FORGED" if s["forged"] else ""))
     off = [f"{k}: {v}" for k, v in r["embedders"].items() if notes and str(v).startswith("unavailable")]
     lines += [f"  note: {o}" for o in off]
     return "\n".join(lines)
+
+
+def _whose(match: dict[str, Any]) -> str:
+    """Whose work a match is: its artist's, or a generated sample's run and index."""
+    return str(match["artist"]) if match.get("run") is None else f"sample {match.get('index')} of run {match['run']}"
 
 
 def csv_row(r: dict[str, Any]) -> dict[str, Any]:
@@ -110,7 +114,7 @@ def html_row(r: dict[str, Any], work_png: Callable[[int], bytes | None] = lambda
             shown.add(int(m["work"]))
             styles += f".w{int(m['work'])}{{background-image:url({thumbnail(work_png(m['work']) or m['source'], 64)})}}"
     near = "".join(f"<div><span class='work w{int(m['work'])}' title='{e(str(m['source']))}'></span> "
-                   f"{e(str(m['artist']))} #{m['work']} {m['similarity']:.2f}</div>" for m in r["matches"][:3])
+                   f"{e(_whose(m))} #{m['work']} {m['similarity']:.2f}</div>" for m in r["matches"][:3])
     sigs = "".join(f"<div>{e(str(s['artist'] or 'unknown'))}{' FORGED' if s['forged'] else ''} {s['box']}</div>"
                    for s in r["signatures"])
     return ((f"<style>{styles}</style>" if styles else "")

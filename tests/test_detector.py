@@ -157,8 +157,9 @@ def test_generated_outputs_trace_back_to_their_run(world, tmp_path):
     assert (top["run"], top["checkpoint"], top["seed"], top["index"]) == ("run-42", "ckpt-3.pt", 7, 1)
     assert r["verdict"]["label"] != "copy"  # a run's output traced to its run is no registered artist's work
     assert store.generated_count() == 1
-    from service.report import describe
+    from service.report import describe, html_row
     assert f"match: work {top['work']} (sample 1 of run run-42)" in describe(r)  # `chimera score` says it too
+    assert f"sample 1 of run run-42 #{top['work']}" in html_row(r)  # and the scan report
 
 
 def test_small_benchmark_meets_its_bars(world):

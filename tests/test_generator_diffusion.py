@@ -366,8 +366,15 @@ def test_research_commands_answer_bad_input_in_one_line_and_leave_nothing_behind
     refused("train", str(data), "--preset", "small", "--out", str(tmp_path / "r1"), "--seed", str(2 ** 32),
             says="seed must be in 0..4294967295")
     refused("--store", str(afile), "--no-clip", "sample", str(run), "--n", "1", "--out", str(tmp_path / "s4"),
-            "--register", says="store")  # said before sampling, not after hours of it
-    assert not any((tmp_path / f).exists() for f in ("s2", "r1", "s4"))
+            "--register", says="is a file, not a store")  # said before sampling, not after hours of it
+    from index.store import KindSpec, Store
+    with Store.open(tmp_path / "other", create=True) as s, s.writer() as w:  # works described by another version
+        w.register([KindSpec("style", {"v": 0}, 4)])
+    refused("--store", str(tmp_path / "other"), "--no-clip", "sample", str(run), "--n", "1", "--out",
+            str(tmp_path / "s5"), "--register", says="embedder mismatch for 'style'")
+    refused("--store", str(tmp_path / "new"), "--no-clip", "sample", str(tmp_path / "norun"), "--n", "1", "--out",
+            str(tmp_path / "s6"), "--register", says="norun")
+    assert not any((tmp_path / f).exists() for f in ("s2", "r1", "s4", "s5", "s6", "new"))  # no store made either
     damaged = tmp_path / "damaged"
     shutil.copytree(data, damaged)
     icon = sorted((damaged / "artist_00" / "icons").glob("*.png"))[1]
@@ -393,6 +400,12 @@ def test_research_commands_answer_bad_input_in_one_line_and_leave_nothing_behind
     (missing / "manifest.jsonl").write_text("".join(json.dumps({k: r[k] for k in ("path", "artist", "split")}) + "\n"
                                                     for r in records))  # enough to train on, not to analyse
     refused("dataset", "chimeras", str(missing), str(tmp_path / "c1"), says="record 1 names no part variants")
+    for drop in ("boxes", "skin"):  # no boxes; no variant of the skin layer
+        damaged = [{k: v for k, v in r.items() if k != drop} for r in records]
+        for r in damaged:
+            r["parts"] = {layer: v for layer, v in r["parts"].items() if layer != drop}
+        (missing / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in damaged))
+        refused("dataset", "chimeras", str(missing), str(tmp_path / "c1"), says="record 1 names no part variants")
     refused("analyze", str(run), "--data", str(missing), "--out", str(tmp_path / "a3"), "--n", "1",
             says="record 1 names no part variants")
     (broken / "run.json").write_text("{")
@@ -411,6 +424,10 @@ def test_analyze_judges_given_samples_and_prints_whole_json(run: Path, data: Pat
     metrics = json.loads(out[:out.rindex("report:")])
     assert metrics["samples"] == 3 and metrics["samples_dir"] == str(tmp_path / "s")
     assert not (tmp_path / "a" / "samples").exists()
+    # a store inside the samples' folder, made when they are registered (the folder is checked empty first)
+    assert main(["--store", str(tmp_path / "o" / "store"), "--no-clip", "sample", str(run), "--n", "2", "--out",
+                 str(tmp_path / "o"), "--steps", "2", "--register"]) == 0
+    assert "registered as generated outputs: added 2" in capsys.readouterr().out
     damaged = tmp_path / "s" / "sample_00001.png"
     damaged.write_bytes(damaged.read_bytes()[:200])
     capsys.readouterr()

@@ -816,24 +816,32 @@ def test_the_cli_refuses_empty_paths_escapes_hostile_names_and_ends_quietly_on_a
         with pytest.raises(SystemExit) as stop:  # argparse's refusal, in one line
             chimera(*args)
         assert stop.value.code == 2 and "an empty path" in capsys.readouterr().err, args
-    assert not store_dir.exists()  # nothing registered from the working folder
+    from service.cli import main
+    for args in (["--store", "", "index", "add", "--artist", "zed", str(alice)], ["dataset", "make", ""],
+                 ["train", "", "--preset", "small", "--out", str(tmp_path / "r")]):
+        with pytest.raises(SystemExit) as stop:
+            main(args)
+        assert stop.value.code == 2 and "an empty path" in capsys.readouterr().err, args
+    assert not store_dir.exists() and not (alice / "catalogue.sqlite").exists() and not (alice / "manifest.jsonl").exists()
     hostile = tmp_path / "in" / "\x1b]0;owned\x07\x1b[2Jx.png"
     hostile.parent.mkdir()
     hostile.write_bytes(b"junk")
     code, _, err = chimera("index", "add", "--artist", "alice", str(alice), str(hostile))
     assert code == 1 and "\x1b" not in err and "\x07" not in err and "\\x1b]0;owned\\x07\\x1b[2Jx.png" in err
-    code, out, _ = chimera("score", str(next(alice.iterdir())))
-    assert code == 0 and "\x1b" not in out
+    named = tmp_path / "in" / "\x1b[2Jicon.png"  # a readable picture under a hostile name
+    named.write_bytes(next(alice.iterdir()).read_bytes())
+    code, out, _ = chimera("score", str(named))
+    assert code == 0 and "\x1b" not in out and "\\x1b[2Jicon.png" in out
     code, _, err = chimera("scan", str(alice), "--out", str(hostile / "x.jsonl"))
     assert code == 2 and "is a file, not a folder" in err
     afile = tmp_path / "afile"
     afile.write_text("x")
-    from service.cli import main
     assert main(["--store", str(afile), "index", "list"]) == 2 and "is a file, not a store" in capsys.readouterr().err
     read, write = os.pipe()
     os.close(read)
     done = subprocess.run([sys.executable, "-m", "service.cli", "--store", str(store_dir), "index", "list"],
-                          stdout=write, stderr=subprocess.PIPE, text=True)
+                          stdout=write, stderr=subprocess.PIPE, text=True,  # stdout buffered, as in a shell
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"})
     os.close(write)
     assert (done.returncode, done.stderr) == (141, "")
 
