@@ -156,8 +156,8 @@ def make_dataset(
 def load_manifest(data: Path, parts: bool = False) -> list[dict]:
     """The manifest's records; a line that is not one (no JSON object with a path and an artist, both
     text) is a ValueError naming it, not a KeyError deep in training. With `parts`, every record
-    must also name its part variants and size, as `make_dataset` writes them: analysis and chimeras
-    are built from the parts, where training needs only the icons."""
+    must also name every layer's part variant, the parts' boxes and the icon size, as `make_dataset`
+    writes them: analysis and chimeras are built from the parts, where training needs only the icons."""
     path = Path(data) / "manifest.jsonl"
     try:
         records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
