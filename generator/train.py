@@ -32,6 +32,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import filelock
 import numpy as np
 import torch
 from PIL import Image
@@ -44,6 +45,7 @@ from generator.dataset import load_manifest
 from generator.diffusion import Config, build, ddim, identity, load_checkpoint, make_ema, pick_device, resolve
 
 RUN_FILE, LATEST = "run.json", "latest.pt"
+TRAIN_LOCK = ".train.lock"  # held by the one process training in a run folder (`_only_trainer`)
 LOSS_WINDOW = 20  # steps averaged for the progress bar and the first/last loss in run.json
 CURVE_POINTS = 20
 
@@ -310,6 +312,28 @@ def train(
     rid = run_id(preset, config, digest, seed, artist)
     icons = load_icons(files, config.image_size)  # a damaged icon is refused before `out` is made
     out.mkdir(parents=True, exist_ok=True)
+    with _only_trainer(out):
+        return _train_in(out, config, icons, dev, seed, rid, preset, artist, data, files, digest)
+
+
+@contextlib.contextmanager
+def _only_trainer(out: Path) -> Iterator[None]:
+    """Hold the run folder's lock: two processes training into one folder would each resume from the
+    same checkpoint and overwrite each other's latest.pt and run.json."""
+    lock = filelock.FileLock(str(out / TRAIN_LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise ValueError(f"another process is training in {out}: let it finish (or stop it), then resume") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _train_in(out: Path, config: Config, icons: torch.Tensor, dev: torch.device, seed: int, rid: str, preset: str,
+              artist: str, data: Path, files: list[Path], digest: str) -> dict[str, Any]:
+    """`train` in a run folder it holds alone (`_only_trainer`)."""
     seed_everything(seed)
     session = Session(config, icons, dev)
     def same_run(held: str) -> None:

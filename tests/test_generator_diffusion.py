@@ -87,12 +87,17 @@ def test_training_lowers_the_loss_and_writes_a_run(run: Path, data: Path) -> Non
 
 
 def test_resume_continues_the_same_run(run: Path, data: Path, tmp_path: Path, capsys) -> None:
-    """Stopping at a checkpoint and resuming ends with the weights of a run that never stopped; asking
-    a run for fewer steps than it has done trains nothing, and says so."""
+    """Stopping at a checkpoint and resuming ends with the weights of a run that never stopped; a second
+    process training in the same folder is refused; asking a run for fewer steps than it has done trains
+    nothing, and says so."""
     half = train(data, tmp_path, "small", steps=STEPS // 2, device="cpu", seed=0, **TINY)
     assert half["steps"] == STEPS // 2
     full = train(data, tmp_path, "small", steps=STEPS, device="cpu", seed=0, **TINY)
     assert full["steps"] == STEPS and full["run"] == half["run"]
+    import filelock
+    with filelock.FileLock(str(tmp_path / ".train.lock")):  # another process training in this folder
+        with pytest.raises(ValueError, match="another process is training in"):
+            train(data, tmp_path, "small", steps=STEPS + 1, device="cpu", seed=0, **TINY)
     capsys.readouterr()
     assert train(data, tmp_path, "small", steps=1, device="cpu", seed=0, **TINY)["steps"] == STEPS
     assert f"already at step {STEPS}, past the 1 asked for: nothing trained" in capsys.readouterr().err
