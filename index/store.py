@@ -39,6 +39,10 @@ class StoreError(Exception):
     """A user-facing problem with the store: the message is shown as is."""
 
 
+class NoStore(StoreError):
+    """Nothing at the path yet (opened without `create`): to a lister an empty store, to a writer a new one."""
+
+
 @dataclass(frozen=True)
 class KindSpec:
     """What the store needs to know about one embedding kind.
@@ -110,7 +114,7 @@ class Store:
             raise StoreError(f"{root} is a file, not a store (a store is a folder)")
         if not db.exists():
             if not create or read_only:
-                raise StoreError(f"no store at {root} (add works with `chimera index add` first)")
+                raise NoStore(f"no store at {root} (add works with `chimera index add` first)")
             (root / "indexes").mkdir(parents=True, exist_ok=True)
         # a folder this user cannot write (a shared read-only mount): SQLite cannot make the WAL's shared
         # memory file even to read, so the catalogue is opened as immutable, and only for reading
@@ -577,14 +581,19 @@ class Writer:
         specs = self.store.specs()
         for kind, (ids, vecs) in added.items():
             spec = specs[kind]
-            cached = self.store._cache.get(kind)
             gen = cat.generation(self.conn, kind)
-            if (cached is None or cached[0] != gen - 1) and kind not in self.dirty:
-                cached = self._saved(spec, gen - 1)  # as the last writer (maybe another process) saved it
-            if cached and cached[0] == gen - 1 and kind not in self.dirty and ids:
+            cached = None if kind in self.dirty else self._before(spec, gen)
+            if cached and ids:
                 vx.add(cached[1], spec.binary, np.array(ids, np.int64), np.stack(vecs))
                 self.store._cache[kind] = (gen, cached[1])
             self.touched.add(kind)
+
+    def _before(self, spec: KindSpec, gen: int) -> tuple[int, faiss.Index] | None:
+        """The kind's index as it stood just before this write made generation `gen`: the one held, when
+        it is of generation gen - 1, else the one the last writer (maybe another process) saved, else None.
+        A store held open from before another process's writes must not change and save its older index."""
+        cached = self.store._cache.get(spec.kind)
+        return cached if cached is not None and cached[0] == gen - 1 else self._saved(spec, gen - 1)
 
     def _saved(self, spec: KindSpec, gen: int) -> tuple[int, faiss.Index] | None:
         """(gen, the index saved at generation `gen`), cached, when it is built as the kind now calls for;
@@ -618,16 +627,12 @@ class Writer:
         for kind in kinds:
             ids = np.array([r[1] for r in gone if r[0] == kind], np.int64)
             gen = cat.generation(self.conn, kind)
-            cached = self.store._cache.pop(kind, None)
-            if kind not in self.dirty and (cached is None or cached[0] != gen - 1):
-                # held from before another process's writes (or never read): start from the index
-                # as the last writer saved it, else save() rebuilds it from the catalogue
-                cached = self._saved(specs[kind], gen - 1)
-                self.store._cache.pop(kind, None)
-            if cached is not None and kind not in self.dirty:
+            cached = None if kind in self.dirty else self._before(specs[kind], gen)
+            self.store._cache.pop(kind, None)  # held again once its ids are removed; else save() rebuilds it
+            if cached is not None:
                 try:
                     cached[1].remove_ids(ids)
-                    self.store._cache[kind] = (cat.generation(self.conn, kind), cached[1])
+                    self.store._cache[kind] = (gen, cached[1])
                 except RuntimeError:  # e.g. HNSW cannot remove in place: rebuilt on save
                     self.dirty.add(kind)
             self.touched.add(kind)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from detector.images import for_terminal, pixel_budget
 from index.names import NAME_RULE, valid_name
-from index.store import Store, StoreError
+from index.store import NoStore, Store, StoreError
 
 MAX_ICON = 1024  # largest --size of `dataset make`: every part is drawn at full size in memory
 
@@ -92,10 +92,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
 def cmd_index_list(args: argparse.Namespace) -> int:
     try:
         store = _open(args)
-    except StoreError:
-        there = Path(args.store)
-        if (there / "catalogue.sqlite").exists() or there.exists() and not there.is_dir():
-            raise  # there but unreadable, or not a folder: say so, never "no artists"
+    except NoStore:  # (a store there but unreadable, or a file, is an error: never "no artists")
         if args.artist is not None:
             raise UserError(f"no artist named {args.artist!r}: no store at {args.store}") from None
         data: dict[str, Any] = {"artists": [], "generated": 0}
@@ -303,17 +300,17 @@ def _can_register(args: argparse.Namespace, embedders) -> None:
     written here, one whose works were described by other embedders, or a new one where no folder can be
     made. Nothing is created: the store is made when the samples are added."""
     root = Path(args.store)
-    if root.exists() and not root.is_dir():
-        raise UserError(f"cannot register samples: {root} is a file, not a store")
-    if (root / "catalogue.sqlite").exists():
-        with _open(args) as store:
-            if store.read_only:
-                raise UserError(f"cannot register samples: the store at {root} cannot be written here")
-            store.check_embedders([s for s in embedders.specs() if s.owner != "signature"])
+    try:
+        store = _open(args)
+    except NoStore:  # a new store, made when the samples are added: somewhere a folder can be made
+        near = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
+        if not near.is_dir() or not os.access(near, os.W_OK):
+            raise UserError(f"cannot register samples: no store can be made at {root} ({near} cannot be written)")
         return
-    near = next(p for p in (root.absolute(), *root.absolute().parents) if p.exists())
-    if not near.is_dir() or not os.access(near, os.W_OK):
-        raise UserError(f"cannot register samples: no store can be made at {root} ({near} cannot be written)")
+    with store:
+        if store.read_only:
+            raise UserError(f"cannot register samples: the store at {root} cannot be written here")
+        store.check_embedders([s for s in embedders.specs() if s.owner != "signature"])
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:

@@ -358,6 +358,14 @@ def _batches(jobs: Iterator[Job], artist: str | None, size: int = BATCH) -> Iter
 REMEMBERED = 4096  # records kept, by sha256, for byte-identical copies still to come (both engines)
 
 
+def remember(written: OrderedDict[str, dict[str, Any]], sha: str, record: dict[str, Any]) -> None:
+    """Keep `record` as the newest of the last REMEMBERED records scored, by the sha256 of its bytes."""
+    written[sha] = record
+    written.move_to_end(sha)
+    while len(written) > REMEMBERED:
+        written.popitem(last=False)
+
+
 class _Twins:
     """Byte-identical files in one scan are scored once: a record depends only on the bytes (and the
     store and options, the same for the whole scan), so a copy's record is its original's under its own
@@ -393,9 +401,7 @@ class _Twins:
             if sha in self.inflight:
                 self.inflight.discard(sha)
                 copies = self.waiting.pop(sha, [])
-                self.written[sha] = record
-                while len(self.written) > REMEMBERED:
-                    self.written.popitem(last=False)
+                remember(self.written, sha, record)
             yield record
             yield from self._copies([(p, record) for p in copies])
         yield from self._copies()  # and those found while the last records were written

@@ -37,7 +37,7 @@ from detector.images import iter_image_paths, shown
 from detector.score import Scorer
 from index.store import Store
 from service.ray_reads import digest, read
-from service.scan import BATCH, REMEMBERED, Done, Job, limit_threads, score_jobs
+from service.scan import BATCH, Done, Job, limit_threads, remember, score_jobs
 
 READ_BATCH = 64  # files per read task
 # files per Ray dataset: the driver holds their paths and hashes (a few hundred bytes a file, where a
@@ -163,9 +163,7 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
         record = json.loads(row["record"])
         yield record
         if record.get("sha256"):
-            recent[record["sha256"]] = record
-            while len(recent) > REMEMBERED:
-                recent.popitem(last=False)
+            remember(recent, record["sha256"], record)
         for path in copies.pop(record["path"], []):
             counts["copies"] += 1
             yield {**record, "path": path}
