@@ -13,11 +13,13 @@ import io
 import os
 import re
 import stat
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from PIL import (BmpImagePlugin, GifImagePlugin, Image, ImageFile, ImageOps, JpegImagePlugin,  # noqa: F401
                  PngImagePlugin, TiffImagePlugin, WebPImagePlugin)  # registers FORMATS
 
@@ -111,18 +113,37 @@ def pixel_budget() -> int:
     return value
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode to RGB, compositing transparency over white (how a viewer shows it)."""
-    if img.mode in ("I;16B", "I;16L"):  # Pillow's point() takes only the native order
-        img = img.convert("I;16")
-    if img.mode == "I;16":
-        img = img.point(lambda v: v / 256).convert("L")
-    elif img.mode in ("I", "F"):  # 32-bit integer or float grey: scaled by its range, not clipped to white
+def _wide_grey(img: Image.Image) -> tuple[Image.Image, np.ndarray | None]:
+    """A 16- or 32-bit grey image as 8-bit L, and where its colour key (a PNG tRNS value) sits, if it
+    has one. Pillow's own conversions clip such tones to white; these keep the picture."""
+    a = np.asarray(img)  # in the file's byte order (I;16B too: Pillow's convert clips that to 0..255)
+    key = img.info.get("transparency")
+    keyed = a == key if isinstance(key, int) else None
+    if img.mode.startswith("I;16"):  # Pillow's point() takes only the native order
+        native = Image.frombytes("I;16", img.size, a.astype("<u2").tobytes())
+        return native.point(lambda v: v / 256).convert("L"), keyed
+    if img.mode == "F":  # NaN (no data) and infinities would make the range, and so every pixel, NaN
+        finite = np.isfinite(a)
+        hi = float(a[finite].max()) if finite.any() else 0.0
+        if not finite.all():  # NaN as black, infinities as the ends of the range
+            img = Image.frombytes("F", img.size, np.nan_to_num(a, nan=0.0, posinf=hi, neginf=0.0).tobytes())
+    else:
         hi = img.getextrema()[1]
-        top = 1.0 if img.mode == "F" and hi <= 1.0 else 255 if hi <= 255 else 65535 if hi <= 65535 else hi
-        img = img.convert("F").point(lambda v: v * 255.0 / top).convert("L")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
+    # 32-bit integer or float grey: scaled by its range, not clipped to white
+    top = 1.0 if img.mode == "F" and hi <= 1.0 else 255 if hi <= 255 else 65535 if hi <= 65535 else hi
+    return img.convert("F").point(lambda v: v * 255.0 / top).convert("L"), keyed
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any mode to RGB, compositing transparency over white (how a viewer shows it): alpha channels,
+    transparent palette entries and colour keys (a PNG's tRNS on a grey or RGB image)."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        img, keyed = _wide_grey(img)
+        if keyed is not None:
+            alpha = np.where(keyed, 0, 255).astype(np.uint8)
+            img = Image.merge("LA", (img, Image.frombytes("L", img.size, alpha.tobytes())))
+    elif img.info.get("transparency") is not None and img.mode in ("P", "1", "L", "RGB"):
+        img = img.convert("RGBA")  # Pillow turns the key (a palette index or a colour) into alpha
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -130,24 +151,63 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+
+
+def without_text(data: bytes) -> bytes:
+    """A PNG's bytes without its text chunks (tEXt, zTXt, iTXt; any other file as it is)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data
+    pieces, start, pos = [], 0, len(PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,), kind = struct.unpack_from(">I", data, pos), data[pos + 4:pos + 8]
+        end = pos + 12 + length
+        if kind in TEXT_CHUNKS:
+            pieces.append(data[start:pos])
+            start = end
+        if kind == b"IEND":
+            break
+        pos = end
+    return data if start == 0 else b"".join(pieces) + data[start:]
+
+
+def _open(data: bytes, source: str, limit: int) -> Image.Image:
+    """The first frame, loaded and turned upright, once the pixel budget admits its size."""
+    img = Image.open(io.BytesIO(data), formats=FORMATS)
+    w, h = img.size
+    if w * h > limit:
+        raise ImageError(source, f"{w}x{h} is {w * h} pixels, over the limit of {limit} (possible decompression bomb)")
+    img.seek(0)  # first frame of an animation
+    img.load()
+    ImageOps.exif_transpose(img, in_place=True)  # (in place: no copy when there is nothing to turn)
+    return img
+
+
 def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedImage:
-    """Decode bytes into a LoadedImage or raise ImageError with a clear reason."""
+    """Decode bytes into a LoadedImage or raise ImageError with a clear reason.
+
+    Any failure inside the decoders is the file's fault, whatever Pillow raises (a hostile TIFF tag
+    of the wrong type raises TypeError): it becomes an ImageError, so a scan or request goes on.
+    Pillow refuses a whole PNG over a compressed text chunk that inflates past 1 MB (its guard
+    against text bombs): an editor's long XMP history, or padding added to dodge a scan, made a copy
+    an error record. Such a file is read again without its text, which the pixels never need (what
+    is lost is an orientation written only in that text)."""
     limit = pixel_budget() if max_pixels is None else max_pixels
     if not data:
         raise ImageError(source, "empty file")
     try:
         with warnings.catch_warnings():
-            # our budget, not Pillow's, decides (checked below before any pixel is decoded); Pillow
-            # still refuses outright past twice its own, whatever CHIMERA_MAX_PIXELS says
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=FORMATS)
-            w, h = img.size
-            if w * h > limit:
-                raise ImageError(source, f"{w}x{h} is {w * h} pixels, over the limit of {limit}"
-                                 " (possible decompression bomb)")
-            img.seek(0)  # first frame of an animation
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)  # (in place: no copy when there is nothing to turn)
+            # our budget, not Pillow's, decides (checked in `_open` before any pixel is decoded); Pillow
+            # still refuses outright past twice its own, whatever CHIMERA_MAX_PIXELS says. Its other
+            # warnings (a damaged EXIF block) concern the file, not the user's terminal.
+            warnings.simplefilter("ignore")
+            try:
+                img = _open(data, source, limit)
+            except ValueError as e:
+                if "MAX_TEXT" not in str(e):
+                    raise
+                img = _open(without_text(data), source, limit)
             rgb = to_rgb(img)
     except ImageError:
         raise
@@ -158,6 +218,8 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
         raise ImageError(source, "not an image (unrecognised format; PNG, JPEG, WebP, GIF, BMP and TIFF are read)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(source, f"corrupt or truncated image ({e})") from None
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        raise ImageError(source, f"corrupt image: the decoder failed ({type(e).__name__}: {e})") from None
     if rgb.width < 8 or rgb.height < 8:
         raise ImageError(source, f"{rgb.width}x{rgb.height} is too small to analyse (min 8x8)")
     return LoadedImage(rgb, hashlib.sha256(data).hexdigest(), rgb.width, rgb.height, source)

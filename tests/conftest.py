@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 import zlib
 from pathlib import Path
 
@@ -30,6 +31,18 @@ def draw_icon(seed: int, hue: tuple[int, int, int], size: int = 64) -> Image.Ima
           fill=(90, 20, 20), width=max(1, int(2 * s)))
     d.rectangle([r.randint(10, 40) * s, 6 * s, r.randint(44, 56) * s, 12 * s], fill=tuple(255 - c for c in hue))
     return im
+
+
+def hostile_tiff() -> bytes:
+    """An 8x8 grey TIFF whose StripOffsets tag is stored as a FLOAT: Pillow raises TypeError on it,
+    an exception no decoder of sound files raises."""
+    at = 8 + 2 + 12 * 9 + 4  # the pixels follow the one directory
+    tags = [(256, 3, 8), (257, 3, 8), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 11, at), (277, 3, 1),
+            (278, 3, 8), (279, 4, 64)]
+    ifd = b"".join(struct.pack("<HHI", tag, kind, 1) + (struct.pack("<f", value) if kind == 11 else
+                   struct.pack("<I", value) if kind == 4 else struct.pack("<HH", value, 0))
+                   for tag, kind, value in tags)
+    return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + ifd + struct.pack("<I", 0) + bytes(range(0, 256, 4))
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import hostile_tiff
 from detector import augment, evaluate, evidence
 from detector.embedders import Embedders
 from detector.images import load
@@ -203,14 +204,15 @@ def test_scan_writes_every_format_and_survives_bad_files(world, tmp_path):
     folder.mkdir(parents=True)
     Image.open(world["corpus"][0].refs[0]).save(folder / "copy.JPG")
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (folder / "hostile.tif").write_bytes(hostile_tiff())  # Pillow raises TypeError: before the good files
     load(world["corpus"][1].heldout[0]).image.save(folder / "original.webp")
     for suffix in (".jsonl", ".csv", ".html"):
         out = tmp_path / f"scan{suffix}"
         summary = scan(world["store"], world["emb"], tmp_path / "incoming", out)
-        assert "scanned 3 files" in summary and "1 copy" in summary and "1 error" in summary
+        assert "scanned 4 files" in summary and "1 copy" in summary and "2 error" in summary
     rows = [json.loads(line) for line in (tmp_path / "scan.jsonl").read_text().splitlines()]
     assert {Path(r["path"]).name: (r["error"] is not None) for r in rows} == {
-        "broken.png": True, "copy.JPG": False, "original.webp": False}
+        "broken.png": True, "hostile.tif": True, "copy.JPG": False, "original.webp": False}
     with open(tmp_path / "scan.csv") as f:
         assert {r["verdict"] for r in csv.DictReader(f)} == {"copy", "style_match", ""}
     html = (tmp_path / "scan.html").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import struct
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import hostile_tiff
 from detector.images import ImageError, decode, load
 
 
@@ -122,3 +124,62 @@ def test_file_names_that_are_not_utf8_are_shown_escaped():
     from detector.images import shown
     name = os.fsdecode(b"caf\xe9.png")
     assert shown(name) == "caf\\xe9.png" and shown("ünïcødé ✓.png") == "ünïcødé ✓.png"
+
+
+def test_a_decoder_failing_in_any_way_is_a_clear_image_error():
+    with pytest.raises(ImageError, match="corrupt image: the decoder failed"):
+        decode(hostile_tiff(), "hostile.tif")
+
+
+def _ramp_ok(img: Image.Image) -> bool:
+    grey = np.asarray(img)[..., 0].astype(int)
+    return grey[:, 0].max() < 20 and grey[:, -1].min() > 235 and (np.diff(grey[1]) >= 0).all()
+
+
+def test_big_endian_16_bit_and_float_grey_with_missing_values_keep_their_tones():
+    """A big-endian 16-bit TIFF (scanners and Macs write them) decoded black, and one NaN or infinite
+    pixel of a float TIFF made the whole picture black: a copy saved so went unseen."""
+    ramp = np.tile(np.linspace(0, 1, 32), (16, 1))
+    big = Image.frombytes("I;16B", (32, 16), (ramp * 65535).astype(">u2").tobytes())
+    assert _ramp_ok(decode(encode(big, "TIFF"), "be.tif").image)
+    for bad in (np.nan, np.inf, -np.inf):
+        floats = ramp.astype(np.float32)
+        floats[0, 5] = bad  # in a row the check leaves alone: the rest of the picture must not change
+        assert _ramp_ok(decode(encode(Image.fromarray(floats, "F"), "TIFF"), "f.tif").image), bad
+
+
+def test_colour_key_transparency_composites_on_white():
+    """A PNG's tRNS colour key on an RGB or grey image is transparency, as on a palette image."""
+    rgb = Image.new("RGB", (16, 16), (1, 2, 3))
+    rgb.putpixel((0, 0), (200, 0, 0))
+    out = decode(encode(rgb, "PNG", transparency=(1, 2, 3)), "k.png").image
+    assert out.getpixel((5, 5)) == (255, 255, 255) and out.getpixel((0, 0)) == (200, 0, 0)
+    grey = Image.new("L", (16, 16), 7)
+    grey.putpixel((0, 0), 100)
+    out = decode(encode(grey, "PNG", transparency=7), "g.png").image
+    assert out.getpixel((5, 5)) == (255, 255, 255) and out.getpixel((0, 0)) == (100, 100, 100)
+    deep = Image.frombytes("I;16", (16, 16), np.full((16, 16), 5000, "<u2").tobytes())
+    deep.putpixel((0, 0), 65535)
+    out = decode(encode(deep, "PNG", transparency=5000), "d.png").image
+    assert out.getpixel((5, 5)) == (255, 255, 255) and out.getpixel((0, 0)) == (255, 255, 255)
+    assert decode(encode(deep, "PNG"), "d.png").image.getpixel((5, 5)) == (19, 19, 19)  # 5000 / 256, no key
+
+
+def test_a_png_with_megabytes_of_compressed_metadata_is_still_read():
+    """Pillow refuses text chunks that inflate past 1 MB; the picture is read without them."""
+    from PIL import PngImagePlugin
+    from detector.images import without_text
+    img = Image.new("RGB", (16, 16), (10, 200, 30))
+    img.putpixel((3, 3), (0, 0, 0))
+    for add in ("add_text", "add_itxt"):
+        info = PngImagePlugin.PngInfo()
+        getattr(info, add)("XML:com.adobe.xmp", "<x:xmpmeta/>" * 200_000, zip=True)
+        data = encode(img, "PNG", pnginfo=info)
+        assert len(data) < 20_000
+        out = decode(data, "meta.png")
+        assert np.array_equal(np.asarray(out.image), np.asarray(img))
+        assert out.sha256 == hashlib.sha256(data).hexdigest()  # of the file as it was sent
+        stripped = without_text(data)
+        assert not any(kind in stripped for kind in (b"tEXt", b"zTXt", b"iTXt")) and len(stripped) < len(data)
+    plain = encode(img, "PNG")
+    assert without_text(plain) is plain

@@ -13,6 +13,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from PIL import Image
 
+from conftest import hostile_tiff
 from detector.embedders import Embedders
 from service.app import create_app
 from service.openapi import spec
@@ -123,13 +124,14 @@ def test_signatures_endpoint(client, icons):
 
 
 def test_batch_scores_in_order_with_per_file_errors(client, alice):
-    files = [(open(alice[0], "rb"), "a.png"), (io.BytesIO(b"garbage"), "b.png"), (open(alice[1], "rb"), "c.png")]
+    files = [(open(alice[0], "rb"), "a.png"), (io.BytesIO(b"garbage"), "b.png"), (open(alice[1], "rb"), "c.png"),
+             (io.BytesIO(hostile_tiff()), "d.tif")]  # a TIFF on which Pillow raises TypeError
     r = client.post("/v1/score/batch", data={"images": files})
     assert r.status_code == 200
     for item in r.json:
         valid(item, "Result")
-    assert [x["path"] for x in r.json] == ["a.png", "b.png", "c.png"]
-    assert r.json[1]["error"] and r.json[0]["verdict"]["label"] == "copy"
+    assert [x["path"] for x in r.json] == ["a.png", "b.png", "c.png", "d.tif"]
+    assert r.json[1]["error"] and r.json[3]["error"] and r.json[0]["verdict"]["label"] == "copy"
     assert r.json[1]["sha256"] == hashlib.sha256(b"garbage").hexdigest()  # as a scan's record of those bytes
 
 
@@ -138,6 +140,7 @@ def test_bad_uploads_get_clear_4xx(client, alice, app):
         ({}, 400, "missing_image"),
         ({"image": (io.BytesIO(b"not an image"), "x.png")}, 400, "invalid_image"),
         ({"image": (io.BytesIO(b""), "x.png")}, 400, "invalid_image"),
+        ({"image": (io.BytesIO(hostile_tiff()), "x.tif")}, 400, "invalid_image"),
         ({"image": (png(Image.new("RGB", (8, 8))), "x.png"), "artist": "nobody"}, 404, "unknown_artist"),
     ]
     for data, status, code in cases:
