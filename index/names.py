@@ -5,7 +5,8 @@ output, so path separators and control characters are refused wherever it is giv
 names, "." and "..", which clients fold into the URL's path); and a
 name is shown in reports and pages, so one that looks like another is too: invisible characters
 (formatting ones such as a zero-width space or a right-to-left override, and the others Unicode
-lists as ignorable: fillers, variation selectors after a letter), blank or line-breaking ones
+lists as ignorable: fillers, variation selectors after a letter; zero-width joiners except between two
+non-ASCII characters, where Persian spelling and emoji sequences need them), blank or line-breaking ones
 other than a plain space, spaces at either end, and a decomposed spelling of a composed one
 ("jose" + U+0301 beside "josé": names must be in NFC).
 """
@@ -17,7 +18,8 @@ import unicodedata
 from collections.abc import Callable
 
 NAME_RULE = ("1-100 characters in Unicode NFC, not blank, not '.' or '..', no spaces at either end, no '/', "
-             "'\\', control characters, spaces other than ' ', or invisible characters other than zero-width joiners")
+             "'\\', control characters, spaces other than ' ', or invisible characters other than zero-width joiners "
+             "between two non-ASCII characters")
 NAME_CHAR = "[^\\x00-\\x1f\\x7f-\\x9f/\\\\]"  # any character but C0, DEL and C1 controls and path separators
 _NAME = re.compile(NAME_CHAR + "{1,100}")
 
@@ -40,6 +42,9 @@ def _looks_like_another(name: str) -> bool:
         kind = unicodedata.category(c)
         if kind == "Cf" and c not in JOINERS or kind in ("Zl", "Zp") or kind == "Zs" and c != " ":
             return True
+        if c in JOINERS and not (0 < i < len(name) - 1 and all(not n.isascii() and n not in JOINERS
+                                                                for n in (name[i - 1], name[i + 1]))):
+            return True  # joins nothing (at an end, beside another joiner, or between Latin letters): unseen
         if VARIATION.match(c) and (i == 0 or unicodedata.category(name[i - 1])[0] != "S"):
             return True  # a variation selector changes a symbol's look (emoji or text); after a letter, nothing
     return False

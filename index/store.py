@@ -471,13 +471,16 @@ class Writer:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One SQLite transaction. On some errors (a full disk: SQLITE_FULL) SQLite has already rolled it
+        back itself, and a second ROLLBACK would replace the real reason with "no transaction is active"."""
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
             raise
-        self.conn.execute("COMMIT")
 
     def register(self, specs: Sequence[KindSpec]) -> None:
         """Record the embedders of this run; refuse any whose descriptor differs from the store's.

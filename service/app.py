@@ -15,8 +15,9 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
 
 from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
@@ -37,9 +38,10 @@ SETTINGS = (("CHIMERA_MAX_PIXELS", int), ("CHIMERA_MAX_BATCH", int), ("CHIMERA_R
 
 
 def upload_name(filename: str | None) -> str:
-    """The name an upload is reported and stored under: its last path part, control characters shown as
+    """The name an upload is reported and stored under: its last path part (POSIX or Windows: the rest
+    is the client's private folder, and a work's source is shown to every scorer), control characters shown as
     \\xNN, "upload" when nothing is left (a client may send "/", "." or nothing)."""
-    name = Path(filename or "").name
+    name = PureWindowsPath(PurePosixPath(filename or "").name).name  # a Windows client may send C:\\Users\\...
     name = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
     return name or "upload"
 
@@ -160,6 +162,19 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         a queue of writers must not keep them from scoring for CHIMERA_LOCK_TIMEOUT's minute."""
         return app.config["CHIMERA_WRITE_WAIT"]
 
+    @app.before_request
+    def utf8_path() -> None:
+        """A URL whose percent-escapes are not UTF-8 (/v1/artists/%FF/works) is refused: Werkzeug would
+        read each bad byte as U+FFFD, and three different URLs would name one artist "\ufffd"."""
+        uri = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI")  # as sent (waitress, Werkzeug)
+        try:
+            if uri is None:
+                request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")  # WSGI's bytes as latin-1
+            else:
+                unquote_to_bytes(uri.partition("?")[0]).decode("utf-8")
+        except UnicodeError:
+            raise ApiError(400, "bad_request", "the URL's path must be UTF-8 (percent-escapes of UTF-8 bytes)")
+
     # ------------------------------------------------------------------- errors
     @app.errorhandler(ApiError)
     def api_error(e: ApiError):
@@ -240,7 +255,8 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         if not images:
             raise ApiError(400, "invalid_image", "; ".join(f"{f['file']}: {f['reason']}" for f in failed))
         with store_for_writes() as store:
-            report = add_images(store, svc.embedders, name, images, signature=signature, lock_timeout=write_wait())
+            report = add_images(store, svc.embedders, name, images, signature=signature, lock_timeout=write_wait(),
+                                existing_only=not valid_name(name))
         body = {"added": report.added, "skipped": [{"file": s, "reason": r} for s, r in report.skipped],
                 "failed": failed}
         return jsonify(body), 201 if report.added else 200

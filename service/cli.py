@@ -78,7 +78,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
             if not addable_name(args.artist, store.has_artist):  # a new name must not pass for another
                 raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE}")
             report = add_images(store, embedders, args.artist, chain(first, items), signature=args.signature,
-                                progress=total > 20 and sys.stderr.isatty(), total=total)
+                                progress=total > 20 and sys.stderr.isatty(), total=total,
+                                existing_only=not valid_name(args.artist))
     report.failed[:0] = missing
     for source, why in report.failed:
         print(for_terminal(f"chimera: failed: {source}: {why}"), file=sys.stderr)

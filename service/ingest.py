@@ -14,7 +14,8 @@ from tqdm import tqdm
 
 from detector.embedders import Embedders
 from detector.images import ImageError, LoadedImage, iter_image_paths, load, shown
-from index.store import Store
+from index.names import NAME_RULE
+from index.store import Store, StoreError
 
 BATCH = 32
 
@@ -31,13 +32,19 @@ class AddReport:
 
 def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable[LoadedImage | ImageError],
                signature: bool = False, generated: dict | None = None, progress: bool = False,
-               total: int | None = None, lock_timeout: float | None = None) -> AddReport:
+               total: int | None = None, lock_timeout: float | None = None, existing_only: bool = False) -> AddReport:
     """Add decoded images (or decode errors, which are reported) as works or signature samples
-    (`lock_timeout`: the wait for the store's write lock, `Store.writer`'s)."""
+    (`lock_timeout`: the wait for the store's write lock, `Store.writer`'s). `existing_only`: the
+    artist must already be in the store, checked under the write lock (a name that the name rule
+    refuses for new artists was let through because the artist existed; removed meanwhile, it must
+    not come back as a new artist)."""
     report = AddReport()
     seen: set[str] = set()
     bar = tqdm(total=total, unit="img", desc="adding", disable=not progress, leave=False)
     with store.writer(lock_timeout) as w:
+        if existing_only and not store.has_artist(artist):
+            raise StoreError(f"no artist named {artist!r} any more (removed meanwhile), and new artist names are "
+                             f"{NAME_RULE}")
         w.register([s for s in embedders.specs() if (s.owner == "signature") == signature])
         batch: list[LoadedImage] = []
 

@@ -218,14 +218,15 @@ def test_a_fresh_server_scores_against_an_empty_store(client):
 @pytest.mark.parametrize("name", ["   ", "nl\n", "a\x7fb", "c1\x85", "x\ud800y", "a/b", "a\\b", "", "n" * 101,
                                   "alice ", " alice", "ali\u200bce", "ali\u202ece", "\ufeffalice", "alice\ufe0f",
                                   "alice\u034f", "alice\u3164", "alice\u2800", "ali\u2028ce", "a\u00a0b",
-                                  "jose\u0301", ".", ".."])
+                                  "jose\u0301", ".", "..", "alice\u200d", "\u200dalice", "al\u200cice"])
 def test_artist_names_that_are_blank_controlled_or_not_text_are_refused_as_such(client, name):
     """One rule for every endpoint that takes a name, matched against the whole name (a regex `$`
     let a name ending in a newline through), answered 400 invalid_name: not 409 (blank), not 500
     (a lone surrogate is valid JSON but no UTF-8 text, so SQLite refused it). Names that would show
     like another's are refused too: spaces at an end, zero-width and bidi-override characters, a BOM,
     fillers, blanks and a variation selector after a letter (all invisible), a line separator, a
-    no-break space, and a decomposed "josé" beside the composed one."""
+    no-break space, a decomposed "josé" beside the composed one, and zero-width joiners that join
+    nothing (at an end, or between Latin letters)."""
     r = client.post("/v1/artists", headers=AUTH, json={"name": name})
     assert (r.status_code, r.json["error"]) == (400, "invalid_name")
     if name and "\ud800" not in name and "/" not in name and name.strip("."):  # "." and ".." name no URL segment
@@ -416,6 +417,26 @@ def test_odd_requests_get_their_http_due(client, store_dir, icons):
         buf.seek(0)
         r = client.post("/v1/score", data={"image": (buf, "deep.tif")})
         assert r.status_code == 200 and r.json["width"] == 64, (order, r.json)
+
+
+def test_urls_that_are_not_utf8_are_refused_and_uploads_keep_only_their_file_name(client, alice):
+    """Werkzeug reads each undecodable byte of a URL as U+FFFD, so /v1/artists/%FF/works and %FE would
+    add to one artist named "\ufffd"; and a Windows client's C:\\Users\\... path was kept whole as the
+    work's source, which every scorer is shown."""
+    for raw in ("%FF", "%C3", "%FE"):
+        r = client.post(f"/v1/artists/{raw}/works", headers=AUTH,
+                        data={"images": [(png(Image.new("RGB", (32, 32), (9, 9, 9))), "x.png")]})
+        assert (r.status_code, r.json["error"]) == (400, "bad_request") and "UTF-8" in r.json["message"]
+    assert [a["name"] for a in client.get("/v1/artists").json["artists"]] == ["alice"]
+    icon = Image.new("RGB", (48, 48), (200, 30, 30))
+    icon.paste((20, 20, 220), (10, 10, 30, 40))
+    name = b"C:\\\\Users\\\\maria\\\\unreleased\\\\red.png"  # the quoted-string escapes a Windows client sends
+    body = (b'--B\r\nContent-Disposition: form-data; name="images"; filename="' + name + b'"\r\n\r\n'
+            + png(icon).getvalue() + b"\r\n--B--\r\n")
+    r = client.post("/v1/artists/alice/works", headers=AUTH, data=body, content_type="multipart/form-data; boundary=B")
+    assert r.status_code == 201, r.json
+    r = client.post("/v1/score", data={"image": (png(icon), "q.png")})
+    assert r.json["matches"][0]["source"] == "red.png"
 
 
 def test_store_messages_name_a_relative_store_once(tmp_path, monkeypatch):

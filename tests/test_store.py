@@ -857,3 +857,28 @@ def test_an_add_with_nothing_usable_leaves_no_store_behind(chimera, icons, store
     code, out, err = chimera("index", "add", "--artist", "alice", str(bad), str(good))
     assert code == 1 and "added 1" in out and "bad.png" in err
     assert listing(chimera)["artists"] == [{"name": "alice", "works": 1, "signatures": 0}]
+
+
+def test_a_full_catalogue_gives_its_reason_and_a_removed_artist_is_not_recreated_under_a_refused_name(icons,
+                                                                                                      store_dir):
+    """On SQLITE_FULL, SQLite rolls the transaction back itself: our own ROLLBACK then failed, and the
+    user was told "cannot rollback - no transaction is active" instead of "database or disk is full".
+    A name the rule refuses for new artists is let through for an artist that exists; when that artist
+    was removed while the add waited for the lock, the add is refused rather than make it anew."""
+    from detector.embedders import Embedders
+    from detector.images import load
+    from service.ingest import add_images
+    emb = Embedders(None, "unavailable: disabled in tests")
+    alice = [load(p) for p in sorted(icons("alice", 3, (230, 180, 40)).iterdir())]
+    with Store.open(store_dir, create=True) as store:
+        add_images(store, emb, "alice", alice[:1])
+        pages = store.conn.execute("PRAGMA page_count").fetchone()[0]
+        store.conn.execute(f"PRAGMA max_page_count={pages + 1}")  # this connection's catalogue is full
+        with pytest.raises(StoreError, match="database or disk is full") as e:
+            add_images(store, emb, "alice", alice[1:])
+        assert "no transaction" not in str(e.value)
+    with Store.open(store_dir) as store:
+        assert store.check() == [] and len(store.works_of("alice")) == 1
+        with pytest.raises(StoreError, match="no artist named 'bob ' any more"):
+            add_images(store, emb, "bob ", alice[2:], existing_only=True)
+        assert not store.has_artist("bob ") and len(store.works_of("alice")) == 1
