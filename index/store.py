@@ -43,6 +43,11 @@ class NoStore(StoreError):
     """Nothing at the path yet (opened without `create`): to a lister an empty store, to a writer a new one."""
 
 
+class IndexesNotSaved(StoreError):
+    """The change is committed to the catalogue, but its search indexes could not be saved (they are
+    rebuilt from the catalogue when next needed): the write happened, with a warning, not an error."""
+
+
 @dataclass(frozen=True)
 class KindSpec:
     """What the store needs to know about one embedding kind.
@@ -453,8 +458,8 @@ class Store:
             except (OSError, RuntimeError) as e:  # FAISS reports failed writes as RuntimeError
                 # FAISS's message is "Error in <function> at <file>:<line>: Error: '<test>' failed: <why>"
                 reason = str(e).strip().rpartition("failed: ")[2][-200:] or type(e).__name__
-                raise StoreError(f"the catalogue holds the changes, but saving its search indexes failed "
-                                 f"({reason}); they are rebuilt from the catalogue when next needed") from None
+                raise IndexesNotSaved(f"the catalogue holds the changes, but saving its search indexes failed "
+                                      f"({reason}); they are rebuilt from the catalogue when next needed") from None
         finally:
             pidfile.unlink(missing_ok=True)
             lock.release()

@@ -26,7 +26,7 @@ from detector.embedders import Embedders
 from detector.images import ImageError, decode
 from detector.score import Scorer, error_result
 from index.names import NAME_RULE, addable_name, valid_name
-from index.store import Store, StoreError, default_store_path
+from index.store import IndexesNotSaved, Store, StoreError, default_store_path
 from service.ingest import add_images
 from service.openapi import spec
 
@@ -85,11 +85,18 @@ class Service:
         self.local = threading.local()
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chimera-score")
 
+    def store(self) -> Store:
+        """This thread's own connection to the store (SQLite connections are not shared across threads),
+        for the routes that only read it."""
+        if getattr(self.local, "store", None) is None:
+            self.local.store = Store.open(self.store_path, create=True)
+        return self.local.store
+
     def scorer(self) -> Scorer:
-        """A Scorer on this thread's own connection (SQLite connections are not shared across threads)."""
+        """A Scorer on this thread's store. Made only for scoring: a store whose vectors this install
+        would make differently refuses scoring (409), and must still list its artists and thumbnails."""
         if getattr(self.local, "scorer", None) is None:
-            store = Store.open(self.store_path, create=True)
-            self.local.scorer = Scorer(store, self.embedders)
+            self.local.scorer = Scorer(self.store(), self.embedders)
         return self.local.scorer
 
 
@@ -151,7 +158,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
             raise ApiError(503, "timeout", f"scoring took longer than {app.config['CHIMERA_REQUEST_TIMEOUT']}s")
 
     def artist_exists(name: str) -> bool:
-        return svc.scorer().store.has_artist(name)
+        return svc.store().has_artist(name)
 
     def store_for_writes() -> Store:
         return Store.open(svc.store_path, create=True)
@@ -193,11 +200,16 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         app.logger.exception("unexpected error")
         return jsonify(error="internal", message=f"internal error ({type(e).__name__})"), 500
 
-    @app.errorhandler(StoreError)
-    def store_error(e: StoreError):  # the message, without the server's path
+    def public(e: StoreError) -> str:
+        """A store's message without the server's path."""
         message, where = str(e), str(svc.store_path)
         for said in (f"the store at {where}", f"store {where}", where):  # however a message names it
             message = message.replace(said, "the store")
+        return message
+
+    @app.errorhandler(StoreError)
+    def store_error(e: StoreError):
+        message = public(e)
         return jsonify(error="store_busy" if "busy" in message else "conflict", message=message), 409
 
     # ------------------------------------------------------------------- routes
@@ -211,7 +223,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
 
     @app.get("/healthz")
     def healthz():
-        store = svc.scorer().store
+        store = svc.store()
         return jsonify(status="ok", artists=len(store.artists()), embedders=svc.embedders.status)
 
     @app.get("/v1/openapi.json")
@@ -220,7 +232,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
 
     @app.get("/v1/artists")
     def artists():
-        store = svc.scorer().store
+        store = svc.store()
         return jsonify(artists=store.artists(), generated=store.generated_count())
 
     @app.post("/v1/artists")
@@ -259,6 +271,8 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
                                 existing_only=not valid_name(name))
         body = {"added": report.added, "skipped": [{"file": s, "reason": r} for s, r in report.skipped],
                 "failed": failed}
+        if report.warning:  # added: a retry would only skip them; the client must learn their ids
+            body["warning"] = report.warning.replace(str(svc.store_path), "the store")
         return jsonify(body), 201 if report.added else 200
 
     @app.post("/v1/artists/<name>/works")
@@ -269,28 +283,42 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     def add_signatures(name: str):
         return add(name, signature=True)
 
+    def removal(remove: Callable[[Store, Any], dict]):
+        """Run `remove(store, writer)` under the write lock: the Removed body. Committed removals whose
+        indexes could not be saved are removals, with a warning: a retry would only get 404."""
+        body = {}
+        try:
+            with store_for_writes() as store, store.writer(write_wait()) as w:
+                body["removed"] = remove(store, w)
+        except IndexesNotSaved as e:
+            body["warning"] = public(e)
+        return jsonify(body)
+
     @app.delete("/v1/artists/<name>")
     def delete_artist(name: str):
         require_token()
-        with store_for_writes() as store, store.writer(write_wait()) as w:
+
+        def remove(store: Store, w) -> dict:
             if not store.has_artist(name):  # under the write lock: of two requests, one removes
                 raise ApiError(404, "not_found", f"no artist named {name!r}")
-            removed = w.remove_artist(name)
-        return jsonify(removed=removed)
+            return w.remove_artist(name)
+        return removal(remove)
 
     @app.delete("/v1/artists/<name>/works/<int:work_id>")
     def delete_work(name: str, work_id: int):
         require_token()
-        with store_for_writes() as store, store.writer(write_wait()) as w:
+
+        def remove(store: Store, w) -> dict:
             try:
                 w.remove_work(name, work_id)
             except StoreError as e:
                 raise ApiError(404, "not_found", str(e)) from None
-        return jsonify(removed={"work": work_id})
+            return {"work": work_id}
+        return removal(remove)
 
     @app.get("/v1/works/<int:work_id>/thumbnail")
     def thumbnail(work_id: int):
-        png = svc.scorer().store.thumbnail(work_id)
+        png = svc.store().thumbnail(work_id)
         if png is None:
             raise ApiError(404, "not_found", f"no work {work_id}")
         return Response(png, mimetype="image/png")

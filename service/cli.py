@@ -87,6 +87,8 @@ def cmd_index_add(args: argparse.Namespace) -> int:
         print(for_terminal(f"chimera: skipped: {source}: {why}"), file=sys.stderr)
     what = "signatures" if args.signature else "works"
     print(f"{args.artist}: {report.summary()} ({what})")
+    if report.warning:  # added, but the indexes were not saved: said, with exit 2, as before the report was kept
+        raise UserError(report.warning)
     return 1 if report.failed else 0
 
 
@@ -293,6 +295,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for source, why in [*missing, *report.failed]:
         print(for_terminal(f"chimera: failed: {source}: {why}"), file=sys.stderr)
     print(f"registered as generated outputs: {report.summary()}")
+    if report.warning:
+        raise UserError(report.warning)
     return 0
 
 

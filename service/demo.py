@@ -8,6 +8,7 @@ original, a forged signature), scores them, and writes a report.
 
 from __future__ import annotations
 
+import sys
 import json
 import random
 import shutil
@@ -103,6 +104,8 @@ def _register_and_score(out: Path, data: Path, manifest: list[dict], chimeras: l
         sigs = add_images(store, embedders, artist, load_paths([data / artist / "signatures"], failed),
                           signature=True)
         print(f"    {artist}: {report.summary()}; signatures: {sigs.summary()}")
+        for warning in {r.warning for r in (report, sigs) if r.warning}:
+            print(f"chimera: warning: {warning}", file=sys.stderr)
     print("3/4 scoring the demo queries")
     scorer = Scorer(store, embedders)
     results = []

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from detector.embedders import Embedders
 from detector.images import ImageError, LoadedImage, iter_image_paths, load, shown
 from index.names import NAME_RULE
-from index.store import Store, StoreError
+from index.store import IndexesNotSaved, Store, StoreError
 
 BATCH = 32
 
@@ -25,6 +25,7 @@ class AddReport:
     added: list[int] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, why)
     failed: list[tuple[str, str]] = field(default_factory=list)  # (source, why)
+    warning: str | None = None  # the works are added, but the search indexes could not be saved
 
     def summary(self) -> str:
         return f"added {len(self.added)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
@@ -41,43 +42,46 @@ def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable
     report = AddReport()
     seen: set[str] = set()
     bar = tqdm(total=total, unit="img", desc="adding", disable=not progress, leave=False)
-    with store.writer(lock_timeout) as w:
-        if existing_only and not store.has_artist(artist):
-            raise StoreError(f"no artist named {artist!r} any more (removed meanwhile), and new artist names are "
-                             f"{NAME_RULE}")
-        w.register([s for s in embedders.specs() if (s.owner == "signature") == signature])
-        batch: list[LoadedImage] = []
+    try:
+        with store.writer(lock_timeout) as w:
+            if existing_only and not store.has_artist(artist):
+                raise StoreError(f"no artist named {artist!r} any more (removed meanwhile), and new artist names are "
+                                 f"{NAME_RULE}")
+            w.register([s for s in embedders.specs() if (s.owner == "signature") == signature])
+            batch: list[LoadedImage] = []
 
-        def flush() -> None:
-            images = [b.image for b in batch]
-            if signature:
-                for img, vecs in zip(batch, embedders.describe_signatures(images)):
-                    report.added.append(w.add_signature(artist, img.source, img.sha256, img.width, img.height,
-                                                        vecs))
-            else:
-                for img, (vecs, thumb) in zip(batch, embedders.describe_works(images)):
-                    report.added.append(w.add_work(artist, img.source, img.sha256, img.width, img.height, vecs,
-                                                   generated=(generated or {}).get(img.source), thumbnail=thumb))
-            bar.update(len(batch))
-            batch.clear()
+            def flush() -> None:
+                images = [b.image for b in batch]
+                if signature:
+                    for img, vecs in zip(batch, embedders.describe_signatures(images)):
+                        report.added.append(w.add_signature(artist, img.source, img.sha256, img.width, img.height,
+                                                            vecs))
+                else:
+                    for img, (vecs, thumb) in zip(batch, embedders.describe_works(images)):
+                        report.added.append(w.add_work(artist, img.source, img.sha256, img.width, img.height, vecs,
+                                                       generated=(generated or {}).get(img.source), thumbnail=thumb))
+                bar.update(len(batch))
+                batch.clear()
 
-        for item in images:
-            if isinstance(item, ImageError):
-                report.failed.append((item.source, item.reason))
-                bar.update(1)
-                continue
-            twin = None if item.sha256 in seen else store.holder(item.sha256, signature)
-            if item.sha256 in seen or twin:
-                where = "of another file added with it" if twin is None else f"of {twin}, already in the store"
-                report.skipped.append((item.source, f"exact duplicate (same sha256) {where}"))
-                bar.update(1)
-                continue
-            seen.add(item.sha256)
-            batch.append(item)
-            if len(batch) >= BATCH:
+            for item in images:
+                if isinstance(item, ImageError):
+                    report.failed.append((item.source, item.reason))
+                    bar.update(1)
+                    continue
+                twin = None if item.sha256 in seen else store.holder(item.sha256, signature)
+                if item.sha256 in seen or twin:
+                    where = "of another file added with it" if twin is None else f"of {twin}, already in the store"
+                    report.skipped.append((item.source, f"exact duplicate (same sha256) {where}"))
+                    bar.update(1)
+                    continue
+                seen.add(item.sha256)
+                batch.append(item)
+                if len(batch) >= BATCH:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
+    except IndexesNotSaved as e:  # committed: the caller gets the report, and the reason
+        report.warning = str(e)
     bar.close()
     return report
 

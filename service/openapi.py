@@ -10,6 +10,8 @@ from index.names import NAME_CHAR
 BOX = {"type": "array", "items": {"type": "integer"}, "minItems": 4, "maxItems": 4}
 UNIT = {"type": "number", "minimum": 0, "maximum": 1}
 NULLABLE_STR = {"type": ["string", "null"]}
+WARNING = {"type": "string", "description": "the change is committed, but the store's search indexes could not be "
+                                            "saved (a full disk); they are rebuilt from the catalogue when next needed"}
 
 SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "message"], "additionalProperties": False,
@@ -49,10 +51,12 @@ SCHEMAS: dict[str, Any] = {
     "AddReport": {"type": "object", "required": ["added", "skipped", "failed"],
                   "properties": {"added": {"type": "array", "items": {"type": "integer"}},
                                  "skipped": {"type": "array", "items": {"$ref": "#/components/schemas/FileIssue"}},
-                                 "failed": {"type": "array", "items": {"$ref": "#/components/schemas/FileIssue"}}}},
+                                 "failed": {"type": "array", "items": {"$ref": "#/components/schemas/FileIssue"}},
+                                 "warning": WARNING}},
     "FileIssue": {"type": "object", "required": ["file", "reason"],
                   "properties": {"file": {"type": "string"}, "reason": {"type": "string"}}},
-    "Removed": {"type": "object", "required": ["removed"], "properties": {"removed": {"type": "object"}}},
+    "Removed": {"type": "object", "required": ["removed"],
+                "properties": {"removed": {"type": "object"}, "warning": WARNING}},
     "Health": {"type": "object", "required": ["status", "artists", "embedders"],
                "properties": {"status": {"const": "ok"}, "artists": {"type": "integer"},
                               "embedders": {"type": "object"}}},
@@ -106,13 +110,13 @@ def spec() -> dict[str, Any]:
             "/v1/score": {"post": {
                 "summary": "score one image", "security": SCORE_AUTH,
                 "requestBody": _upload("image", False, artist=True),
-                "responses": {"200": _json("Result", "the result object"), **_errors(400, 401, 403, 404, 413, 503)}}},
+                "responses": {"200": _json("Result", "the result object"), **_errors(400, 401, 403, 404, 409, 413, 503)}}},
             "/v1/score/batch": {"post": {
                 "summary": "score several images; unreadable ones come back with `error` set",
                 "security": SCORE_AUTH, "requestBody": _upload("images", True, artist=True),
                 "responses": {"200": {"description": "one result per image, in order", "content": {
                     "application/json": {"schema": {"type": "array", "items": _ref("Result")}}}},
-                    **_errors(400, 401, 403, 404, 413, 503)}}},
+                    **_errors(400, 401, 403, 404, 409, 413, 503)}}},
             "/v1/artists": {
                 "get": {"summary": "registered artists", "responses": {"200": _json("ArtistList", "artists")}},
                 "post": {"summary": "create an artist", "security": AUTH,

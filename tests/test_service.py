@@ -447,3 +447,50 @@ def test_store_messages_name_a_relative_store_once(tmp_path, monkeypatch):
     with Store.open(tmp_path / "store", create=True) as held, held.writer():  # another writer holds the lock
         r = app.test_client().post("/v1/artists", headers=AUTH, json={"name": "erin"})
     assert r.status_code == 409 and r.json["message"].startswith("the store is busy"), r.json
+
+
+def documented(path: str, method: str, status: int) -> bool:
+    return str(status) in spec()["paths"][path][method]["responses"]
+
+
+def test_writes_committed_but_not_indexed_answer_success_with_a_warning(client, alice, icons, monkeypatch):
+    """When the catalogue holds a change but saving the search indexes fails (a full disk), the change
+    happened: a 409 "conflict" without the added work ids sent clients to retry, and the retry got
+    every file skipped (or 404 for a removal). It is now the usual success body with a `warning`."""
+    import faiss
+    real = faiss.write_index
+
+    def disk_full(index, path):
+        raise RuntimeError("Error in faiss::FileIOWriter: could not write: No space left on device")
+    monkeypatch.setattr(faiss, "write_index", disk_full)
+    new = sorted(icons("alice2", 2, (30, 200, 90)).iterdir())
+    r = client.post("/v1/artists/alice/works", headers=AUTH, data={"images": [(open(p, "rb"), p.name) for p in new]})
+    assert r.status_code == 201 and len(r.json["added"]) == 2 and "No space left" in r.json["warning"], r.json
+    assert str(client.application.extensions["chimera"].store_path) not in r.json["warning"]
+    valid(r.json, "AddReport")
+    gone = r.json["added"][0]
+    r = client.delete(f"/v1/artists/alice/works/{gone}", headers=AUTH)
+    assert r.status_code == 200 and r.json["removed"] == {"work": gone} and "search indexes" in r.json["warning"]
+    valid(r.json, "Removed")
+    monkeypatch.setattr(faiss, "write_index", real)
+    assert client.get("/v1/artists").json["artists"][0]["works"] == 7
+    r = client.post("/v1/score", data={"image": (open(new[1], "rb"), "q.png")})  # indexes rebuilt from the catalogue
+    assert r.json["verdict"]["label"] == "copy" and r.json["matches"][0]["work"] == gone + 1
+
+
+def test_a_store_this_install_cannot_score_still_lists_artists_and_thumbnails(client, alice, store_dir):
+    """A store whose vectors were made by another embedder version refuses scoring (409, documented);
+    the routes that only read it (health, the artist list, thumbnails, the page's data) still answer."""
+    import json
+    import sqlite3
+    with sqlite3.connect(store_dir / "catalogue.sqlite") as db:
+        desc = json.loads(db.execute("SELECT descriptor FROM embedders WHERE kind='style'").fetchone()[0])
+        db.execute("UPDATE embedders SET descriptor=? WHERE kind='style'", (json.dumps(desc | {"version": 0}),))
+    fresh = create_app(store_dir, {"TESTING": True}, embedders=Embedders(None, "unavailable: disabled in tests"))
+    c = fresh.test_client()
+    assert c.get("/healthz").status_code == 200 and c.get("/healthz").json["artists"] == 1
+    assert c.get("/v1/artists").json["artists"][0]["works"] == 6
+    assert c.get("/v1/works/1/thumbnail").status_code == 200
+    r = c.post("/v1/score", data={"image": (open(alice[0], "rb"), "a.png")})
+    assert r.status_code == 409 and "embedder mismatch for 'style'" in r.json["message"]
+    assert documented("/v1/score", "post", 409) and documented("/v1/score/batch", "post", 409)
