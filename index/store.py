@@ -91,12 +91,53 @@ def default_store_path() -> Path:
     return Path(os.environ.get("CHIMERA_STORE", "chimera-store"))
 
 
+def _stamp(db: Path) -> tuple:
+    """What a writer changes: the catalogue's inode, size and modification time, and its WAL's."""
+    out = []
+    for path in (db, db.with_name(db.name + "-wal")):
+        try:
+            st = path.stat()
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            out.append(None)
+    return tuple(out)
+
+
+def _frozen_connection(root: Path, db: Path) -> tuple[sqlite3.Connection, tuple | None]:
+    """A read-only connection to the catalogue of a store in a folder this user cannot write, and the
+    `_stamp` to watch when it is immutable.
+
+    SQLite reads a WAL database through the WAL's shared-memory file, which it cannot make in such a
+    folder. While a writer (the folder's owner, say a curator updating the store a server reads) has
+    the catalogue open, that file exists, and a plain read-only connection shares SQLite's locking and
+    sees every commit, even after that writer closes. Otherwise only an immutable connection can
+    read, and it assumes nothing changes: on a read-only mount nothing can; elsewhere `Store.conn`
+    opens it again when the files change."""
+    fixed = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+    if not fixed:
+        conn = cat.connect(db, read_only=True)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # maps the shared memory, or fails
+            return conn, None
+        except sqlite3.OperationalError:
+            conn.close()
+    wal = db.with_name(db.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:  # immutable reads would not see what it holds
+        raise StoreError(f"the store at {root} is in a folder this user cannot write, and its last changes are "
+                         f"still in {wal.name} (a writer was killed, or is still running): open it once where it "
+                         "can be written (`chimera index check`) to fold them into the catalogue")
+    stamp = None if fixed else _stamp(db)  # before opening: a change from here on is seen
+    return cat.connect(db, read_only=True, immutable=True), stamp
+
+
 class Store:
     """Open with `Store.open(path)`; write inside `with store.writer() as w:`."""
 
-    def __init__(self, root: Path, conn: sqlite3.Connection, read_only: bool = False, frozen: bool = False):
+    def __init__(self, root: Path, conn: sqlite3.Connection, read_only: bool = False, frozen: bool = False,
+                 watch: tuple | None = None):
         self.root = root
-        self.conn = conn
+        self._conn = conn
+        self._watch = watch  # the catalogue's files as an immutable connection found them (`conn`)
         self.read_only = read_only or frozen
         self.frozen = frozen  # read-only because its folder is not writable (`open`)
         self._cache: dict[str, tuple[int, faiss.Index]] = {}
@@ -121,27 +162,31 @@ class Store:
             if not create or read_only:
                 raise NoStore(f"no store at {root} (add works with `chimera index add` first)")
             (root / "indexes").mkdir(parents=True, exist_ok=True)
-        # a folder this user cannot write (a shared read-only mount): SQLite cannot make the WAL's shared
-        # memory file even to read, so the catalogue is opened as immutable, and only for reading
-        frozen = not os.access(root, os.W_OK)
-        wal = db.with_name(db.name + "-wal")
-        if frozen and wal.exists() and wal.stat().st_size > 0:  # immutable reads would not see what it holds
-            raise StoreError(f"the store at {root} is in a folder this user cannot write, and its last changes are "
-                             f"still in {wal.name} (a writer was killed, or is still running): open it once where it "
-                             "can be written (`chimera index check`) to fold them into the catalogue")
+        frozen = not os.access(root, os.W_OK)  # a folder this user cannot write: read, never written
         for attempt in range(50):  # two processes making one new store: switching it to WAL can meet a lock
             try:
-                conn = cat.connect(db, read_only or frozen, immutable=frozen)
+                conn, watch = _frozen_connection(root, db) if frozen else (cat.connect(db, read_only), None)
                 cat.init_schema(conn)
                 break
             except sqlite3.DatabaseError as e:
                 if not isinstance(e, sqlite3.OperationalError) or "locked" not in str(e) or attempt == 49:
                     raise StoreError(f"{db} is not a readable chimera catalogue: {e}") from None
                 time.sleep(0.1)
-        return cls(root, conn, read_only, frozen)
+        return cls(root, conn, read_only, frozen, watch)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The catalogue's connection. One opened as immutable (`_frozen_connection`) sees no change a
+        writer makes: when the files show one, between transactions, it is opened again."""
+        if self._watch is not None and not self._conn.in_transaction:
+            db = self.root / "catalogue.sqlite"
+            if _stamp(db) != self._watch:
+                self._conn.close()
+                self._conn, self._watch = _frozen_connection(self.root, db)
+        return self._conn
 
     def close(self) -> None:
-        self.conn.close()
+        self._conn.close()
 
     def __enter__(self) -> "Store":
         return self

@@ -706,22 +706,26 @@ def test_exact_float_search_finds_what_faiss_finds_across_blocks_and_small_index
 
 
 def test_faults_a_review_found_are_one_line_answers(chimera, icons, store_dir, monkeypatch, tmp_path, refused):
-    """A read-only store whose WAL still holds committed works (a writer killed, or still running) hid them;
-    a writer killed mid-save left its temp index file for ever; a name or store path that is not UTF-8,
+    """A read-only store whose WAL still holds committed works (a writer still running) hid them (now read
+    through the WAL; one whose WAL's shared memory is gone says so: the test of a reader who cannot
+    write the folder); a writer killed mid-save left its temp index file for ever; a name or store path that is not UTF-8,
     and a damaged catalogue page met after opening, were tracebacks."""
     import shutil
 
     from index import catalogue as cat
     a = icons("alice", 3, (230, 180, 40))
     assert chimera("index", "add", "--artist", "alice", str(a))[0] == 0
-    with Store.open(store_dir) as running:  # a writer still at work: its commits sit in the WAL
-        cat.set_meta(running.conn, "probe", "1")
+    with Store.open(store_dir) as running:  # a writer still at work: its commits sit in the WAL, and are read
+        with running.writer() as w:
+            w.remove_artist("alice")
+        assert (store_dir / "catalogue.sqlite-wal").stat().st_size > 0  # (the connection is still open)
         real = os.access
         monkeypatch.setattr(os, "access", lambda p, mode, *k, **kw: False if Path(p) == store_dir and mode == os.W_OK
                             else real(p, mode, *k, **kw))
-        code, _, err = chimera("index", "list")
-        assert code == 2 and "its last changes are still in catalogue.sqlite-wal" in err
+        code, out, _ = chimera("index", "list", "--json")
+        assert code == 0 and json.loads(out)["artists"] == []
         monkeypatch.setattr(os, "access", real)
+    assert chimera("index", "add", "--artist", "alice", str(a))[0] == 0
     torn = store_dir / "indexes" / ".style.7.faiss.4242.tmp"
     torn.write_bytes(b"half an index")
     assert chimera("index", "add", "--artist", "alice", str(icons("alice", 1, (230, 180, 40), start=5)))[0] == 0
@@ -882,3 +886,92 @@ def test_a_full_catalogue_gives_its_reason_and_a_removed_artist_is_not_recreated
         with pytest.raises(StoreError, match="no artist named 'bob ' any more"):
             add_images(store, emb, "bob ", alice[2:], existing_only=True)
         assert not store.has_artist("bob ") and len(store.works_of("alice")) == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="reads as another user: needs root")
+def test_a_reader_who_cannot_write_the_folder_sees_what_its_owner_changes(icons):
+    """A server running as its own user on a store a curator updates: the folder is not the server's to
+    write, so its catalogue was opened immutable, and SQLite then assumes nothing changes: the reader
+    kept the store as it first saw it, then read a mix of old and new pages ("malformed"). The reader is
+    a forked child that drops to user nobody (the interpreter may live where nobody can run it)."""
+    import select
+    import shutil
+    import tempfile
+    from detector.embedders import Embedders
+    from detector.images import load
+    from service.ingest import add_images
+    emb = Embedders(None, "unavailable: disabled in tests")
+    alice = [load(p) for p in sorted(icons("alice", 3, (230, 180, 40)).iterdir())]
+    bob = [load(p) for p in sorted(icons("bob", 4, (60, 120, 220)).iterdir())]
+    top = Path(tempfile.mkdtemp(prefix="chimera-shared-"))  # pytest's tmp_path is closed to other users
+    try:
+        top.chmod(0o755)
+        root = top / "store"
+        with Store.open(root, create=True) as owner:
+            add_images(owner, emb, "alice", alice)
+        asks, answers = os.pipe(), os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the reader: user nobody, its store kept open as a server's thread keeps it
+            code = 1
+            try:
+                os.close(asks[1]), os.close(answers[0])  # so that the parent's end closing ends the loop
+                os.setgid(65534), os.setuid(65534)
+                store = Store.open(root)
+                while os.read(asks[0], 1):
+                    state = {"frozen": store.frozen, "artists": store.artists(), "check": store.check()}
+                    os.write(answers[1], (json.dumps(state) + "\n").encode())
+                code = 0
+            except BaseException as e:  # noqa: BLE001 - said to the parent, which fails the test
+                os.write(answers[1], (json.dumps({"error": repr(e)}) + "\n").encode())
+            finally:
+                os._exit(code)
+        os.close(asks[0]), os.close(answers[1])
+        replies = os.fdopen(answers[0])
+
+        def seen() -> dict:
+            os.write(asks[1], b"?")
+            assert select.select([replies], [], [], 60)[0], "the reader did not answer"
+            return json.loads(replies.readline())
+        first = seen()
+        assert first.get("frozen") and [a["name"] for a in first["artists"]] == ["alice"], first
+        with Store.open(root) as owner:  # the owner changes the store, then closes it
+            add_images(owner, emb, "bob", bob)
+            with owner.writer() as w:
+                w.remove_artist("alice")
+        after = seen()
+        assert [(a["name"], a["works"]) for a in after.get("artists", [])] == [("bob", 4)] and after["check"] == [], after
+        with Store.open(root) as owner:  # and again, while the reader's connection stays open
+            add_images(owner, emb, "alice", alice[:1])
+        assert [(a["name"], a["works"]) for a in seen()["artists"]] == [("alice", 1), ("bob", 4)]
+        os.close(asks[1])
+        assert os.waitpid(pid, 0)[1] == 0
+        pid = 0
+        # a writer killed with commits in the WAL, and the WAL's shared memory gone: said, not hidden
+        with Store.open(root) as owner:
+            with owner.writer() as w:
+                w.remove_artist("bob")
+            wal = (root / "catalogue.sqlite-wal").read_bytes()
+        (root / "catalogue.sqlite-wal").write_bytes(wal)
+        (root / "catalogue.sqlite-shm").unlink(missing_ok=True)
+        said, tell = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(said), os.setgid(65534), os.setuid(65534)
+                try:
+                    Store.open(root)
+                    os.write(tell, b"opened")
+                except StoreError as e:
+                    os.write(tell, str(e).encode())
+            finally:
+                os._exit(0)
+        os.close(tell)
+        with os.fdopen(said) as f:
+            assert "its last changes are still in catalogue.sqlite-wal" in f.read()
+        os.waitpid(pid, 0)
+        pid = 0
+    finally:
+        if pid:  # a failed check: the reader must not outlive the test
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        shutil.rmtree(top, ignore_errors=True)
