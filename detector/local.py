@@ -183,6 +183,16 @@ class Canvas:
     def size(self) -> tuple[int, int]:
         return self.gray.shape[1], self.gray.shape[0]
 
+    @functools.cached_property
+    def detail_box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), canvas pixels: the query's detail with a window's margin, the part that
+        registration needs (beyond it the query is blank, and each pixel costs ECC as much as any other)."""
+        ys, xs = np.nonzero(self.detail)
+        if not len(xs):
+            return 0, 0, *self.size
+        return (max(int(xs.min()) - WIN, 0), max(int(ys.min()) - WIN, 0),
+                min(int(xs.max()) + 1 + WIN, self.size[0]), min(int(ys.max()) + 1 + WIN, self.size[1]))
+
     @property
     def coarse_scale(self) -> tuple[float, float]:
         """(x, y) factors from canvas pixels to `coarse` pixels (about a half; sides are rounded)."""
@@ -209,6 +219,19 @@ def _mask(w: Canvas, focus: tuple[float, float, float, float] | None, coarse: bo
     return mask
 
 
+def _ecc(template: np.ndarray, image: np.ndarray, warp: np.ndarray, at: tuple[int, int], end: tuple[int, int],
+         criteria: tuple, mask: np.ndarray | None) -> np.ndarray:
+    """ECC of `image` onto the part of `template` from `at` to `end` (its detail): the warp between the
+    whole images, shifted in and out of the part's frame."""
+    shift = warp[:, :2] @ np.float32(at)
+    part = np.ascontiguousarray(template[at[1]:end[1], at[0]:end[0]])
+    moved = warp.copy()
+    moved[:, 2] += shift
+    _, moved = cv2.findTransformECC(part, image, moved, cv2.MOTION_AFFINE, criteria, mask, 1)
+    moved[:, 2] -= moved[:, :2] @ np.float32(at)
+    return moved
+
+
 def refine(q: Canvas, w: Canvas, matrix: np.ndarray,
            focus: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """Sub-pixel registration (ECC on the smoothed images) of a coarse placement.
@@ -218,21 +241,24 @@ def refine(q: Canvas, w: Canvas, matrix: np.ndarray,
     ECC runs coarse to fine: to convergence on the half-size smoothed images (a quarter
     of the pixels), then a few polishing steps at full size for full sub-pixel accuracy.
     With a focus (the part of the work that matched), only that part is registered: a piece
-    pasted from a work sits among pixels the rest of that work does not explain.
+    pasted from a work sits among pixels the rest of that work does not explain. The query is
+    registered on its detail (`Canvas.detail_box`): an icon's blank surround costs ECC as much per
+    pixel as its drawing, and flat, it says nothing of where the work lies (docs/benchmarks.md,
+    "Registration on the query's detail").
     """
     sq = np.float32([*q.coarse_scale, 1.0])
     sw = np.float32(w.coarse_scale)
     warp = matrix.astype(np.float32) * sw[:, None] / sq[None, :]  # the same placement between half sizes
     stop, polish = cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, POLISH
+    x0, y0, x1, y1 = q.detail_box
+    c0, c1 = (int(x0 * sq[0]), int(y0 * sq[1])), (int(np.ceil(x1 * sq[0])), int(np.ceil(y1 * sq[1])))
     try:
-        _, warp = cv2.findTransformECC(q.coarse, w.coarse, warp, cv2.MOTION_AFFINE, (stop, COARSE, 1e-3),
-                                       _mask(w, focus, coarse=True), 1)
+        warp = _ecc(q.coarse, w.coarse, warp, c0, c1, (stop, COARSE, 1e-3), _mask(w, focus, coarse=True))
         warp = warp * sq[None, :] / sw[:, None]
     except cv2.error:  # too little structure at half size: all the way at full size
         warp, polish = matrix.astype(np.float32).copy(), 30
     try:
-        _, warp = cv2.findTransformECC(q.smooth, w.smooth, warp, cv2.MOTION_AFFINE, (stop, polish, 1e-4),
-                                       _mask(w, focus, coarse=False), 1)
+        warp = _ecc(q.smooth, w.smooth, warp, (x0, y0), (x1, y1), (stop, polish, 1e-4), _mask(w, focus, coarse=False))
     except cv2.error:
         return matrix
     step = np.abs(warp - matrix)

@@ -59,3 +59,21 @@ def test_mirrored_keypoints_are_those_sift_finds_on_the_mirror(seed):
     moved_pts, moved_desc = local.mirrored(pts, desc, can.shape[1])
     assert len(pts) >= 20 and found(moved_pts, moved_desc) >= 0.7
     assert found(moved_pts, desc) < 0.5  # the descriptors themselves must change, not only the points
+
+
+@pytest.mark.parametrize("seed", [6, 7, 8])
+def test_a_copy_on_a_larger_blank_canvas_is_registered_on_the_query_detail(seed):
+    """ECC runs on the query's detail with a window's margin (`Canvas.detail_box`): an icon's blank
+    surround costs as much per pixel as its drawing. A copy pasted onto a canvas four times its area
+    is still registered to its true place from a few pixels off, and proven exact (the part of it that
+    resampling leaves exact)."""
+    icon = draw_icon(seed, (60, 120, 220), size=64)
+    query = Image.new("RGB", (128, 128), "white")
+    query.paste(icon, (40, 30))
+    q, w = (local.Canvas.of(local.canvas(im, local.VERIFY)) for im in (query, icon))
+    x0, y0, x1, y1 = q.detail_box
+    assert (x1 - x0) * (y1 - y0) < 0.5 * q.size[0] * q.size[1] and x0 <= 40 and y0 <= 30
+    truth = np.float32([[2, 0, -79.5], [0, 2, -59.5]])  # query canvas (1 px a pixel) -> the icon's (2 px a pixel)
+    start = truth + np.float32([[0, 0, 3], [0, 0, -2]])
+    assert np.abs(local.refine(q, w, start) - truth).max() < 0.5  # within resampling's half pixel
+    assert local.align(1, q, w, start).exact.sum() >= 0.8 * q.detail.sum()
