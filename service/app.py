@@ -200,16 +200,16 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         app.logger.exception("unexpected error")
         return jsonify(error="internal", message=f"internal error ({type(e).__name__})"), 500
 
-    def public(e: StoreError) -> str:
+    def public(message: str) -> str:
         """A store's message without the server's path."""
-        message, where = str(e), str(svc.store_path)
+        where = str(svc.store_path)
         for said in (f"the store at {where}", f"store {where}", where):  # however a message names it
             message = message.replace(said, "the store")
         return message
 
     @app.errorhandler(StoreError)
     def store_error(e: StoreError):
-        message = public(e)
+        message = public(str(e))
         return jsonify(error="store_busy" if "busy" in message else "conflict", message=message), 409
 
     # ------------------------------------------------------------------- routes
@@ -272,7 +272,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         body = {"added": report.added, "skipped": [{"file": s, "reason": r} for s, r in report.skipped],
                 "failed": failed}
         if report.warning:  # added: a retry would only skip them; the client must learn their ids
-            body["warning"] = report.warning.replace(str(svc.store_path), "the store")
+            body["warning"] = public(report.warning)
         return jsonify(body), 201 if report.added else 200
 
     @app.post("/v1/artists/<name>/works")
@@ -291,7 +291,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
             with store_for_writes() as store, store.writer(write_wait()) as w:
                 body["removed"] = remove(store, w)
         except IndexesNotSaved as e:
-            body["warning"] = public(e)
+            body["warning"] = public(str(e))
         return jsonify(body)
 
     @app.delete("/v1/artists/<name>")
