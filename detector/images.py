@@ -152,18 +152,18 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+METADATA_CHUNKS = (b"tEXt", b"zTXt", b"iTXt", b"iCCP")  # text, and the colour profile (inflated the same way)
 
 
-def without_text(data: bytes) -> bytes:
-    """A PNG's bytes without its text chunks (tEXt, zTXt, iTXt; any other file as it is)."""
+def without_metadata(data: bytes) -> bytes:
+    """A PNG's bytes without its text and colour-profile chunks (any other file as it is)."""
     if not data.startswith(PNG_SIGNATURE):
         return data
     pieces, start, pos = [], 0, len(PNG_SIGNATURE)
     while pos + 8 <= len(data):
         (length,), kind = struct.unpack_from(">I", data, pos), data[pos + 4:pos + 8]
         end = pos + 12 + length
-        if kind in TEXT_CHUNKS:
+        if kind in METADATA_CHUNKS:
             pieces.append(data[start:pos])
             start = end
         if kind == b"IEND":
@@ -175,6 +175,10 @@ def without_text(data: bytes) -> bytes:
 def _open(data: bytes, source: str, limit: int) -> Image.Image:
     """The first frame, loaded and turned upright, once the pixel budget admits its size."""
     img = Image.open(io.BytesIO(data), formats=FORMATS)
+    depth = {"L;1": 1, "L;2": 2, "L;4": 4}.get(getattr(getattr(img, "png", None), "im_rawmode", ""))
+    if depth and img.mode == "L" and isinstance(img.info.get("transparency"), int):
+        # Pillow scales 1-, 2- and 4-bit grey to 8 bits but leaves the colour key as the file gives it
+        img.info["transparency"] *= 255 // (2 ** depth - 1)
     w, h = img.size
     if w * h > limit:
         raise ImageError(source, f"{w}x{h} is {w * h} pixels, over the limit of {limit} (possible decompression bomb)")
@@ -189,10 +193,10 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
 
     Any failure inside the decoders is the file's fault, whatever Pillow raises (a hostile TIFF tag
     of the wrong type raises TypeError): it becomes an ImageError, so a scan or request goes on.
-    Pillow refuses a whole PNG over a compressed text chunk that inflates past 1 MB (its guard
-    against text bombs): an editor's long XMP history, or padding added to dodge a scan, made a copy
-    an error record. Such a file is read again without its text, which the pixels never need (what
-    is lost is an orientation written only in that text)."""
+    Pillow refuses a whole PNG over a compressed text or colour-profile chunk that inflates past 1 MB
+    (its guard against bombs): an editor's long XMP history, or padding added to dodge a scan, made a
+    copy an error record. Such a file is read again without them, which the pixels never need (what
+    is lost is an orientation written only in that text; scores never use colour profiles)."""
     limit = pixel_budget() if max_pixels is None else max_pixels
     if not data:
         raise ImageError(source, "empty file")
@@ -207,7 +211,7 @@ def decode(data: bytes, source: str, max_pixels: int | None = None) -> LoadedIma
             except ValueError as e:
                 if "MAX_TEXT" not in str(e):
                     raise
-                img = _open(without_text(data), source, limit)
+                img = _open(without_metadata(data), source, limit)
             rgb = to_rgb(img)
     except ImageError:
         raise

@@ -110,15 +110,20 @@ def _frozen_connection(root: Path, db: Path) -> tuple[sqlite3.Connection, tuple 
     SQLite reads a WAL database through the WAL's shared-memory file, which it cannot make in such a
     folder. While a writer (the folder's owner, say a curator updating the store a server reads) has
     the catalogue open, that file exists, and a plain read-only connection shares SQLite's locking and
-    sees every commit, even after that writer closes. Otherwise only an immutable connection can
-    read, and it assumes nothing changes: on a read-only mount nothing can; elsewhere `Store.conn`
-    opens it again when the files change."""
-    fixed = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+    sees the writer's commits; when the last writer closes, SQLite folds the WAL in and removes both
+    files under it. Otherwise only an immutable connection can read, and it assumes nothing changes.
+    On a read-only mount nothing can; elsewhere both kinds are watched (`Store.conn` opens the
+    catalogue again when its files change)."""
+    try:
+        fixed = bool(os.statvfs(root).f_flag & os.ST_RDONLY)
+    except OSError as e:
+        raise StoreError(f"cannot read the store at {root} ({e.strerror or e})") from None
+    stamp = None if fixed else _stamp(db)  # before opening: a change from here on is seen
     if not fixed:
         conn = cat.connect(db, read_only=True)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # maps the shared memory, or fails
-            return conn, None
+            return conn, stamp  # watched too: when the last writer closes, SQLite removes what it reads through
         except sqlite3.OperationalError:
             conn.close()
     wal = db.with_name(db.name + "-wal")
@@ -126,7 +131,6 @@ def _frozen_connection(root: Path, db: Path) -> tuple[sqlite3.Connection, tuple 
         raise StoreError(f"the store at {root} is in a folder this user cannot write, and its last changes are "
                          f"still in {wal.name} (a writer was killed, or is still running): open it once where it "
                          "can be written (`chimera index check`) to fold them into the catalogue")
-    stamp = None if fixed else _stamp(db)  # before opening: a change from here on is seen
     return cat.connect(db, read_only=True, immutable=True), stamp
 
 
@@ -136,7 +140,7 @@ class Store:
     def __init__(self, root: Path, conn: sqlite3.Connection, read_only: bool = False, frozen: bool = False,
                  watch: tuple | None = None):
         self.root = root
-        self._conn = conn
+        self._conn: sqlite3.Connection | None = conn
         self._watch = watch  # the catalogue's files as an immutable connection found them (`conn`)
         self.read_only = read_only or frozen
         self.frozen = frozen  # read-only because its folder is not writable (`open`)
@@ -176,17 +180,20 @@ class Store:
 
     @property
     def conn(self) -> sqlite3.Connection:
-        """The catalogue's connection. One opened as immutable (`_frozen_connection`) sees no change a
-        writer makes: when the files show one, between transactions, it is opened again."""
-        if self._watch is not None and not self._conn.in_transaction:
+        """The catalogue's connection. One to a store this user cannot write (`_frozen_connection`) may
+        not see a writer's changes: when the files show one, between transactions, it is opened again."""
+        if self._watch is not None and (self._conn is None or not self._conn.in_transaction):
             db = self.root / "catalogue.sqlite"
-            if _stamp(db) != self._watch:
-                self._conn.close()
-                self._conn, self._watch = _frozen_connection(self.root, db)
+            if self._conn is None or _stamp(db) != self._watch:
+                if self._conn is not None:  # closed first: an immutable connection left open beside a new
+                    self._conn.close()     # one to the same file made SQLite read it as malformed
+                    self._conn = None
+                self._conn, self._watch = _frozen_connection(self.root, db)  # raises: tried again when next used
         return self._conn
 
     def close(self) -> None:
-        self._conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def __enter__(self) -> "Store":
         return self

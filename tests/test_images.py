@@ -168,7 +168,7 @@ def test_colour_key_transparency_composites_on_white():
 def test_a_png_with_megabytes_of_compressed_metadata_is_still_read():
     """Pillow refuses text chunks that inflate past 1 MB; the picture is read without them."""
     from PIL import PngImagePlugin
-    from detector.images import without_text
+    from detector.images import without_metadata
     img = Image.new("RGB", (16, 16), (10, 200, 30))
     img.putpixel((3, 3), (0, 0, 0))
     for add in ("add_text", "add_itxt"):
@@ -179,7 +179,31 @@ def test_a_png_with_megabytes_of_compressed_metadata_is_still_read():
         out = decode(data, "meta.png")
         assert np.array_equal(np.asarray(out.image), np.asarray(img))
         assert out.sha256 == hashlib.sha256(data).hexdigest()  # of the file as it was sent
-        stripped = without_text(data)
+        stripped = without_metadata(data)
         assert not any(kind in stripped for kind in (b"tEXt", b"zTXt", b"iTXt")) and len(stripped) < len(data)
     plain = encode(img, "PNG")
-    assert without_text(plain) is plain
+    assert without_metadata(plain) is plain
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def test_a_colour_key_on_2_bit_grey_is_scaled_as_its_pixels_are():
+    """Pillow widens 1-, 2- and 4-bit grey to 8 bits but keeps a tRNS key at the file's depth, so a key of
+    1 (grey 85 once widened) matched no pixel and keyed pixels showed grey instead of transparent."""
+    row = bytes([0b00011011, 0b00011011])  # one row of eight 2-bit pixels: 0, 1, 2, 3, 0, 1, 2, 3
+    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 8, 8, 2, 0, 0, 0, 0)) + _chunk(b"tRNS", struct.pack(">H", 1))
+            + _chunk(b"IDAT", zlib.compress((b"\0" + row) * 8)) + _chunk(b"IEND", b""))
+    grey = np.asarray(decode(data, "k2.png").image)[0, :, 0]
+    assert grey.tolist() == [0, 255, 170, 255] * 2  # the keyed pixels show white, the others as drawn
+
+
+def test_a_png_with_a_colour_profile_that_inflates_past_pillows_guard_is_still_read():
+    """Pillow inflates a colour profile (iCCP) under the same 1 MB guard as text: read without it."""
+    img = Image.new("RGB", (16, 16), (10, 200, 30))
+    plain = encode(img, "PNG")
+    profile = b"icc\0\0" + zlib.compress(bytes(2_000_000))
+    at = plain.index(b"IDAT") - 4
+    data = plain[:at] + _chunk(b"iCCP", profile) + plain[at:]
+    assert np.array_equal(np.asarray(decode(data, "icc.png").image), np.asarray(img))
