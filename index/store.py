@@ -105,7 +105,7 @@ def _stamp(db: Path) -> tuple:
 
 def _frozen_connection(root: Path, db: Path) -> tuple[sqlite3.Connection, tuple | None]:
     """A read-only connection to the catalogue of a store in a folder this user cannot write, and the
-    `_stamp` to watch when it is immutable.
+    `_stamp` of its files to watch (None on a read-only mount).
 
     SQLite reads a WAL database through the WAL's shared-memory file, which it cannot make in such a
     folder. While a writer (the folder's owner, say a curator updating the store a server reads) has
@@ -185,10 +185,10 @@ class Store:
         if self._watch is not None and (self._conn is None or not self._conn.in_transaction):
             db = self.root / "catalogue.sqlite"
             if self._conn is None or _stamp(db) != self._watch:
-                if self._conn is not None:  # closed first: an immutable connection left open beside a new
-                    self._conn.close()     # one to the same file made SQLite read it as malformed
-                    self._conn = None
-                self._conn, self._watch = _frozen_connection(self.root, db)  # raises: tried again when next used
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None  # if opening again fails (a killed writer's WAL), it is tried at the next use
+                self._conn, self._watch = _frozen_connection(self.root, db)
         return self._conn
 
     def close(self) -> None:
