@@ -41,7 +41,9 @@ def upload_name(filename: str | None) -> str:
     """The name an upload is reported and stored under: its last path part (POSIX or Windows: the rest
     is the client's private folder, and a work's source is shown to every scorer), control characters shown as
     \\xNN, "upload" when nothing is left (a client may send "/", "." or nothing)."""
-    name = PureWindowsPath(PurePosixPath(filename or "").name).name  # a Windows client may send C:\\Users\\...
+    name = PurePosixPath(filename or "").name
+    if "\\" in name:  # a Windows client may send C:\\Users\\...; a colon alone is a POSIX name's ("12:30.png")
+        name = PureWindowsPath(name).name
     name = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
     return name or "upload"
 

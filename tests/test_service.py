@@ -437,6 +437,8 @@ def test_urls_that_are_not_utf8_are_refused_and_uploads_keep_only_their_file_nam
     assert r.status_code == 201, r.json
     r = client.post("/v1/score", data={"image": (png(icon), "q.png")})
     assert r.json["matches"][0]["source"] == "red.png"
+    r = client.post("/v1/score", data={"image": (png(icon), "a:b.png")})  # a POSIX name, not a Windows drive
+    assert r.json["path"] == "a:b.png"
 
 
 def test_store_messages_name_a_relative_store_once(tmp_path, monkeypatch):
