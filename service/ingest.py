@@ -6,9 +6,10 @@ committed on its own, so a failure (or a kill) costs at most the work in flight.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -31,6 +32,15 @@ class AddReport:
         return f"added {len(self.added)}, skipped {len(self.skipped)}, failed {len(self.failed)}"
 
 
+@contextmanager
+def _warned(report: AddReport) -> Iterator[None]:
+    """Works committed whose search indexes could not be saved are added: the report keeps the reason."""
+    try:
+        yield
+    except IndexesNotSaved as e:
+        report.warning = str(e)
+
+
 def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable[LoadedImage | ImageError],
                signature: bool = False, generated: dict | None = None, progress: bool = False,
                total: int | None = None, lock_timeout: float | None = None, existing_only: bool = False) -> AddReport:
@@ -42,46 +52,43 @@ def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable
     report = AddReport()
     seen: set[str] = set()
     bar = tqdm(total=total, unit="img", desc="adding", disable=not progress, leave=False)
-    try:
-        with store.writer(lock_timeout) as w:
-            if existing_only and not store.has_artist(artist):
-                raise StoreError(f"no artist named {artist!r} any more (removed meanwhile), and new artist names are "
-                                 f"{NAME_RULE}")
-            w.register([s for s in embedders.specs() if (s.owner == "signature") == signature])
-            batch: list[LoadedImage] = []
+    with _warned(report), store.writer(lock_timeout) as w:
+        if existing_only and not store.has_artist(artist):
+            raise StoreError(f"no artist named {artist!r} any more (removed meanwhile), and new artist names are "
+                             f"{NAME_RULE}")
+        w.register([s for s in embedders.specs() if (s.owner == "signature") == signature])
+        batch: list[LoadedImage] = []
 
-            def flush() -> None:
-                images = [b.image for b in batch]
-                if signature:
-                    for img, vecs in zip(batch, embedders.describe_signatures(images)):
-                        report.added.append(w.add_signature(artist, img.source, img.sha256, img.width, img.height,
-                                                            vecs))
-                else:
-                    for img, (vecs, thumb) in zip(batch, embedders.describe_works(images)):
-                        report.added.append(w.add_work(artist, img.source, img.sha256, img.width, img.height, vecs,
-                                                       generated=(generated or {}).get(img.source), thumbnail=thumb))
-                bar.update(len(batch))
-                batch.clear()
+        def flush() -> None:
+            images = [b.image for b in batch]
+            if signature:
+                for img, vecs in zip(batch, embedders.describe_signatures(images)):
+                    report.added.append(w.add_signature(artist, img.source, img.sha256, img.width, img.height,
+                                                        vecs))
+            else:
+                for img, (vecs, thumb) in zip(batch, embedders.describe_works(images)):
+                    report.added.append(w.add_work(artist, img.source, img.sha256, img.width, img.height, vecs,
+                                                   generated=(generated or {}).get(img.source), thumbnail=thumb))
+            bar.update(len(batch))
+            batch.clear()
 
-            for item in images:
-                if isinstance(item, ImageError):
-                    report.failed.append((item.source, item.reason))
-                    bar.update(1)
-                    continue
-                twin = None if item.sha256 in seen else store.holder(item.sha256, signature)
-                if item.sha256 in seen or twin:
-                    where = "of another file added with it" if twin is None else f"of {twin}, already in the store"
-                    report.skipped.append((item.source, f"exact duplicate (same sha256) {where}"))
-                    bar.update(1)
-                    continue
-                seen.add(item.sha256)
-                batch.append(item)
-                if len(batch) >= BATCH:
-                    flush()
-            if batch:
+        for item in images:
+            if isinstance(item, ImageError):
+                report.failed.append((item.source, item.reason))
+                bar.update(1)
+                continue
+            twin = None if item.sha256 in seen else store.holder(item.sha256, signature)
+            if item.sha256 in seen or twin:
+                where = "of another file added with it" if twin is None else f"of {twin}, already in the store"
+                report.skipped.append((item.source, f"exact duplicate (same sha256) {where}"))
+                bar.update(1)
+                continue
+            seen.add(item.sha256)
+            batch.append(item)
+            if len(batch) >= BATCH:
                 flush()
-    except IndexesNotSaved as e:  # committed: the caller gets the report, and the reason
-        report.warning = str(e)
+        if batch:
+            flush()
     bar.close()
     return report
 
