@@ -89,24 +89,24 @@ def make_folder(world: Path, out: Path, n: int, seed: int = 0) -> None:
 
 
 def _hash_files(paths: list[str]) -> int:
-    """The hash stage as a scan runs it: read, decode, trim, then hash each batch of BATCH together."""
+    """The hash stage as a scan runs it: read and decode, then trim and hash each batch of BATCH together."""
     for i in range(0, len(paths), BATCH):
         images = []
         for p in paths[i:i + BATCH]:
             try:
-                images.append(hashes.autocrop(decode(Path(p).read_bytes(), p).image))
+                images.append(decode(Path(p).read_bytes(), p).image)
             except Exception:  # noqa: BLE001 - corrupt files cost what it takes to find out
                 pass
-        hashes.dihedral_bits_many(images)
+        hashes.dihedral_bits_many(images, trim=True)
     return len(paths)
 
 
 def _hash_worker(ready) -> None:
     """A hash-stage worker as a scan's: native threads capped, its imports done and its cached
     resampling kernels built before the clock starts, in every worker (a warm-up map may not
-    reach them all)."""
+    reach them all) and its colour tables (about a second, once per process)."""
     limit_threads(1)
-    hashes.dihedral_bits_many([Image.new("RGB", (40, 40))])
+    hashes.dihedral_bits_many([Image.new("RGB", (40, 40))], trim=True)
     ready.wait()  # the clock starts once every worker is here
 
 

@@ -71,7 +71,7 @@ class Embedders:
 
     def describe_works(self, images: list[Image.Image]) -> list[tuple[Vectors, bytes]]:
         """(vectors, thumbnail PNG) to store for registered works (or generated outputs)."""
-        bits = hashes.dihedral_bits_many([hashes.autocrop(im) for im in images], variants=1)
+        bits = hashes.dihedral_bits_many(images, variants=1, trim=True)
         out = [{"hash": [(FULL, b[0])],
                 "style": [(FULL, style.style_vector(im))],
                 "patch": regions.describe(im, regions.WORK_WINDOWS),
@@ -85,7 +85,7 @@ class Embedders:
         are the image's own, moved by `local.mirrored`, not a second SIFT run).
         CLIP, when loaded, embeds the whole list in one forward pass."""
         out: list[Vectors] = []
-        turns = hashes.dihedral_bits_many([hashes.autocrop(img) for img in images])
+        turns = hashes.dihedral_bits_many(images, trim=True)
         for img, bits in zip(images, turns):
             can = local.canvas(img)
             pts, desc = local.keypoints(can)

@@ -12,6 +12,8 @@ tests/test_hashes.py holds these bits to its functions (and the resizes to Pillo
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import scipy.fft
@@ -24,26 +26,30 @@ HASH_BITS = 64 * 3 + 48  # phash, dhash, whash, colorhash (42 bits, padded to 48
 
 def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
     """The box inside uniform borders (padding, letterboxing); the whole image if it is mostly border."""
-    arr = np.asarray(img)
-    corner = np.atleast_1d(arr[0, 0]).astype(int)  # one value per channel, grey images too
-    # a pixel is border when every channel is within tol of the corner's; the box bounds the rest
-    border = cv2.inRange(arr, np.maximum(corner - tol, 0), np.minimum(corner + tol, 255))
-    x, y, w, h = cv2.boundingRect(cv2.bitwise_not(border))
-    full = (0, 0, img.width, img.height)
-    if w * h < 0.2 * img.width * img.height:
-        return full  # mostly border (or all of it): the "border" is the picture
-    return (x, y, x + w, y + h)
+    return _content_box(np.asarray(img), tol)
 
 
-def autocrop(img: Image.Image) -> Image.Image:
-    """Trim uniform borders so a padded copy hashes like its source."""
-    box = content_box(img)
-    return img if box == (0, 0, img.width, img.height) else img.crop(box)
+def _content_box(arr: np.ndarray, tol: int = 12) -> tuple[int, int, int, int]:
+    """`content_box` of an image's pixels: (h, w) or (h, w, channels <= 4) uint8.
+
+    A pixel is border when every channel is within tol of the corner's. Each byte's distance from
+    its channel's corner value, less tol (OpenCV saturates at 0), is non-zero exactly where a
+    channel is past tol; read as rows of width x channels bytes, their bounding rectangle divided by
+    the channels is the content's. Two vectorised passes: a per-pixel range test cost 3x as much."""
+    height, width = arr.shape[:2]
+    corner = np.atleast_1d(arr[0, 0]).tolist()  # one value per channel, grey images too
+    far = cv2.absdiff(arr, tuple(corner) + (0,) * (4 - len(corner))).reshape(height, -1)
+    x, y, w, h = cv2.boundingRect(cv2.subtract(far, (tol, 0, 0, 0)))
+    channels = far.shape[1] // width
+    x0, x1 = x // channels, -(-(x + w) // channels)
+    if (x1 - x0) * h < 0.2 * width * height:
+        return (0, 0, width, height)  # mostly border (or all of it): the "border" is the picture
+    return (x0, y, x1, y + h)
 
 
-def hash_bits(img: Image.Image) -> np.ndarray:
-    """Packed uint8 vector of HASH_BITS bits."""
-    return dihedral_bits(img, variants=1)[0]
+def hash_bits(img: Image.Image, trim: bool = False) -> np.ndarray:
+    """Packed uint8 vector of HASH_BITS bits (of the image inside its `content_box` when `trim`)."""
+    return dihedral_bits(img, variants=1, trim=trim)[0]
 
 
 def _turn(a: np.ndarray, k: int) -> np.ndarray:
@@ -102,18 +108,41 @@ _COLOUR_LABEL = _colour_labels()
 _LEVEL_BITS = np.array([[v // 2 ** (2 - i) % 2 ** (3 - i) > 0 for i in range(3)] for v in range(8)])
 
 
-def _colour_counts(images: list[Image.Image], greys: list[np.ndarray]) -> np.ndarray:
-    """Pixels per colour-hash class (`_colour_labels`) of each image: (len(images), 15), by one
-    table lookup per image (a byte per pixel besides the HSV bytes, so large images stay cheap)."""
-    counts = np.empty((len(images), 15), dtype=np.int64)
-    for i, (img, grey) in enumerate(zip(images, greys)):
-        hsv = np.frombuffer(img.convert("HSV").tobytes(), np.uint8)
+@functools.cache
+def _colour_tables() -> tuple[np.ndarray, np.ndarray]:
+    """For every 24-bit colour, indexed r + 256 g + 65536 b: its colour-hash class (`_colour_labels`,
+    14 for black) and its grey level, 16 MiB each, built once per process (about a second here) by
+    Pillow's own HSV and grey conversions of every colour, so each is what imagehash would compute.
+
+    Converting every image to HSV was the costliest step of hashing (a float division per pixel),
+    and each conversion of a small image costs more in Pillow's per-call overhead than in pixels:
+    after this one-off build a pixel's class and grey level are two table lookups. Built in chunks
+    of 2^20 colours, so the conversions' buffers stay a few MiB."""
+    classes, greys = np.empty(1 << 24, dtype=np.uint8), np.empty(1 << 24, dtype=np.uint8)
+    step = 1 << 20
+    for start in range(0, 1 << 24, step):
+        # little-endian 32-bit indices read as RGBX bytes are exactly the colours r, g, b they index
+        rgb = Image.frombuffer("RGB", (1024, step // 1024), np.arange(start, start + step, dtype="<u4").tobytes(),
+                               "raw", "RGBX", 0, 1)
+        hsv = rgb.convert("HSV").tobytes()
         # the (hue, saturation) bytes of each 3-byte pixel, read as one little-endian uint16: hue + 256 * saturation
-        key = np.ndarray((len(hsv) // 3,), dtype="<u2", buffer=hsv, strides=(3,))
-        label = _COLOUR_LABEL[key]
-        label[grey.ravel() < 256 // 8] = 14
-        counts[i] = np.bincount(label, minlength=15)
-    return counts
+        part = classes[start:start + step]
+        part[:] = _COLOUR_LABEL[np.ndarray((step,), dtype="<u2", buffer=hsv, strides=(3,))]
+        greys[start:start + step] = np.frombuffer(rgb.convert("L").tobytes(), np.uint8)
+        part[greys[start:start + step] < 256 // 8] = 14
+    return classes, greys
+
+
+def _colours(img: Image.Image, trim: bool) -> np.ndarray:
+    """(h, w) array of intp (numpy's index type, so the two lookups convert nothing): each pixel's index r + 256 g + 65536 b in `_colour_tables`, inside the image's
+    `content_box` when `trim`. Pillow keeps RGB pixels as 4 bytes, so RGBX is its raw layout: one
+    copy serves the border search, the grey levels and the colour counts."""
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    raw = np.frombuffer(rgb.tobytes("raw", "RGBX"), np.uint8).reshape(rgb.height, rgb.width, 4)
+    if trim:  # the padding byte X is one value throughout, so it never decides what is border
+        x0, y0, x1, y1 = _content_box(raw)
+        raw = raw[y0:y1, x0:x1]
+    return (raw.view("<u4")[..., 0] & 0xFFFFFF).astype(np.intp)
 
 
 def _colour_bits(counts: np.ndarray) -> np.ndarray:
@@ -121,9 +150,9 @@ def _colour_bits(counts: np.ndarray) -> np.ndarray:
     (rows): the fractions of black, grey, and faint and bright colours in 6 hue bins, each
     quantised to 3 bits by imagehash's own coding; 42 bools per row.
 
-    imagehash builds these with a dozen masks, two np.histogram calls and a Python loop; a
-    lookup of each pixel's class and a bincount per image (`_colour_counts`) give the same
-    counts at a fraction of the cost, which matters at bulk-scan rates. The divisions are
+    imagehash builds these from an HSV conversion, a dozen masks, two np.histogram calls and a
+    Python loop; a lookup of each pixel's class and a bincount per image (`dihedral_bits_many`) give
+    the same counts at a fraction of the cost, which matters at bulk-scan rates. The divisions are
     imagehash's, operation for operation, so the quantised values agree exactly.
     """
     total = counts.sum(axis=1, keepdims=True)
@@ -132,13 +161,14 @@ def _colour_bits(counts: np.ndarray) -> np.ndarray:
     return _LEVEL_BITS[np.minimum(7, fracs.astype(int))].reshape(len(counts), 42)
 
 
-def dihedral_bits(img: Image.Image, variants: int = 8) -> list[np.ndarray]:
+def dihedral_bits(img: Image.Image, variants: int = 8, trim: bool = False) -> list[np.ndarray]:
     """`hash_bits` of the first `variants` images of `dihedral(img)`, from one set of reductions."""
-    return dihedral_bits_many([img], variants)[0]
+    return dihedral_bits_many([img], variants, trim)[0]
 
 
-def dihedral_bits_many(images: list[Image.Image], variants: int = 8) -> list[list[np.ndarray]]:
-    """For each image, `hash_bits` of the first `variants` images of `dihedral(img)`.
+def dihedral_bits_many(images: list[Image.Image], variants: int = 8, trim: bool = False) -> list[list[np.ndarray]]:
+    """For each image, `hash_bits` of the first `variants` images of `dihedral(img)`; with `trim`,
+    of the image inside its `content_box`, so a padded copy hashes like its source.
 
     Reducing an image (grey, resized to a square or to its transpose's shape) commutes
     with flips and quarter turns, so each variant's hash is a fixed re-indexing of the
@@ -150,8 +180,9 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8) -> list[lis
     2^n square is its 8x8 block means (up to a scale and a shift), with ties broken
     exactly rather than by rounding.
 
-    The resizes run as one batch (`resample.resize_batch`); the colour counts are per image
-    (large images would make a batched lookup costly in memory); the DCTs, medians,
+    Each image is copied out of Pillow once (`_colours`); its grey levels and colour classes are
+    table lookups (`_colour_tables`). The resizes run as one batch (`resample.resize_batch`); the
+    colour counts are per image (large images would make a batched lookup costly in memory); the DCTs, medians,
     comparisons and packing run once for the whole list, because at icon sizes numpy's
     per-call overhead, not arithmetic, is the cost (the batched DCT is bit-identical to one
     image at a time).
@@ -159,7 +190,9 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8) -> list[lis
     n = len(images)
     if n == 0:
         return []
-    greys = [np.asarray(img.convert("L")) for img in images]
+    classes, grey_of = _colour_tables()
+    colours = [_colours(img, trim) for img in images]
+    greys = [grey_of.take(c) for c in colours]
     reduced = resample.resize_batch(greys, [(32, 32), (9, 8), (8, 9)])
     small = np.stack([r[0] for r in reduced])
     dh = np.stack([np.concatenate([r[1].ravel(), r[2].ravel()]) for r in reduced])
@@ -171,7 +204,7 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8) -> list[lis
         idx = np.flatnonzero(scales == s)
         squares = np.stack([sq[0] for sq in resample.resize_batch([greys[i] for i in idx], [(s, s)])])
         blocks[idx] = squares.reshape(-1, 8, s // 8, 8, s // 8).mean(axis=(2, 4)).reshape(-1, 64)
-    counts = _colour_counts(images, greys)
+    counts = np.stack([np.bincount(classes.take(c).ravel(), minlength=15) for c in colours])
     low = scipy.fft.dct(scipy.fft.dct(small, axis=1), axis=2)[:, :8, :8].reshape(n, 64)  # (a matmul differs in ties)
     p = low[:, _DCT_ORDER[:variants]] * _DCT_SIGN[:variants]
     w = blocks[:, _BLOCK_ORDER[:variants]]

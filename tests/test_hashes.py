@@ -102,6 +102,24 @@ def test_hash_bits_are_imagehashs_phash_dhash_and_colour_hash():
         assert (bits[128:192] != imagehash.whash(img).hash.ravel()).sum() <= 4
 
 
+def test_colour_classes_and_grey_levels_of_every_colour_are_imagehashs():
+    """Hashing looks up each pixel's grey level and colour-hash class by its 24-bit colour: for every
+    colour, they must be Pillow's grey level, which imagehash's hashes reduce, and the class that
+    imagehash.colorhash's masks put a pixel of that colour in."""
+    idx = np.arange(1 << 24, dtype=np.uint32)
+    img = Image.fromarray(np.stack([idx & 255, idx >> 8 & 255, idx >> 16], axis=1).astype(np.uint8).reshape(4096, 4096, 3))
+    intensity = np.asarray(img.convert("L")).ravel()
+    black = intensity < 256 // 8
+    h, s, _ = (np.asarray(band).ravel() for band in img.convert("HSV").split())
+    grey = ~black & (s < 256 // 3)
+    faint = ~black & ~grey & (s < 256 * 2 // 3)
+    bright = ~black & ~grey & (s > 256 * 2 // 3)
+    hue = np.digitize(h, np.linspace(0, 255, 7)[1:-1])  # np.histogram's six bins, the last closed
+    expected = np.where(black, 14, np.where(grey, 0, np.where(faint, 1 + hue, np.where(bright, 7 + hue, 13))))
+    classes, greys = hashes._colour_tables()
+    assert np.array_equal(classes, expected) and np.array_equal(greys, intensity)
+
+
 def test_batched_hashes_equal_one_image_at_a_time():
     images = _images()
     batched = hashes.dihedral_bits_many(images)
@@ -130,4 +148,21 @@ def test_content_box_trims_uniform_borders_only(pad):
     x0, y0, x1, y1 = hashes.content_box(canvas)
     inner = hashes.content_box(icon)
     assert (x0 - pad, y0 - 2 * pad, x1 - pad, y1 - 2 * pad) == inner
+    # trimmed, a padded copy hashes as its source does, in every turn
+    assert all(np.array_equal(a, b) for a, b in zip(hashes.dihedral_bits(canvas, trim=True),
+                                                    hashes.dihedral_bits(icon.crop(inner))))
     assert hashes.content_box(Image.new("RGB", (20, 20), (9, 9, 9))) == (0, 0, 20, 20)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_content_is_any_pixel_with_one_channel_past_the_tolerance(mode):
+    """A faint mark on a padded canvas is content once one channel differs from the border by more
+    than 12 levels, wherever it sits, in colour and grey images alike."""
+    base = (200, 100, 50) if mode == "RGB" else 200
+    for x, y, w, h in [(3, 5, 30, 20), (7, 0, 26, 40), (15, 3, 25, 37), (0, 20, 40, 20)]:  # edges touched too
+        for step, expected in [(12, (0, 0, 40, 40)), (13, (x, y, x + w, y + h))]:
+            canvas = np.zeros((40, 40, 3) if mode == "RGB" else (40, 40), np.uint8)
+            canvas[:] = base
+            mark = np.array(base) + (np.array([0, 0, -step]) if mode == "RGB" else step)
+            canvas[y:y + h, x:x + w] = mark  # over 20% of the area: a smaller box counts as all border
+            assert hashes.content_box(Image.fromarray(canvas, mode)) == expected, (x, y, w, h, step)
