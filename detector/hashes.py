@@ -19,7 +19,7 @@ import numpy as np
 import scipy.fft
 from PIL import Image
 
-from detector import resample
+from detector import colour_tables, resample
 
 HASH_BITS = 64 * 3 + 48  # phash, dhash, whash, colorhash (42 bits, padded to 48)
 
@@ -91,51 +91,12 @@ def _median(rows: np.ndarray) -> np.ndarray:
     return np.sort(rows, axis=-1)[..., 31:33].mean(axis=-1, keepdims=True)
 
 
-def _colour_labels() -> np.ndarray:
-    """Class of each (saturation, hue) pair of a non-black pixel in imagehash's colour hash,
-    flattened as [saturation * 256 + hue]: 0 grey (low saturation), 1-6 faint colour by hue bin,
-    7-12 bright colour by hue bin, 13 neither (saturation exactly 2/3, which imagehash counts as
-    colour but bins nowhere). Black pixels are class 14. Hue bins are np.histogram's over
-    linspace(0, 255, 7)."""
-    hue_bin = np.minimum(np.searchsorted(np.linspace(0, 255, 7), np.arange(256), side="right") - 1, 5)
-    sat = np.arange(256)[:, None]
-    return np.where(sat < 256 // 3, 0, np.where(sat < 256 * 2 // 3, 1 + hue_bin[None, :],
-                                                 np.where(sat > 256 * 2 // 3, 7 + hue_bin[None, :], 13))
-                    ).astype(np.uint8).ravel()
-
-
-_COLOUR_LABEL = _colour_labels()
 _LEVEL_BITS = np.array([[v // 2 ** (2 - i) % 2 ** (3 - i) > 0 for i in range(3)] for v in range(8)])
 
 
-@functools.cache
-def _colour_tables() -> tuple[np.ndarray, np.ndarray]:
-    """For every 24-bit colour, indexed r + 256 g + 65536 b: its colour-hash class (`_colour_labels`,
-    14 for black) and its grey level, 16 MiB each, built once per process (about a second here) by
-    Pillow's own HSV and grey conversions of every colour, so each is what imagehash would compute.
-
-    Converting every image to HSV was the costliest step of hashing (a float division per pixel),
-    and each conversion of a small image costs more in Pillow's per-call overhead than in pixels:
-    after this one-off build a pixel's class and grey level are two table lookups. Built in chunks
-    of 2^20 colours, so the conversions' buffers stay a few MiB."""
-    classes, greys = np.empty(1 << 24, dtype=np.uint8), np.empty(1 << 24, dtype=np.uint8)
-    step = 1 << 20
-    for start in range(0, 1 << 24, step):
-        # little-endian 32-bit indices read as RGBX bytes are exactly the colours r, g, b they index
-        rgb = Image.frombuffer("RGB", (1024, step // 1024), np.arange(start, start + step, dtype="<u4").tobytes(),
-                               "raw", "RGBX", 0, 1)
-        hsv = rgb.convert("HSV").tobytes()
-        # the (hue, saturation) bytes of each 3-byte pixel, read as one little-endian uint16: hue + 256 * saturation
-        part = classes[start:start + step]
-        part[:] = _COLOUR_LABEL[np.ndarray((step,), dtype="<u2", buffer=hsv, strides=(3,))]
-        greys[start:start + step] = np.frombuffer(rgb.convert("L").tobytes(), np.uint8)
-        part[greys[start:start + step] < 256 // 8] = 14
-    return classes, greys
-
-
 def _colours(img: Image.Image, trim: bool) -> np.ndarray:
-    """(h, w) array of intp (numpy's index type, so the two lookups convert nothing): each pixel's index r + 256 g + 65536 b in `_colour_tables`, inside the image's
-    `content_box` when `trim`. Pillow keeps RGB pixels as 4 bytes, so RGBX is its raw layout: one
+    """(h, w) array of intp (numpy's index type, so the two lookups convert nothing): each pixel's
+    colour as `colour_tables` indexes it, inside the image's `content_box` when `trim`. Pillow keeps RGB pixels as 4 bytes, so RGBX is its raw layout: one
     copy serves the border search, the grey levels and the colour counts."""
     rgb = img if img.mode == "RGB" else img.convert("RGB")
     raw = np.frombuffer(rgb.tobytes("raw", "RGBX"), np.uint8).reshape(rgb.height, rgb.width, 4)
@@ -161,7 +122,7 @@ def _block_means(squares: np.ndarray) -> np.ndarray:
 
 def _colour_bits(counts: np.ndarray) -> np.ndarray:
     """imagehash.colorhash(img, binbits=3), bit for bit, from the class counts of each image
-    (rows): the fractions of black, grey, and faint and bright colours in 6 hue bins, each
+    (rows, one column per `colour_tables` class): the fractions of black, grey, and faint and bright colours in 6 hue bins, each
     quantised to 3 bits by imagehash's own coding; 42 bools per row.
 
     imagehash builds these from an HSV conversion, a dozen masks, two np.histogram calls and a
@@ -169,9 +130,10 @@ def _colour_bits(counts: np.ndarray) -> np.ndarray:
     the same counts at a fraction of the cost, which matters at bulk-scan rates. The divisions are
     imagehash's, operation for operation, so the quantised values agree exactly.
     """
+    black = colour_tables.BLACK
     total = counts.sum(axis=1, keepdims=True)
-    colours = np.maximum(1, total - counts[:, [14]] - counts[:, [0]])
-    fracs = np.concatenate([counts[:, [14, 0]] / total * 8, counts[:, 1:13] * 8 * 1.0 / colours], axis=1)
+    colours = np.maximum(1, total - counts[:, [black]] - counts[:, [0]])
+    fracs = np.concatenate([counts[:, [black, 0]] / total * 8, counts[:, 1:13] * 8 * 1.0 / colours], axis=1)
     return _LEVEL_BITS[np.minimum(7, fracs.astype(int))].reshape(len(counts), 42)
 
 
@@ -195,7 +157,7 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8, trim: bool 
     exactly rather than by rounding.
 
     Each image is copied out of Pillow once (`_colours`); its grey levels and colour classes are
-    table lookups (`_colour_tables`). The resizes run as one batch (`resample.resize_batch`); the
+    table lookups (`colour_tables`). The resizes run as one batch (`resample.resize_batch`); the
     colour counts are per image (large images would make a batched lookup costly in memory); the DCTs, medians,
     comparisons and packing run once for the whole list, because at icon sizes numpy's
     per-call overhead, not arithmetic, is the cost (the batched DCT is bit-identical to one
@@ -204,7 +166,7 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8, trim: bool 
     n = len(images)
     if n == 0:
         return []
-    classes, grey_of = _colour_tables()
+    classes, grey_of = colour_tables.tables()
     colours = [_colours(img, trim) for img in images]
     greys = [grey_of.take(c) for c in colours]
     reduced = resample.resize_batch(greys, [(32, 32), (9, 8), (8, 9)])
@@ -219,7 +181,7 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8, trim: bool 
         resize = [i for i in idx if greys[i].shape != (s, s)]  # Pillow returns an s x s image as it is
         squares = dict(zip(resize, (r[0] for r in resample.resize_batch([greys[i] for i in resize], [(s, s)]))))
         blocks[idx] = _block_means(np.stack([squares.get(i, greys[i]) for i in idx]))
-    counts = np.stack([np.bincount(classes.take(c).ravel(), minlength=15) for c in colours])
+    counts = np.stack([np.bincount(classes.take(c).ravel(), minlength=colour_tables.BLACK + 1) for c in colours])
     # each row's DCT is its own: the 8 lowest rows' row DCTs are the whole array's, in a quarter of the work
     low = scipy.fft.dct(scipy.fft.dct(small, axis=1)[:, :8], axis=2)[:, :, :8].reshape(n, 64)  # (a matmul differs in ties)
     p = low[:, _DCT_ORDER[:variants]] * _DCT_SIGN[:variants]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import struct
 import zlib
@@ -12,6 +13,15 @@ import pytest
 from PIL import Image, ImageDraw
 
 from service.cli import main
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir(tmp_path_factory):
+    """Tests keep what chimera caches (the hashing colour tables) in a folder of their own, not the
+    user's ~/.cache; subprocesses the tests start inherit it."""
+    os.environ["CHIMERA_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    del os.environ["CHIMERA_CACHE_DIR"]
 
 
 def draw_icon(seed: int, hue: tuple[int, int, int], size: int = 64) -> Image.Image:

@@ -13,7 +13,7 @@ import pytest
 from conftest import draw_icon
 from PIL import Image
 
-from detector import hashes, resample
+from detector import colour_tables, hashes, resample
 
 
 def _greys(rng: np.random.Generator, n: int, lo: int = 8, hi: int = 160) -> list[np.ndarray]:
@@ -116,8 +116,28 @@ def test_colour_classes_and_grey_levels_of_every_colour_are_imagehashs():
     bright = ~black & ~grey & (s > 256 * 2 // 3)
     hue = np.digitize(h, np.linspace(0, 255, 7)[1:-1])  # np.histogram's six bins, the last closed
     expected = np.where(black, 14, np.where(grey, 0, np.where(faint, 1 + hue, np.where(bright, 7 + hue, 13))))
-    classes, greys = hashes._colour_tables()
+    classes, greys = colour_tables.tables()
     assert np.array_equal(classes, expected) and np.array_equal(greys, intensity)
+
+
+def test_colour_tables_are_kept_on_disk_and_rebuilt_when_wrong(tmp_path):
+    """Built once per machine (about a second) and mapped by every process after; a file that is
+    truncated or not the tables is rebuilt, and an unwritable cache costs only the build."""
+    path = tmp_path / "tables.npy"
+    built = colour_tables.load_or_build(path)
+    kept = colour_tables.load_or_build(path)
+    assert isinstance(kept, np.memmap) and np.array_equal(kept, built)
+    good = path.read_bytes()
+    for bad in (good[:len(good) // 2], b"not an array", None):
+        if bad is None:
+            np.save(path, np.zeros_like(built))  # the right shape, the wrong contents
+        else:
+            path.write_bytes(bad)
+        assert np.array_equal(colour_tables.load_or_build(path), built)
+        assert path.read_bytes() == good  # and the file is mended for the next process
+    blocked = tmp_path / "a file" / "tables.npy"
+    blocked.parent.write_text("in the way")
+    assert np.array_equal(colour_tables.load_or_build(blocked), built)
 
 
 def test_batched_hashes_equal_one_image_at_a_time():
