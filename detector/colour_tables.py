@@ -6,17 +6,22 @@ grey level and imagehash colour-hash class of every colour in a table, a pixel's
 
 The tables (2 x 16 MiB) take about a second to build from Pillow's own conversions, so each is
 what imagehash computes. Paid in every process, that second outweighed what the lookups save
-below some ten thousand files a process, so they are built once per machine and Pillow version
-and kept in the cache folder (`cache_dir`); each process maps the file read-only, and a scan's
-workers share one copy in the page cache. A file that cannot be read or disagrees with Pillow
-on a spot check is rebuilt; where the cache cannot be written, each process builds its own.
+below some ten thousand files a process, so they are built once per user and Pillow version and
+kept in the cache folder (`cache_dir`), from which each process reads them (a few tens of ms).
+Only a regular file of this user's is read (a pipe put there would block the read, and another
+user's file is not trusted); it is a zip, whose CRC-32 catches a damaged copy, and must agree
+with Pillow on a spot check. Anything else is rebuilt; where the cache cannot be written (or
+there is no home folder), each process builds its own.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import stat
 import tempfile
+import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -84,31 +89,72 @@ def _agrees(tables: np.ndarray) -> bool:
     return np.array_equal(tables[:, probe], convert(probe))
 
 
-def load_or_build(path: Path) -> np.ndarray:
-    """The tables from `path`, mapped read-only, or built (and saved there when it can be written)."""
+def _read(path: Path) -> np.ndarray | None:
+    """The tables saved at `path`, or None when it is not a regular file of this user's holding them."""
     try:
-        tables = np.load(path, mmap_mode="r", allow_pickle=False)
-        if _agrees(tables):
-            return tables
-    except (OSError, ValueError, EOFError):  # missing, truncated, not an .npy file
-        pass
-    tables = build()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a pipe put there must not block
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != _uid():
+            return None
+        try:
+            with np.load(f, allow_pickle=False) as saved:
+                tables = saved["tables"]
+        except (OSError, ValueError, EOFError, KeyError, MemoryError, AttributeError, zipfile.BadZipFile):
+            return None  # truncated, damaged (CRC-32), not an .npz of ours
+    return tables if _agrees(tables) else None
+
+
+def _write(path: Path, tables: np.ndarray) -> None:
+    """Save `path` whole or not at all (a reader sees the old file or none); an unwritable cache is no error."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
             tmp = f.name
-            np.save(f, tables)
-        os.replace(tmp, path)  # whole or not at all: a process reading meanwhile sees the old file or none
-    except OSError:
+            np.savez(f, tables=tables)
+        os.replace(tmp, path)
+    except BaseException as e:  # a full disk, or Ctrl-C while writing: leave no temporary file behind
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise
+
+
+def _uid() -> int:
+    return os.getuid() if hasattr(os, "getuid") else 0
+
+
+def load_or_build(path: Path | None) -> np.ndarray:
+    """The tables saved at `path`, or built (and saved there when it can be written)."""
+    tables = _read(path) if path is not None else None
+    if tables is None:
+        tables = build()
+        if path is not None:
+            _write(path, tables)
     return tables
 
 
+def _cache_file() -> Path | None:
+    try:
+        folder = cache_dir()
+    except RuntimeError:  # no home folder (HOME unset and a user the system does not know) and none named
+        return None
+    return folder / f"colour-tables-v1-pillow-{PIL.__version__}-uid{_uid()}.npz"
+
+
+_LOCK = threading.Lock()  # the first hashing threads of a server wait for one build, not build one each
+
+
 @functools.cache
-def tables() -> tuple[np.ndarray, np.ndarray]:
-    """(classes, greys) for this process: each a COLOURS-long uint8 array indexed by colour (plain
-    arrays over the mapped file: a memmap's every lookup would make a memmap, at a few us a call)."""
-    classes, greys = np.asarray(load_or_build(cache_dir() / f"colour-tables-v1-pillow-{PIL.__version__}.npy"))
+def _tables() -> tuple[np.ndarray, np.ndarray]:
+    classes, greys = load_or_build(_cache_file())
     return classes, greys
+
+
+def tables() -> tuple[np.ndarray, np.ndarray]:
+    """(classes, greys) for this process: each a COLOURS-long uint8 array indexed by colour."""
+    with _LOCK:
+        return _tables()

@@ -26,22 +26,30 @@ HASH_BITS = 64 * 3 + 48  # phash, dhash, whash, colorhash (42 bits, padded to 48
 
 def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
     """The box inside uniform borders (padding, letterboxing); the whole image if it is mostly border."""
-    return _content_box(np.asarray(img), tol)
+    return _content_box(np.asarray(img if img.mode in ("RGB", "L") else img.convert("RGB")), tol)
 
 
-def _content_box(arr: np.ndarray, tol: int = 12) -> tuple[int, int, int, int]:
-    """`content_box` of an image's pixels: (h, w) or (h, w, channels <= 4) uint8.
+def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None) -> tuple[int, int, int, int]:
+    """`content_box` of an image's pixels: (h, w) or (h, w, depth <= 4) uint8, of whose channels the
+    first `channels` (all by default) count: an RGBX copy's padding byte X is whatever Pillow was
+    given (a TIFF's extra samples, 0 in `Image.new`), so it must not decide what is border.
 
     A pixel is border when every channel is within tol of the corner's. Each byte's distance from
-    its channel's corner value, less tol (OpenCV saturates at 0), is non-zero exactly where a
-    channel is past tol; read as rows of width x channels bytes, their bounding rectangle divided by
-    the channels is the content's. Two vectorised passes: a per-pixel range test cost 3x as much."""
+    its channel's corner value, less tol (less 255 for a channel that does not count; OpenCV
+    saturates at 0), is non-zero exactly where a channel is past tol; read as rows of width x depth
+    bytes, their bounding rectangle divided by the depth is the content's. Two vectorised passes: a
+    per-pixel range test cost 3x as much."""
     height, width = arr.shape[:2]
-    corner = np.atleast_1d(arr[0, 0]).tolist()  # one value per channel, grey images too
-    far = cv2.absdiff(arr, tuple(corner) + (0,) * (4 - len(corner))).reshape(height, -1)
-    x, y, w, h = cv2.boundingRect(cv2.subtract(far, (tol, 0, 0, 0)))
-    channels = far.shape[1] // width
-    x0, x1 = x // channels, -(-(x + w) // channels)
+    depth = 1 if arr.ndim == 2 else arr.shape[2]
+    corner = np.atleast_1d(arr[0, 0]).tolist()
+    if depth == 1:  # as one row: OpenCV reads a 4x1 image beside a number as two scalars
+        far = cv2.subtract(cv2.absdiff(arr.reshape(1, -1), float(corner[0])), float(tol))
+    else:
+        counted = depth if channels is None else channels
+        far = cv2.subtract(cv2.absdiff(arr, tuple(corner) + (0,) * (4 - depth)),
+                           tuple(tol if c < counted else 255 for c in range(4)))
+    x, y, w, h = cv2.boundingRect(far.reshape(height, -1))
+    x0, x1 = x // depth, -(-(x + w) // depth)
     if (x1 - x0) * h < 0.2 * width * height:
         return (0, 0, width, height)  # mostly border (or all of it): the "border" is the picture
     return (x0, y, x1, y + h)
@@ -96,12 +104,13 @@ _LEVEL_BITS = np.array([[v // 2 ** (2 - i) % 2 ** (3 - i) > 0 for i in range(3)]
 
 def _colours(img: Image.Image, trim: bool) -> np.ndarray:
     """(h, w) array of intp (numpy's index type, so the two lookups convert nothing): each pixel's
-    colour as `colour_tables` indexes it, inside the image's `content_box` when `trim`. Pillow keeps RGB pixels as 4 bytes, so RGBX is its raw layout: one
-    copy serves the border search, the grey levels and the colour counts."""
+    colour as `colour_tables` indexes it, inside the image's `content_box` when `trim`. Pillow
+    keeps RGB pixels as 4 bytes, so RGBX is its raw layout: one copy serves the border search,
+    the grey levels and the colour counts."""
     rgb = img if img.mode == "RGB" else img.convert("RGB")
     raw = np.frombuffer(rgb.tobytes("raw", "RGBX"), np.uint8).reshape(rgb.height, rgb.width, 4)
-    if trim:  # the padding byte X is one value throughout, so it never decides what is border
-        x0, y0, x1, y1 = _content_box(raw)
+    if trim:
+        x0, y0, x1, y1 = _content_box(raw, channels=3)
         raw = raw[y0:y1, x0:x1]
     return (raw.view("<u4")[..., 0] & 0xFFFFFF).astype(np.intp)
 

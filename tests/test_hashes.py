@@ -7,11 +7,15 @@ reference implementations: Pillow's Image.resize and imagehash's functions.
 
 from __future__ import annotations
 
+import os
+import threading
+from pathlib import Path
+
 import imagehash
 import numpy as np
 import pytest
 from conftest import draw_icon
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from detector import colour_tables, hashes, resample
 
@@ -121,23 +125,59 @@ def test_colour_classes_and_grey_levels_of_every_colour_are_imagehashs():
 
 
 def test_colour_tables_are_kept_on_disk_and_rebuilt_when_wrong(tmp_path):
-    """Built once per machine (about a second) and mapped by every process after; a file that is
-    truncated or not the tables is rebuilt, and an unwritable cache costs only the build."""
-    path = tmp_path / "tables.npy"
+    """Built once (about a second) and read by every process after. A file that is truncated,
+    damaged, not the tables, another user's or not a file at all (a pipe must not block the read)
+    is rebuilt and mended; an unwritable cache, or none, costs only the build."""
+    path = tmp_path / "tables.npz"
     built = colour_tables.load_or_build(path)
-    kept = colour_tables.load_or_build(path)
-    assert isinstance(kept, np.memmap) and np.array_equal(kept, built)
+    inode = path.stat().st_ino
+
+    def kept() -> bool:  # read from the file, not rebuilt (a rebuilt file replaces it, with a new inode)
+        before = path.stat().st_ino
+        return np.array_equal(colour_tables.load_or_build(path), built) and path.stat().st_ino == before
+
+    assert kept() and path.stat().st_ino == inode
     good = path.read_bytes()
-    for bad in (good[:len(good) // 2], b"not an array", None):
-        if bad is None:
-            np.save(path, np.zeros_like(built))  # the right shape, the wrong contents
-        else:
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 1  # one bit of the classes: only the zip's CRC-32 sees it
+    wrong = built.copy()
+    wrong[0, np.random.default_rng(1).integers(0, colour_tables.COLOURS, 1 << 18)] ^= 1  # 1.6% of colours
+    for bad in (good[:len(good) // 2], b"not an array", bytes(damaged), wrong, "pipe", "another user"):
+        path.unlink()
+        if isinstance(bad, bytes):
             path.write_bytes(bad)
-        assert np.array_equal(colour_tables.load_or_build(path), built)
-        assert path.read_bytes() == good  # and the file is mended for the next process
-    blocked = tmp_path / "a file" / "tables.npy"
+        elif isinstance(bad, np.ndarray):
+            np.savez(path, tables=bad)
+        elif bad == "pipe":
+            os.mkfifo(path)
+        elif os.getuid() == 0:
+            path.write_bytes(good)
+            os.chown(path, 65534, 65534)
+        else:
+            continue
+        done = []
+        reader = threading.Thread(target=lambda: done.append(colour_tables.load_or_build(path)), daemon=True)
+        reader.start()
+        reader.join(60)
+        assert done and np.array_equal(done[0], built), bad if isinstance(bad, str) else len(bad)
+        assert path.is_file() and path.stat().st_uid == os.getuid() and kept()  # mended for the next process
+    blocked = tmp_path / "a file" / "tables.npz"
     blocked.parent.write_text("in the way")
-    assert np.array_equal(colour_tables.load_or_build(blocked), built)
+    assert np.array_equal(colour_tables.load_or_build(blocked), built) and not list(tmp_path.glob("*.tmp"))
+    assert np.array_equal(colour_tables.load_or_build(None), built)
+
+
+def test_no_home_folder_means_no_cache_not_an_error(monkeypatch):
+    """A service under a user the system does not know, with HOME unset, still hashes."""
+    def no_home(cls):  # what Path.home raises then
+        raise RuntimeError("Could not determine home directory.")
+
+    for name in ("CHIMERA_CACHE_DIR", "XDG_CACHE_HOME", "HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    assert colour_tables._cache_file() is None
+    monkeypatch.setenv("CHIMERA_CACHE_DIR", "/somewhere")
+    assert colour_tables._cache_file().parent == Path("/somewhere")
 
 
 def test_batched_hashes_equal_one_image_at_a_time():
@@ -172,6 +212,17 @@ def test_content_box_trims_uniform_borders_only(pad):
     assert all(np.array_equal(a, b) for a, b in zip(hashes.dihedral_bits(canvas, trim=True),
                                                     hashes.dihedral_bits(icon.crop(inner))))
     assert hashes.content_box(Image.new("RGB", (20, 20), (9, 9, 9))) == (0, 0, 20, 20)
+    # Pillow's hidden fourth byte of an RGB pixel is 0 in a bare Image.new and 255 where a colour was
+    # given (a TIFF's extra samples set it too): the border is what the colours say, not that byte
+    drawing = Image.new("RGB", (48, 48), "black")
+    ImageDraw.Draw(drawing).ellipse([10, 12, 36, 40], fill=(200, 90, 40))
+    black = Image.new("RGB", (60, 56))
+    black.paste(drawing, (6, 4))
+    assert set(np.frombuffer(black.tobytes("raw", "RGBX"), np.uint8)[3::4].tolist()) == {0, 255}
+    x0, y0, x1, y1 = hashes.content_box(drawing)
+    assert hashes.content_box(black) == (x0 + 6, y0 + 4, x1 + 6, y1 + 4)
+    trimmed = hashes.dihedral_bits(drawing.crop(hashes.content_box(drawing)))
+    assert all(np.array_equal(a, b) for a, b in zip(hashes.dihedral_bits(black, trim=True), trimmed))
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L"])
@@ -186,3 +237,13 @@ def test_content_is_any_pixel_with_one_channel_past_the_tolerance(mode):
             mark = np.array(base) + (np.array([0, 0, -step]) if mode == "RGB" else step)
             canvas[y:y + h, x:x + w] = mark  # over 20% of the area: a smaller box counts as all border
             assert hashes.content_box(Image.fromarray(canvas, mode)) == expected, (x, y, w, h, step)
+
+
+@pytest.mark.parametrize("mode", ["1", "P", "I", "F", "LA", "RGBA", "CMYK", "I;16"])
+def test_content_box_of_any_mode_is_that_of_its_colours(mode):
+    """The scoring code measures decoded (RGB) images, but the box is a public helper: every mode
+    Pillow holds gets the box of its RGB conversion, never an OpenCV error."""
+    canvas = Image.new("RGB", (40, 36), (255, 255, 255))
+    canvas.paste(Image.new("RGB", (22, 18), (0, 0, 0)), (7, 9))
+    img = canvas.convert("L").convert(mode) if mode in ("I;16", "1") else canvas.convert(mode)
+    assert hashes.content_box(img) == hashes.content_box(img.convert("RGB")) == (7, 9, 29, 27)
