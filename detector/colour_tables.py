@@ -9,8 +9,8 @@ what imagehash computes. Paid in every process, that second outweighed what the 
 below some ten thousand files a process, so they are built once per user and Pillow version and
 kept in the cache folder (`cache_dir`), from which each process reads them (a few tens of ms).
 Only a regular file of this user's is read (a pipe put there would block the read, and another
-user's file is not trusted); it is a zip, whose CRC-32 catches a damaged copy, and must agree
-with Pillow on a spot check. Anything else is rebuilt; where the cache cannot be written (or
+user's file is not trusted); it is a zip holding the array uncompressed, whose CRC-32
+catches a damaged copy, and must agree with Pillow on a spot check. Anything else is rebuilt; where the cache cannot be written (or
 there is no home folder), each process builds its own.
 """
 
@@ -90,21 +90,33 @@ def _agrees(tables: np.ndarray) -> bool:
 
 
 def _read(path: Path) -> np.ndarray | None:
-    """The tables saved at `path`, or None when it is not a regular file of this user's holding them."""
+    """The tables saved at `path`, or None when it is anything but a regular file of this user's
+    holding them whole. Nothing in it may raise: a damaged cache is rebuilt, never an error."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a pipe put there must not block
     except OSError:
         return None
-    with open(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_uid != _uid():
             return None
-        try:
-            with np.load(f, allow_pickle=False) as saved:
-                tables = saved["tables"]
-        except (OSError, ValueError, EOFError, KeyError, MemoryError, AttributeError, zipfile.BadZipFile):
-            return None  # truncated, damaged (CRC-32), not an .npz of ours
-    return tables if _agrees(tables) else None
+        with open(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as z:
+            info = z.getinfo("tables.npy")
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size > 2 * COLOURS + 4096:
+                return None  # np.savez stores the array as it is: anything else is not ours (or a bomb)
+            with z.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = header(member)
+                if shape != (2, COLOURS) or fortran or dtype != np.uint8:
+                    return None
+                data = member.read()  # to its end: zipfile then checks the CRC-32, raising on a damaged copy
+        tables = np.frombuffer(data, np.uint8).reshape(2, COLOURS)
+        return tables if _agrees(tables) else None
+    except Exception:  # noqa: BLE001 - truncated, damaged, not a zip of ours: rebuilt, whatever the reason
+        return None
+    finally:
+        os.close(fd)
 
 
 def _write(path: Path, tables: np.ndarray) -> None:
@@ -124,7 +136,8 @@ def _write(path: Path, tables: np.ndarray) -> None:
 
 
 def _uid() -> int:
-    return os.getuid() if hasattr(os, "getuid") else 0
+    """Who this process writes files as (the effective user)."""
+    return os.geteuid() if hasattr(os, "geteuid") else 0
 
 
 def load_or_build(path: Path | None) -> np.ndarray:
@@ -145,7 +158,9 @@ def _cache_file() -> Path | None:
     return folder / f"colour-tables-v1-pillow-{PIL.__version__}-uid{_uid()}.npz"
 
 
-_LOCK = threading.Lock()  # the first hashing threads of a server wait for one build, not build one each
+# the first hashing threads of a server wait for one build, not build one each; re-entrant, so code
+# that hashes from a signal handler during the build cannot deadlock on it
+_LOCK = threading.RLock()
 
 
 @functools.cache

@@ -142,7 +142,8 @@ def test_colour_tables_are_kept_on_disk_and_rebuilt_when_wrong(tmp_path):
     damaged[len(good) // 2] ^= 1  # one bit of the classes: only the zip's CRC-32 sees it
     wrong = built.copy()
     wrong[0, np.random.default_rng(1).integers(0, colour_tables.COLOURS, 1 << 18)] ^= 1  # 1.6% of colours
-    for bad in (good[:len(good) // 2], b"not an array", bytes(damaged), wrong, "pipe", "another user"):
+    for bad in (good[:len(good) // 2], b"not an array", bytes(damaged), wrong, "pipe", "another user",
+                "a folder", "a plain .npy", "compressed"):
         path.unlink()
         if isinstance(bad, bytes):
             path.write_bytes(bad)
@@ -150,6 +151,13 @@ def test_colour_tables_are_kept_on_disk_and_rebuilt_when_wrong(tmp_path):
             np.savez(path, tables=bad)
         elif bad == "pipe":
             os.mkfifo(path)
+        elif bad == "a folder":
+            path.mkdir()
+        elif bad == "a plain .npy":
+            with path.open("wb") as f:
+                np.save(f, built)
+        elif bad == "compressed":  # not how np.savez writes it: a bomb's way in
+            np.savez_compressed(path, tables=built)
         elif os.getuid() == 0:
             path.write_bytes(good)
             os.chown(path, 65534, 65534)
@@ -160,11 +168,41 @@ def test_colour_tables_are_kept_on_disk_and_rebuilt_when_wrong(tmp_path):
         reader.start()
         reader.join(60)
         assert done and np.array_equal(done[0], built), bad if isinstance(bad, str) else len(bad)
+        if isinstance(bad, str) and bad == "a folder":  # left as it is: no cache, no error
+            path.rmdir()
+            colour_tables.load_or_build(path)
         assert path.is_file() and path.stat().st_uid == os.getuid() and kept()  # mended for the next process
     blocked = tmp_path / "a file" / "tables.npz"
     blocked.parent.write_text("in the way")
     assert np.array_equal(colour_tables.load_or_build(blocked), built) and not list(tmp_path.glob("*.tmp"))
     assert np.array_equal(colour_tables.load_or_build(None), built)
+
+
+def test_colour_tables_are_built_once_however_many_threads_ask(tmp_path, monkeypatch):
+    """A server's first requests hash at once: one build for all of them, and a Ctrl-C during
+    the write leaves no temporary file in the cache."""
+    monkeypatch.setenv("CHIMERA_CACHE_DIR", str(tmp_path))
+    builds = []
+    real_build = colour_tables.build
+    monkeypatch.setattr(colour_tables, "build", lambda: builds.append(1) or real_build())
+    colour_tables._tables.cache_clear()
+    try:
+        threads = [threading.Thread(target=colour_tables.tables) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(builds) == 1
+    finally:
+        colour_tables._tables.cache_clear()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        colour_tables.load_or_build(tmp_path / "again.npz")
+    assert not list(tmp_path.glob("*.tmp")) and not (tmp_path / "again.npz").exists()
 
 
 def test_no_home_folder_means_no_cache_not_an_error(monkeypatch):
@@ -237,9 +275,12 @@ def test_content_is_any_pixel_with_one_channel_past_the_tolerance(mode):
             mark = np.array(base) + (np.array([0, 0, -step]) if mode == "RGB" else step)
             canvas[y:y + h, x:x + w] = mark  # over 20% of the area: a smaller box counts as all border
             assert hashes.content_box(Image.fromarray(canvas, mode)) == expected, (x, y, w, h, step)
+    column = Image.new(mode, (1, 4), base)  # OpenCV reads a 4x1 image beside a number as two scalars
+    column.putpixel((0, 2), (0, 0, 0) if mode == "RGB" else 0)
+    assert hashes.content_box(column) == (0, 2, 1, 3)
 
 
-@pytest.mark.parametrize("mode", ["1", "P", "I", "F", "LA", "RGBA", "CMYK", "I;16"])
+@pytest.mark.parametrize("mode", ["1", "L", "P", "I", "F", "LA", "RGBA", "CMYK", "I;16"])
 def test_content_box_of_any_mode_is_that_of_its_colours(mode):
     """The scoring code measures decoded (RGB) images, but the box is a public helper: every mode
     Pillow holds gets the box of its RGB conversion, never an OpenCV error."""
