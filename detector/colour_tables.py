@@ -7,7 +7,7 @@ grey level and imagehash colour-hash class of every colour in a table, a pixel's
 The tables (2 x 16 MiB) take about a second to build from Pillow's own conversions, so each is
 what imagehash computes. Paid in every process, that second outweighed what the lookups save
 below some ten thousand files a process, so they are built once per user and Pillow version and
-kept in the cache folder (`cache_dir`), from which each process reads them (a few tens of ms).
+kept in the cache folder (`cache_dir`), from which each process reads them (about 0.1 s).
 Only a regular file of this user's is read (a pipe put there would block the read, and another
 user's file is not trusted); it is a zip holding the array uncompressed, whose CRC-32
 catches a damaged copy, and must agree with Pillow on a spot check. Anything else is rebuilt; where the cache cannot be written (or
