@@ -104,7 +104,7 @@ def _hash_files(paths: list[str]) -> int:
 def _hash_worker(ready) -> None:
     """A hash-stage worker as a scan's: native threads capped, its imports done and its cached
     resampling kernels built before the clock starts, in every worker (a warm-up map may not
-    reach them all) and its colour tables (about a second, once per process)."""
+    reach them all) and its colour tables read from the cache (built there by the first)."""
     limit_threads(1)
     hashes.dihedral_bits_many([Image.new("RGB", (40, 40))], trim=True)
     ready.wait()  # the clock starts once every worker is here

@@ -9,9 +9,9 @@ what imagehash computes. Paid in every process, that second outweighed what the 
 below some ten thousand files a process, so they are built once per user and Pillow version and
 kept in the cache folder (`cache_dir`), from which each process reads them (about 0.1 s).
 Only a regular file of this user's is read (a pipe put there would block the read, and another
-user's file is not trusted); it is a zip holding the array uncompressed, whose CRC-32
-catches a damaged copy, and must agree with Pillow on a spot check. Anything else is rebuilt; where the cache cannot be written (or
-there is no home folder), each process builds its own.
+user's file is not trusted); it is a zip holding the array uncompressed, whose CRC-32 catches a
+damaged copy, and must agree with Pillow on a spot check. Anything else is rebuilt; where the
+cache cannot be written (or there is no home folder), each process builds its own.
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def _read(path: Path) -> np.ndarray | None:
                 return None  # np.savez stores the array as it is: anything else is not ours (or a bomb)
             with z.open(info) as member:
                 version = np.lib.format.read_magic(member)
-                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                fmt = np.lib.format
+                header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                 shape, fortran, dtype = header(member)
                 if shape != (2, COLOURS) or fortran or dtype != np.uint8:
                     return None

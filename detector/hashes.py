@@ -131,8 +131,8 @@ def _block_means(squares: np.ndarray) -> np.ndarray:
 
 def _colour_bits(counts: np.ndarray) -> np.ndarray:
     """imagehash.colorhash(img, binbits=3), bit for bit, from the class counts of each image
-    (rows, one column per `colour_tables` class): the fractions of black, grey, and faint and bright colours in 6 hue bins, each
-    quantised to 3 bits by imagehash's own coding; 42 bools per row.
+    (rows, one column per `colour_tables` class): the fractions of black, grey, and faint and
+    bright colours in 6 hue bins, each quantised to 3 bits by imagehash's own coding; 42 bools per row.
 
     imagehash builds these from an HSV conversion, a dozen masks, two np.histogram calls and a
     Python loop; a lookup of each pixel's class and a bincount per image (`dihedral_bits_many`) give
@@ -167,10 +167,10 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8, trim: bool 
 
     Each image is copied out of Pillow once (`_colours`); its grey levels and colour classes are
     table lookups (`colour_tables`). The resizes run as one batch (`resample.resize_batch`); the
-    colour counts are per image (large images would make a batched lookup costly in memory); the DCTs, medians,
-    comparisons and packing run once for the whole list, because at icon sizes numpy's
-    per-call overhead, not arithmetic, is the cost (the batched DCT is bit-identical to one
-    image at a time).
+    colour counts are per image (large images would make a batched lookup costly in memory); the
+    DCTs, medians, comparisons and packing run once for the whole list, because at icon sizes
+    numpy's per-call overhead, not arithmetic, is the cost (the batched DCT is bit-identical to
+    one image at a time).
     """
     n = len(images)
     if n == 0:
