@@ -104,9 +104,9 @@ def _read(path: Path) -> np.ndarray | None:
             info = z.getinfo("tables.npy")
             if info.compress_type != zipfile.ZIP_STORED or info.file_size > 2 * COLOURS + 4096:
                 return None  # np.savez stores the array as it is: anything else is not ours (or a bomb)
+            fmt = np.lib.format
             with z.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                fmt = np.lib.format
+                version = fmt.read_magic(member)
                 header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
                 shape, fortran, dtype = header(member)
                 if shape != (2, COLOURS) or fortran or dtype != np.uint8:

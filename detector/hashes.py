@@ -55,9 +55,9 @@ def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None) ->
     return (x0, y, x1, y + h)
 
 
-def hash_bits(img: Image.Image, trim: bool = False) -> np.ndarray:
-    """Packed uint8 vector of HASH_BITS bits (of the image inside its `content_box` when `trim`)."""
-    return dihedral_bits(img, variants=1, trim=trim)[0]
+def hash_bits(img: Image.Image) -> np.ndarray:
+    """Packed uint8 vector of HASH_BITS bits."""
+    return dihedral_bits(img, variants=1)[0]
 
 
 def _turn(a: np.ndarray, k: int) -> np.ndarray:
