@@ -49,6 +49,17 @@ def _model_name(model: str) -> str:
     return model
 
 
+def hub_holds_checkpoints() -> bool:
+    """Whether the local HF hub cache holds any OpenCLIP checkpoint at all (any repo, any snapshot).
+
+    Importing open_clip (torch, torchvision) takes seconds, most of a `chimera score` where no weights
+    were ever fetched, only to learn there are none; a hub tag is loaded only from this cache
+    (`cached_hub_weights`), so when it holds no checkpoint file of any model, no tag can load."""
+    from huggingface_hub import constants
+    root = Path(constants.HF_HUB_CACHE)
+    return any(next(root.glob(f"models--*/snapshots/*/{name}"), None) is not None for name in HUB_FILENAMES)
+
+
 def cached_hub_weights(model: str, tag: str) -> Path | None:
     """Path of the hub checkpoint for (model, tag) in the local HF cache, if present."""
     import open_clip
@@ -80,23 +91,24 @@ class ClipEmbedder:
     def load(cls, model: str | None = None, weights: str | None = None, device: str = "cpu") -> "ClipEmbedder":
         """Load `model` with `weights` (a local checkpoint path or an OpenCLIP hub tag).
 
-        Raises ClipUnavailable with a plain reason when that is not possible offline.
+        Raises ClipUnavailable with a plain reason when that is not possible offline (before
+        importing open_clip when the hub cache holds no checkpoint: `hub_holds_checkpoints`).
         """
+        model, weights = chosen(model, weights)
+        if local_checkpoint(weights) is None and not hub_holds_checkpoints():
+            raise ClipUnavailable(_not_cached(weights, Path(model).stem if model.endswith(".json") else model))
         try:
             import open_clip
             import torch
         except ImportError as e:  # pragma: no cover - both are dependencies
             raise ClipUnavailable(f"open_clip not importable ({e})") from None
-        model, weights = chosen(model, weights)
         name = _model_name(model)
         if (local := local_checkpoint(weights)) is not None:
             path, ident = local, {"checkpoint_sha256": file_digest(local)}
         else:
             path = cached_hub_weights(name, weights)
             if path is None:
-                raise ClipUnavailable(
-                    f"weights {weights!r} for {name} are not in the local cache and downloads are off "
-                    "(run `chimera models fetch` where the hub is reachable, or pass --clip-weights PATH)")
+                raise ClipUnavailable(_not_cached(weights, name))
             ident = {"hub_tag": weights}
         try:
             net, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=str(path), device=device)
@@ -129,6 +141,11 @@ class ClipEmbedder:
             feats = self.model.encode_image(batch).float()
         feats = torch.nn.functional.normalize(feats, dim=-1)
         return feats.cpu().numpy().astype(np.float32)
+
+
+def _not_cached(weights: str, name: str) -> str:
+    return (f"weights {weights!r} for {name} are not in the local cache and downloads are off "
+            "(run `chimera models fetch` where the hub is reachable, or pass --clip-weights PATH)")
 
 
 def chosen(model: str | None, weights: str | None) -> tuple[str, str]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +102,23 @@ def test_cli_uses_clip_and_refuses_mixing(tiny_clip, icons, store_dir, capsys, t
     assert main(["--store", str(store_dir), "--no-clip", "score", "--json", str(sorted(folder.iterdir())[0])]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["embedders"]["clip"].startswith("unavailable") and result["verdict"]["label"] == "copy"
+
+
+def test_no_hub_checkpoint_is_known_without_importing_open_clip(tmp_path):
+    """Where no OpenCLIP weights were ever fetched, CLIP is reported unavailable without importing
+    open_clip and torch (seconds of every `chimera score`); once the hub cache holds any checkpoint,
+    the full lookup decides, and another model's checkpoint still does not serve the default."""
+    probe = ("import sys; from detector.embedders import Embedders; "
+             "print(Embedders.load(quiet=True).status['clip']); print('open_clip' in sys.modules)")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HOME": str(tmp_path / "hf")}
+    run = lambda: subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,  # noqa: E731
+                                 check=True, cwd=Path(__file__).parents[1]).stdout.splitlines()
+    status, imported = run()
+    assert status.startswith("unavailable: weights 'laion2b_s34b_b79k' for ViT-B-32 are not in the local cache")
+    assert imported == "False"
+    other = tmp_path / "hub" / "models--someone--other-clip" / "snapshots" / "0123abc"
+    other.mkdir(parents=True)
+    (other / "open_clip_model.safetensors").write_bytes(b"weights of another model")
+    status, imported = run()
+    assert status.startswith("unavailable: weights 'laion2b_s34b_b79k' for ViT-B-32 are not in the local cache")
+    assert imported == "True"
