@@ -246,6 +246,17 @@ class Store:
             (artist,)).fetchall()
         return [dict(r) for r in rows]
 
+    def roster(self) -> tuple[tuple[int, str], ...]:
+        """(id, name) of every artist, by id: what a cached per-artist model must have been made for."""
+        return tuple((r[0], r[1]) for r in self.conn.execute("SELECT id, name FROM artists ORDER BY id"))
+
+    def signatures_of(self, artist: str) -> list[dict[str, Any]]:
+        """An artist's signature samples, oldest first: the ids `index remove --signature` takes."""
+        rows = self.conn.execute(
+            "SELECT s.id, s.source, s.sha256, s.width, s.height, s.added_at FROM signatures s"
+            " JOIN artists a ON a.id=s.artist_id WHERE a.name=? ORDER BY s.id", (artist,)).fetchall()
+        return [dict(r) for r in rows]
+
     def has_artist(self, name: str) -> bool:
         return self.conn.execute("SELECT 1 FROM artists WHERE name=?", (name,)).fetchone() is not None
 
@@ -713,6 +724,12 @@ class Writer:
         if self.store.works([work_id]).get(work_id, {}).get("artist") != name:
             raise StoreError(f"artist {name!r} has no work {work_id}")
         self._delete_owned("w.id=?", (work_id,), lambda c: c.execute("DELETE FROM works WHERE id=?", (work_id,)))
+
+    def remove_signature(self, name: str, signature_id: int) -> None:
+        if self.store.signers([signature_id]).get(signature_id) != name:
+            raise StoreError(f"artist {name!r} has no signature sample {signature_id}")
+        self._delete_owned("s.id=?", (signature_id,),
+                           lambda c: c.execute("DELETE FROM signatures WHERE id=?", (signature_id,)))
 
     def rebuild(self, factory: str | None = None) -> list[str]:
         """Rebuild every index from the catalogue, optionally with a new FAISS factory.

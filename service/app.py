@@ -30,7 +30,10 @@ from index.store import IndexesNotSaved, Store, StoreError, default_store_path
 from service.ingest import add_images
 from service.openapi import spec
 
-DEFAULTS = {"MAX_CONTENT_LENGTH": 32 * 1024 * 1024, "CHIMERA_MAX_PIXELS": 16 * 1024 * 1024,
+# MAX_FORM_MEMORY_SIZE: an image sent as a text part (no file name) is read, so it gets the 400 saying
+# how to send it, not Flask's 413 for text parts over 500 kB
+DEFAULTS = {"MAX_CONTENT_LENGTH": 32 * 1024 * 1024, "MAX_FORM_MEMORY_SIZE": 32 * 1024 * 1024,
+            "CHIMERA_MAX_PIXELS": 16 * 1024 * 1024,
             "CHIMERA_MAX_BATCH": 16, "CHIMERA_REQUEST_TIMEOUT": 30.0, "CHIMERA_SCORE_WORKERS": 4,
             "CHIMERA_WRITE_WAIT": 10.0, "CHIMERA_SCORE_AUTH": False}
 SETTINGS = (("CHIMERA_MAX_PIXELS", int), ("CHIMERA_MAX_BATCH", int), ("CHIMERA_REQUEST_TIMEOUT", float),
@@ -137,6 +140,10 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
             # Werkzeug drops a whole body it cannot parse, such as one whose file name is not UTF-8
             raise ApiError(400, "missing_image", f"the multipart body holds no part that could be read: send the "
                                                  f"image(s) as form field '{field}', part headers (file names) in UTF-8")
+        if not files and field in request.form:
+            raise ApiError(400, "missing_image", f"form field '{field}' was sent as text, not as a file: send the "
+                                                 f"image(s) as file parts (with a file name), as curl -F "
+                                                 f"'{field}=@picture.png' does")
         if not files:
             raise ApiError(400, "missing_image", f"send the image(s) as multipart form field '{field}'")
         return [(upload_name(f.filename), f.read()) for f in files]
@@ -272,7 +279,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
             report = add_images(store, svc.embedders, name, images, signature=signature, lock_timeout=write_wait(),
                                 existing_only=not valid_name(name))
         body = {"added": report.added, "skipped": [{"file": s, "reason": r} for s, r in report.skipped],
-                "failed": failed}
+                "failed": failed + [{"file": f, "reason": r} for f, r in report.failed]}
         if report.warning:  # added: a retry would only skip them; the client must learn their ids
             body["warning"] = public(report.warning)
         return jsonify(body), 201 if report.added else 200
@@ -316,6 +323,18 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
             except StoreError as e:
                 raise ApiError(404, "not_found", str(e)) from None
             return {"work": work_id}
+        return removal(remove)
+
+    @app.delete("/v1/artists/<name>/signatures/<int:signature_id>")
+    def delete_signature(name: str, signature_id: int):
+        require_token()
+
+        def remove(store: Store, w) -> dict:
+            try:
+                w.remove_signature(name, signature_id)
+            except StoreError as e:
+                raise ApiError(404, "not_found", str(e)) from None
+            return {"signature": signature_id}
         return removal(remove)
 
     @app.get("/v1/works/<int:work_id>/thumbnail")

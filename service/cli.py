@@ -104,11 +104,13 @@ def cmd_index_list(args: argparse.Namespace) -> int:
             if args.artist is not None:
                 if not store.has_artist(args.artist):
                     raise UserError(f"no artist named {args.artist!r} in the store")
-                works = store.works_of(args.artist)
+                works, samples = store.works_of(args.artist), store.signatures_of(args.artist)
                 if args.json:
-                    print(json.dumps({"artist": args.artist, "works": works}))
-                for w in [] if args.json else works:
-                    print(f"{w['id']:>7}  {w['width']}x{w['height']}  {for_terminal(w['source'])}")
+                    print(json.dumps({"artist": args.artist, "works": works, "signatures": samples}))
+                    return 0
+                for what, rows in (("work", works), ("signature", samples)):
+                    for w in rows:
+                        print(f"{what:<9} {w['id']:>7}  {w['width']}x{w['height']}  {for_terminal(w['source'])}")
                 return 0
             data = {"artists": store.artists(), "generated": store.generated_count()}
     if args.json:
@@ -127,6 +129,9 @@ def cmd_index_remove(args: argparse.Namespace) -> int:
         if args.work is not None:
             w.remove_work(args.artist, args.work)
             print(f"removed work {args.work} of {args.artist}")
+        elif args.signature is not None:
+            w.remove_signature(args.artist, args.signature)
+            print(f"removed signature sample {args.signature} of {args.artist}")
         else:
             counts = w.remove_artist(args.artist)
             print(f"removed {args.artist}: {counts['works']} works, {counts['signatures']} signatures")
@@ -388,11 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--signature", action="store_true", help="the images are signature samples")
     a.add_argument("paths", nargs="+", metavar="PATH", type=_path)
     li = cmd(isub, "list", cmd_index_list, "list artists with their counts, or one artist's works")
-    li.add_argument("--artist", help="list this artist's works: id (for `index remove --work`), size, source")
+    li.add_argument("--artist", help="list this artist's works and signature samples: id (for `index remove "
+                                     "--work` or `--signature`), size, source")
     li.add_argument("--json", action="store_true")
-    r = cmd(isub, "remove", cmd_index_remove, "remove an artist, or one of its works")
+    r = cmd(isub, "remove", cmd_index_remove, "remove an artist, or one of its works or signature samples")
     r.add_argument("--artist", required=True)
-    r.add_argument("--work", type=int)
+    one = r.add_mutually_exclusive_group()
+    one.add_argument("--work", type=int)
+    one.add_argument("--signature", type=int, metavar="ID", help="a signature sample's id (`index list --artist`)")
     rb = cmd(isub, "rebuild", cmd_index_rebuild, "rebuild every FAISS index from the catalogue")
     rb.add_argument("--index-factory", help="FAISS factory for float kinds, optionally ';BINARY' for hashes "
                                             "(e.g. 'IVF1024,Flat', 'HNSW32', 'IVF256,Flat;BIVF256')")

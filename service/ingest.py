@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 from tqdm import tqdm
 
+from detector import signatures
 from detector.embedders import Embedders
 from detector.images import ImageError, LoadedImage, iter_image_paths, load, shown
 from index.names import NAME_RULE
@@ -81,6 +83,11 @@ def add_images(store: Store, embedders: Embedders, artist: str, images: Iterable
             if item.sha256 in seen or twin:
                 where = "of another file added with it" if twin is None else f"of {twin}, already in the store"
                 report.skipped.append((item.source, f"exact duplicate (same sha256) {where}"))
+                bar.update(1)
+                continue
+            if signature and not signatures.paper_ink(np.asarray(item.image)).any():
+                report.failed.append((item.source, "no ink found: a signature sample shows the signature, in ink "
+                                                   "that differs from the paper's colour"))
                 bar.update(1)
                 continue
             seen.add(item.sha256)

@@ -49,7 +49,10 @@ SCHEMAS: dict[str, Any] = {
                    "properties": {"artists": {"type": "array", "items": {"$ref": "#/components/schemas/Artist"}},
                                   "generated": {"type": "integer"}}},
     "AddReport": {"type": "object", "required": ["added", "skipped", "failed"],
-                  "properties": {"added": {"type": "array", "items": {"type": "integer"}},
+                  "properties": {"added": {"type": "array", "items": {"type": "integer"},
+                                           "description": "ids of what was added: work ids (works), signature "
+                                                          "sample ids (signatures); each kind is removed by its "
+                                                          "own DELETE route"},
                                  "skipped": {"type": "array", "items": {"$ref": "#/components/schemas/FileIssue"}},
                                  "failed": {"type": "array", "items": {"$ref": "#/components/schemas/FileIssue"}},
                                  "warning": WARNING}},
@@ -142,6 +145,11 @@ def spec() -> dict[str, Any]:
             "/v1/artists/{name}/works/{work_id}": {"delete": {
                 "summary": "remove one work", "security": AUTH,
                 "parameters": [NAME_PARAM, {"name": "work_id", "in": "path", "required": True,
+                                            "schema": {"type": "integer"}}],
+                "responses": {"200": _json("Removed", "removed"), **_errors(401, 403, 404, 409)}}},
+            "/v1/artists/{name}/signatures/{signature_id}": {"delete": {
+                "summary": "remove one signature sample (its id as adding it answered)", "security": AUTH,
+                "parameters": [NAME_PARAM, {"name": "signature_id", "in": "path", "required": True,
                                             "schema": {"type": "integer"}}],
                 "responses": {"200": _json("Removed", "removed"), **_errors(401, 403, 404, 409)}}},
             "/v1/works/{work_id}/thumbnail": {"get": {

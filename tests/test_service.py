@@ -121,6 +121,19 @@ def test_signatures_endpoint(client, icons):
                     data={"images": [(open(p, "rb"), p.name) for p in sorted(folder.iterdir())]})
     assert r.status_code == 201 and len(r.json["added"]) == 2
     assert client.get("/v1/artists").json["artists"][0]["signatures"] == 2
+    first, second = r.json["added"]  # signature sample ids: removed by their own route, not the works'
+    r = client.delete(f"/v1/artists/alice/signatures/{first}", headers=AUTH)
+    assert r.status_code == 200 and r.json["removed"] == {"signature": first}
+    valid(r.json, "Removed")
+    assert client.delete(f"/v1/artists/alice/signatures/{first}", headers=AUTH).status_code == 404
+    assert client.post("/v1/artists", headers=AUTH, json={"name": "bob"}).status_code == 201
+    assert client.delete(f"/v1/artists/bob/signatures/{second}", headers=AUTH).status_code == 404  # alice's
+    assert client.get("/v1/artists").json["artists"][0] == {"name": "alice", "works": 0, "signatures": 1}
+    blank = client.post("/v1/artists/alice/signatures", headers=AUTH,
+                        data={"images": [(png(Image.new("RGB", (300, 100), "white")), "blank.png")]})
+    assert blank.status_code == 200 and blank.json["added"] == []  # nothing to match marks against: refused
+    assert blank.json["failed"] == [{"file": "blank.png", "reason": blank.json["failed"][0]["reason"]}]
+    assert blank.json["failed"][0]["reason"].startswith("no ink found")
 
 
 def test_batch_scores_in_order_with_per_file_errors(client, alice):
@@ -153,6 +166,11 @@ def test_bad_uploads_get_clear_4xx(client, alice, app):
             + png(Image.new("RGB", (9, 9))).getvalue() + b"\r\n--B--\r\n")  # a Latin-1 file name
     r = client.post("/v1/score", data=body, content_type="multipart/form-data; boundary=B")
     assert (r.status_code, r.json["error"]) == (400, "missing_image") and "UTF-8" in r.json["message"], r.json
+    noise = Image.frombytes("RGB", (600, 600), np.random.default_rng(0).integers(0, 256, 600 * 600 * 3, np.uint8))
+    for pixels in (png(Image.new("RGB", (9, 9))).getvalue(), png(noise).getvalue()):  # 9 px; over 500 kB
+        text = b'--B\r\nContent-Disposition: form-data; name="image"\r\n\r\n' + pixels + b"\r\n--B--\r\n"
+        r = client.post("/v1/score", data=text, content_type="multipart/form-data; boundary=B")  # no file name
+        assert (r.status_code, r.json["error"]) == (400, "missing_image") and "not as a file" in r.json["message"]
     r = client.post("/v1/score", data=body.replace(b"caf\xe9", "café".encode()),
                     content_type="multipart/form-data; boundary=B")
     assert r.status_code == 200 and r.json["path"] == "café.png"

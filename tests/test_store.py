@@ -36,7 +36,17 @@ def test_add_list_remove_rebuild_round_trip(chimera, icons, store_dir):
     assert code == 0 and [Path(w["source"]).name for w in works] == sorted(p.name for p in b.iterdir())
     bob_work = works[0]["id"]
     code, out, _ = chimera("index", "list", "--artist", "bob")
-    assert out.splitlines()[0].split()[0] == str(bob_work) and works[0]["source"] in out
+    assert out.splitlines()[0].split()[:2] == ["work", str(bob_work)] and works[0]["source"] in out
+    # a signature sample is listed under its own id, and removed by it (a work id names no sample)
+    sample = icons("bob-signs", 1, (20, 20, 20))
+    assert chimera("index", "add", "--artist", "bob", "--signature", str(sample))[0] == 0
+    code, out, _ = chimera("index", "list", "--artist", "bob", "--json")
+    [sig] = json.loads(out)["signatures"]
+    assert Path(sig["source"]).parent == sample and f"signature {sig['id']:>7}" in chimera("index", "list", "--artist", "bob")[1]
+    code, _, err = chimera("index", "remove", "--artist", "bob", "--signature", str(bob_work))
+    assert code == 2 and f"no signature sample {bob_work}" in err
+    assert chimera("index", "remove", "--artist", "bob", "--signature", str(sig["id"]))[0] == 0
+    assert listing(chimera)["artists"][1] == {"name": "bob", "works": 4, "signatures": 0}
     assert chimera("index", "list", "--artist", "carol")[0] == 2
     other = chimera("--store", str(store_dir) + "-elsewhere", "index", "list", "--json", "--store", str(store_dir))
     assert json.loads(other[1])["artists"][1]["name"] == "bob"  # the store option also after the command
