@@ -19,12 +19,18 @@ so the calibration sees what a query will get.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
+import scipy
+from scipy.special import expit
+
+from detector import cache
 
 TOP_K = 3
 MAX_FIT = 3000  # works sampled for fitting: n^2 similarities, bounded
@@ -65,12 +71,57 @@ def _log_odds(proba: np.ndarray, n_artists: int) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
+class Logistic:
+    """A fitted logistic regression's coefficients, and its probabilities as scikit-learn computes
+    them (its `predict_proba`: the logistic function for two classes, softmax for more, in the
+    coefficients' precision, to its last bit up to BLAS's order of summation). Scoring needs only these, so a calibration read back from the
+    cache (`restore`) scores without importing scikit-learn, a second of every `chimera score`."""
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray):
+        # one memory layout, fitted or read back: BLAS sums in an order that depends on it, and a
+        # cached calibration must give the fitted probabilities to the last bit
+        self.coef, self.intercept = np.ascontiguousarray(coef), np.ascontiguousarray(intercept)
+
+    @classmethod
+    def of(cls, model: Any) -> "Logistic":
+        return cls(model.coef_, model.intercept_)
+
+    def proba(self, x: np.ndarray) -> np.ndarray:
+        scores = x @ self.coef.T + self.intercept
+        if self.coef.shape[0] == 1:  # two classes
+            p = expit(scores[:, 0])
+            return np.stack([1 - p, p], axis=1)
+        scores -= scores.max(axis=1, keepdims=True)
+        np.exp(scores, out=scores)
+        return scores / scores.sum(axis=1, keepdims=True)
+
+    def params(self) -> dict[str, Any]:
+        return {"dtype": str(self.coef.dtype), "coef": self.coef.tolist(), "intercept": self.intercept.tolist()}
+
+    @classmethod
+    def from_params(cls, p: dict[str, Any]) -> "Logistic":
+        dtype = np.dtype(p["dtype"])
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"not a coefficient type: {dtype}")
+        coef, intercept = np.array(p["coef"], dtype), np.array(p["intercept"], dtype)
+        if coef.ndim != 2 or intercept.shape != coef.shape[:1]:
+            raise ValueError("coefficients of the wrong shape")
+        return cls(coef, intercept)
+
+
+def _logistic_regression(c: float, **kw: Any) -> Any:
+    from sklearn.linear_model import LogisticRegression  # imported to fit only (see Logistic)
+    return LogisticRegression(C=c, **kw)
+
+
 class LinearHands:
     """Multinomial logistic regression over one kind's unit vectors: one class per artist, plus one
     for the background (images in nobody's hand). Its regularisation is picked by cross-validated
     accuracy on the registered works themselves, never on queries."""
 
     def __init__(self, vecs: np.ndarray, owner: np.ndarray, background: np.ndarray, n_artists: int, seed: int):
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.model_selection import StratifiedKFold, cross_val_predict, cross_val_score
         self.n_artists = n_artists
         x = np.concatenate([vecs, background])
         y = np.concatenate([owner, np.full(len(background), n_artists)])
@@ -78,18 +129,15 @@ class LinearHands:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             scores = [cross_val_score(self._model(c), x, y, cv=cv).mean() for c in LINEAR_C]
-            self.c = LINEAR_C[int(np.argmax(scores))]  # the first of equals: the most regularised
+            c = LINEAR_C[int(np.argmax(scores))]  # the first of equals: the most regularised
             # rows: the registered works, then the background, as `x`
-            self.out_of_fold = _log_odds(cross_val_predict(self._model(self.c), x, y, cv=cv, method="predict_proba"),
+            self.out_of_fold = _log_odds(cross_val_predict(self._model(c), x, y, cv=cv, method="predict_proba"),
                                          n_artists)
-            self.model = self._model(self.c).fit(x, y)
+            self.model = Logistic.of(self._model(c).fit(x, y))
 
     @staticmethod
-    def _model(c: float) -> LogisticRegression:
-        return LogisticRegression(C=c, max_iter=2000)
-
-    def log_odds(self, queries: np.ndarray) -> np.ndarray:
-        return _log_odds(self.model.predict_proba(queries), self.n_artists)
+    def _model(c: float) -> Any:
+        return _logistic_regression(c, max_iter=2000)
 
 
 class StyleCalibration:
@@ -102,24 +150,49 @@ class StyleCalibration:
         self.blocks = blocks
         self.n_artists = n_artists
         self.background = background or []
-        self.model: LogisticRegression | None = None
-        self.linear: list[LinearHands] = []
+        self.model: Logistic | None = None
+        self.linear: list[Logistic] = []  # per block, when the linear feature is used
         if n_artists >= 2:
             self._fit(seed)
+
+    def params(self) -> dict[str, Any]:
+        """The fitted coefficients, as JSON (floats written exactly: Python's repr round-trips)."""
+        return {"n_artists": self.n_artists, "model": self.model and self.model.params(),
+                "linear": [m.params() for m in self.linear]}
+
+    @classmethod
+    def restore(cls, blocks: list[tuple[np.ndarray, np.ndarray]], n_artists: int,
+                params: dict[str, Any]) -> "StyleCalibration":
+        """The calibration `params` describe, over the same `blocks` it was fitted on (ValueError
+        when they do not fit them)."""
+        out = cls.__new__(cls)
+        out.blocks, out.n_artists, out.background = blocks, n_artists, []
+        if params.get("n_artists") != n_artists:
+            raise ValueError("fitted for another number of artists")
+        out.model = Logistic.from_params(params["model"]) if params.get("model") else None
+        out.linear = [Logistic.from_params(p) for p in params.get("linear") or []]
+        if out.linear and [m.coef.shape for m in out.linear] != [(n_artists + 1, v.shape[1]) for v, _ in blocks]:
+            raise ValueError("linear models of the wrong shape")
+        width = 2 if n_artists == 1 else 3 if out.linear else 2
+        if out.model is not None and out.model.coef.shape != (1, width * len(blocks)):
+            raise ValueError("calibration model of the wrong shape")
+        return out
 
     def _fit(self, seed: int) -> None:
         rng = np.random.default_rng(seed)
         n = len(self.blocks[0][1])
         pick = np.sort(rng.choice(n, size=min(n, MAX_FIT), replace=False))
         owner = self.blocks[0][1][pick]
+        hands = []
         if self.background and np.bincount(owner, minlength=self.n_artists).min() >= FOLDS:
-            self.linear = [LinearHands(vecs[pick], own[pick], bg, self.n_artists, seed)
-                           for (vecs, own), bg in zip(self.blocks, self.background)]
+            hands = [LinearHands(vecs[pick], own[pick], bg, self.n_artists, seed)
+                     for (vecs, own), bg in zip(self.blocks, self.background)]
+            self.linear = [h.model for h in hands]
         feats, bg_feats = [], []
         for i, (vecs, own) in enumerate(self.blocks):
             sims = vecs[pick] @ vecs.T
             sims[np.arange(len(pick)), pick] = np.nan  # leave each work out of its own neighbours
-            lin = self.linear[i].out_of_fold if self.linear else None
+            lin = hands[i].out_of_fold if hands else None
             feats.append(features(artist_similarity(sims, own, self.n_artists), None if lin is None else lin[:len(pick)]))
             if self.background:
                 b = self.background[i]
@@ -133,14 +206,83 @@ class StyleCalibration:
             y = np.concatenate([y, np.zeros(len(self.background[0]) * self.n_artists, bool)])
         if y.all() or not y.any():
             return
-        self.model = LogisticRegression(C=10.0, class_weight="balanced", max_iter=500).fit(x, y)
+        self.model = Logistic.of(_logistic_regression(10.0, class_weight="balanced", max_iter=500).fit(x, y))
 
     def probabilities(self, queries: list[np.ndarray]) -> np.ndarray:
         """P(artist) for one query: one unit vector per block, same order as `blocks`."""
         feats = [features(artist_similarity((vecs @ q)[None, :], owner, self.n_artists),
-                          self.linear[i].log_odds(q[None, :]) if self.linear else None)
+                          _log_odds(self.linear[i].proba(q[None, :]), self.n_artists) if self.linear else None)
                  for i, (q, (vecs, owner)) in enumerate(zip(queries, self.blocks))]
         x = np.concatenate(feats, axis=-1).reshape(self.n_artists, -1)
         if self.model is None:  # one artist: no background to calibrate against; a fixed, documented curve
             return 1 / (1 + np.exp(-(x[:, 0] - 0.85) / 0.04))
-        return self.model.predict_proba(x)[:, 1]
+        return self.model.proba(x)[:, 1]
+
+
+CACHE_VERSION = 1  # of the cached coefficients' format and of what the fit does: bump when either changes
+CACHE_KEEP = 16  # calibration files kept in the cache folder (one per store state scored; the newest stay)
+CACHE_MAX_BYTES = 64 << 20  # a larger file is not read (about two million coefficients: never ours)
+
+
+def _cache_path(blocks: list[tuple[np.ndarray, np.ndarray]], n_artists: int, background_id: bytes) -> Path | None:
+    """Where the calibration of exactly these inputs is kept: named by a digest of the registered vectors
+    and owners, the background's identity, the fit's settings and the versions of what fits it."""
+    h = hashlib.sha256(json.dumps({
+        "v": CACHE_VERSION, "artists": n_artists, "top_k": TOP_K, "max_fit": MAX_FIT, "c": LINEAR_C,
+        "folds": FOLDS, "numpy": np.__version__, "scipy": scipy.__version__,
+        "sklearn": metadata.version("scikit-learn")}, sort_keys=True).encode())
+    for vecs, owner in blocks:
+        h.update(repr((vecs.shape, str(vecs.dtype), owner.shape, str(owner.dtype))).encode())
+        h.update(np.ascontiguousarray(vecs).tobytes())
+        h.update(np.ascontiguousarray(owner).tobytes())
+    h.update(background_id)
+    try:
+        return cache.cache_dir() / f"calibration-v{CACHE_VERSION}-{h.hexdigest()[:40]}.json"
+    except RuntimeError:  # no home folder, and no cache folder named
+        return None
+
+
+def _read_params(path: Path) -> dict[str, Any] | None:
+    f = cache.open_own(path)
+    if f is None:
+        return None
+    with f:
+        try:
+            data = f.read(CACHE_MAX_BYTES + 1)
+            return json.loads(data) if len(data) <= CACHE_MAX_BYTES else None
+        except (OSError, ValueError):
+            return None
+
+
+def _prune(folder: Path) -> None:
+    """Keep the CACHE_KEEP newest calibration files (a store that changes often leaves one per state)."""
+    try:
+        files = sorted(folder.glob("calibration-v*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in files[CACHE_KEEP:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def cached(blocks: list[tuple[np.ndarray, np.ndarray]], n_artists: int,
+           background: Callable[[], list[np.ndarray]], background_id: bytes) -> StyleCalibration:
+    """The calibration of these registered vectors: read from the user's cache folder when this exact
+    fit was made before (by any process: each `chimera score` is one), else fitted and kept there.
+
+    A fit takes scikit-learn's import (about 1.5 s) and cross-validated fits (0.5 s for 180 works,
+    more for large stores); a cached one is its coefficients, which give the fitted probabilities
+    exactly (`Logistic`). `background` makes the background vectors (only a fit needs them);
+    `background_id` says what they are made of. A damaged or foreign file is fitted again and replaced."""
+    path = _cache_path(blocks, n_artists, background_id)
+    params = _read_params(path) if path is not None else None
+    if isinstance(params, dict):
+        try:
+            return StyleCalibration.restore(blocks, n_artists, params)
+        except (KeyError, TypeError, ValueError):
+            pass
+    calib = StyleCalibration(blocks, n_artists, background=background())
+    if path is not None:
+        text = json.dumps(calib.params()).encode()
+        if len(text) <= CACHE_MAX_BYTES and cache.write_whole(path, lambda f: f.write(text)):
+            _prune(path.parent)
+    return calib

@@ -7,19 +7,16 @@ grey level and imagehash colour-hash class of every colour in a table, a pixel's
 The tables (2 x 16 MiB) take about a second to build from Pillow's own conversions, so each is
 what imagehash computes. Paid in every process, that second outweighed what the lookups save
 below some ten thousand files a process, so they are built once per user and Pillow version and
-kept in the cache folder (`cache_dir`), from which each process reads them (about 0.1 s).
-Only a regular file of this user's is read (a pipe put there would block the read, and another
-user's file is not trusted); it is a zip holding the array uncompressed, whose CRC-32 catches a
-damaged copy, and must agree with Pillow on a spot check. Anything else is rebuilt; where the
-cache cannot be written (or there is no home folder), each process builds its own.
+kept in the user's cache folder (`detector.cache`, which reads only this user's regular files),
+from which each process reads them (about 0.1 s). The file is a zip holding the array
+uncompressed, whose CRC-32 catches a damaged copy, and must agree with Pillow on a spot check.
+Anything else is rebuilt; where the cache cannot be written (or there is no home folder), each
+process builds its own.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import stat
-import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -28,17 +25,10 @@ import numpy as np
 import PIL
 from PIL import Image
 
+from detector import cache
+
 COLOURS = 1 << 24  # indexed r + 256 g + 65536 b: an RGBX pixel's bytes read as a little-endian uint32, less X
 BLACK = 14  # the class of pixels imagehash counts as black (grey level below 32)
-
-
-def cache_dir() -> Path:
-    """$CHIMERA_CACHE_DIR, else $XDG_CACHE_HOME/chimera-provenance, else ~/.cache/chimera-provenance."""
-    given = os.environ.get("CHIMERA_CACHE_DIR", "").strip()
-    if given:
-        return Path(given)
-    base = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(base) if base else Path.home() / ".cache") / "chimera-provenance"
 
 
 def _labels() -> np.ndarray:
@@ -92,15 +82,11 @@ def _agrees(tables: np.ndarray) -> bool:
 def _read(path: Path) -> np.ndarray | None:
     """The tables saved at `path`, or None when it is anything but a regular file of this user's
     holding them whole. Nothing in it may raise: a damaged cache is rebuilt, never an error."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a pipe put there must not block
-    except OSError:
+    f = cache.open_own(path)
+    if f is None:
         return None
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != _uid():
-            return None
-        with open(os.dup(fd), "rb") as f, zipfile.ZipFile(f) as z:
+        with f, zipfile.ZipFile(f) as z:
             info = z.getinfo("tables.npy")
             if info.compress_type != zipfile.ZIP_STORED or info.file_size > 2 * COLOURS + 4096:
                 return None  # np.savez stores the array as it is: anything else is not ours (or a bomb)
@@ -116,29 +102,6 @@ def _read(path: Path) -> np.ndarray | None:
         return tables if _agrees(tables) else None
     except Exception:  # noqa: BLE001 - truncated, damaged, not a zip of ours: rebuilt, whatever the reason
         return None
-    finally:
-        os.close(fd)
-
-
-def _write(path: Path, tables: np.ndarray) -> None:
-    """Save `path` whole or not at all (a reader sees the old file or none); an unwritable cache is no error."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-            tmp = f.name
-            np.savez(f, tables=tables)
-        os.replace(tmp, path)
-    except BaseException as e:  # a full disk, or Ctrl-C while writing: leave no temporary file behind
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        if not isinstance(e, OSError):
-            raise
-
-
-def _uid() -> int:
-    """Who this process writes files as (the effective user)."""
-    return os.geteuid() if hasattr(os, "geteuid") else 0
 
 
 def load_or_build(path: Path | None) -> np.ndarray:
@@ -147,16 +110,16 @@ def load_or_build(path: Path | None) -> np.ndarray:
     if tables is None:
         tables = build()
         if path is not None:
-            _write(path, tables)
+            cache.write_whole(path, lambda f: np.savez(f, tables=tables))
     return tables
 
 
 def _cache_file() -> Path | None:
     try:
-        folder = cache_dir()
+        folder = cache.cache_dir()
     except RuntimeError:  # no home folder (HOME unset and a user the system does not know) and none named
         return None
-    return folder / f"colour-tables-v1-pillow-{PIL.__version__}-uid{_uid()}.npz"
+    return folder / f"colour-tables-v1-pillow-{PIL.__version__}-uid{cache.uid()}.npz"
 
 
 # the first hashing threads of a server wait for one build, not build one each; re-entrant, so code

@@ -5,13 +5,14 @@ The result object is a public contract (RESULT_VERSION, documented in docs/resul
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from detector import background, evidence, hashes, local, signatures, style
+from detector import background, calibrate, evidence, hashes, local, signatures, style
 from detector.calibrate import StyleCalibration
 from detector.embedders import Embedders, Vectors
 from detector.images import ImageError, LoadedImage, file_sha256, load
@@ -65,14 +66,24 @@ class Scorer:
     """Holds the store and embedders; caches calibration and work canvases between calls."""
 
     def __init__(self, store: Store, embedders: Embedders):
-        # a query is only compared with vectors made as it is; signature samples described by another
-        # version leave signature matching out (marks are still reported, matched to nobody)
-        self.sig_mismatch = store.check_embedders(embedders.specs(), spare=SPARE).get("sig")
         self.store = store
         self.embedders = embedders
+        self._specs: dict | None = None
+        self.sig_mismatch: str | None = None
+        self._check_store()
         self.works = evidence.WorkCanvases(store)
         self._calibration: tuple[tuple, StyleCalibration, list[str], list[str]] | None = None
         self._bg: dict[str, np.ndarray] | None = None
+
+    def _check_store(self) -> None:
+        """A query is only compared with vectors made as it is (StoreError otherwise); signature samples
+        described by another version leave signature matching out (marks are still reported, matched
+        to nobody). Checked again whenever the store's embedders change: a server's scorer lives on
+        while another install registers vectors in the store it scores against."""
+        specs = self.store.specs()
+        if specs != self._specs:
+            self.sig_mismatch = self.store.check_embedders(self.embedders.specs(), spare=SPARE).get("sig")
+            self._specs = specs
 
     def _status(self) -> dict[str, str]:
         """The result's `embedders`: what made the evidence, and what could not be used."""
@@ -86,7 +97,8 @@ class Scorer:
         specs = self.store.specs()
         kinds = [k for k in ("style", "clip") if k in specs and (k != "clip" or self.embedders.clip)]
         with self.store.snapshot():  # owners and vectors of one catalogue state, though a writer commits between
-            key = tuple(cat.generation(self.store.conn, k) for k in kinds)
+            # every artist is listed, works or not: the roster is part of the key as much as the vectors
+            key = (tuple(cat.generation(self.store.conn, k) for k in kinds), self.store.roster())
             if self._calibration is None or self._calibration[0] != key:
                 blocks, names = [], []
                 for kind in kinds:
@@ -94,14 +106,18 @@ class Scorer:
                     _, vecs = self.store.vectors(kind)
                     keep = owner >= 0  # generated outputs carry no artist: not style references
                     blocks.append((normalise(vecs[keep]), owner[keep]))
-                self._calibration = (key, StyleCalibration(blocks, len(names), background=self._background(kinds)),
-                                     names, kinds)
+                calib = StyleCalibration(blocks, 0)  # nothing registered: no style to calibrate
+                if kinds:
+                    imgs = background.images()
+                    made_by = json.dumps([specs[k].descriptor for k in kinds], sort_keys=True).encode()
+                    calib = calibrate.cached(blocks, len(names), lambda: self._background(kinds, imgs),
+                                             made_by + b"".join(im.tobytes() for im in imgs))
+                self._calibration = (key, calib, names, kinds)
         return self._calibration[1], self._calibration[2], self._calibration[3]
 
-    def _background(self, kinds: list[str]) -> list[np.ndarray]:
-        """Unit vectors of the procedural background set, per kind (computed once per Scorer)."""
+    def _background(self, kinds: list[str], imgs: list) -> list[np.ndarray]:
+        """Unit vectors of the procedural background set `imgs`, per kind (computed once per Scorer)."""
         if self._bg is None:
-            imgs = background.images()
             self._bg = {"style": normalise(np.stack([style.style_vector(im) for im in imgs]))}
             if self.embedders.clip:
                 self._bg["clip"] = normalise(self.embedders.clip.embed(imgs))
@@ -116,6 +132,7 @@ class Scorer:
 
     def score_many(self, imgs: list[LoadedImage], artist: str | None = None) -> list[dict[str, Any]]:
         """Results for a batch of images: the embedders (CLIP above all) see the whole batch at once."""
+        self._check_store()
         self._check_artist(artist)
         self.works.sync()
         qs = self.embedders.describe_queries([im.image for im in imgs])

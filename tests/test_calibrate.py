@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from detector import calibrate
 from detector.calibrate import FOLDS, StyleCalibration
 
 
@@ -51,3 +59,52 @@ def test_an_artist_with_too_few_works_leaves_calibration_to_the_neighbours():
     assert not calib.linear
     p = calib.probabilities([vecs[0]])
     assert p.shape == (2,) and p[0] > 0.5
+
+
+def test_a_cached_calibration_scores_exactly_as_its_fit_and_a_damaged_one_is_fitted_again(tmp_path, monkeypatch):
+    """A calibration is fitted once per store state and kept in the cache folder: read back, it gives
+    the fitted probabilities bit for bit without fitting (its background is never made); other
+    vectors get their own; a damaged file is fitted again and mended."""
+    monkeypatch.setenv("CHIMERA_CACHE_DIR", str(tmp_path))
+    rng = np.random.default_rng(2)
+    vecs, owner, subjects, hands = _world(rng, per_artist=40)
+    bg = _unit(rng.normal(size=(32, vecs.shape[1])))
+    made: list[int] = []
+    background = lambda: made.append(1) or [bg]  # noqa: E731
+    queries = _unit(rng.normal(size=(10, vecs.shape[1])))
+    fitted = calibrate.cached([(vecs, owner)], 2, background, b"bg")
+    assert fitted.linear and fitted.model is not None and made == [1]
+    want = np.array([fitted.probabilities([q]) for q in queries])
+    [path] = tmp_path.glob("calibration-*.json")
+    read = calibrate.cached([(vecs, owner)], 2, background, b"bg")
+    assert made == [1] and np.array_equal(np.array([read.probabilities([q]) for q in queries]), want)
+    calibrate.cached([(vecs[1:], owner[1:])], 2, background, b"bg")  # other works: another fit, another file
+    calibrate.cached([(vecs, owner)], 2, background, b"other background")
+    assert made == [1, 1, 1] and len(list(tmp_path.glob("calibration-*.json"))) == 3
+    for damage in (b"{not json", json.dumps({"n_artists": 2, "model": None, "linear": [
+            {"dtype": "float32", "coef": [[1.0, 2.0]], "intercept": [0.0]}]}).encode(), b"[]"):
+        path.write_bytes(damage)
+        again = calibrate.cached([(vecs, owner)], 2, background, b"bg")
+        assert np.array_equal(np.array([again.probabilities([q]) for q in queries]), want)
+        assert json.loads(path.read_text()) == fitted.params()
+    assert made == [1, 1, 1, 1, 1, 1]
+
+
+def test_chimera_score_reads_the_calibration_a_first_score_kept(tmp_path, icons):
+    """The second `chimera score` of a store reads the calibration the first one fitted, so it never
+    imports scikit-learn (a second and a half of start-up), and prints the same result."""
+    from service.cli import main
+    store = str(tmp_path / "store")
+    for artist, hue in (("alice", (230, 180, 40)), ("bob", (60, 120, 220))):
+        assert main(["--store", store, "--no-clip", "index", "add", "--artist", artist,
+                     str(icons(artist, 6, hue))]) == 0
+    query = str(sorted(Path(icons("alice", 7, (230, 180, 40))).iterdir())[-1])
+    probe = ("import sys; from service.cli import main; rc = main(sys.argv[1:]); "
+             "print('sklearn' in sys.modules, file=sys.stderr); sys.exit(rc)")
+    env = {**os.environ, "CHIMERA_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", probe, "--store", store, "--no-clip", "score", "--json", query],
+                           env=env, capture_output=True, text=True, cwd=Path(__file__).parents[1]) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0]
+    assert [r.stderr.split()[-1] for r in runs] == ["True", "False"]
+    assert json.loads(runs[0].stdout) == json.loads(runs[1].stdout)
+    assert len(list((tmp_path / "cache").glob("calibration-*.json"))) == 1

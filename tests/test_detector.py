@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 import os
@@ -25,7 +26,7 @@ from detector.images import load
 from detector.score import Scorer
 from generator.chimeras import make_chimeras
 from generator.dataset import make_dataset
-from index.store import Store
+from index.store import Store, StoreError
 from service.ingest import add_images
 
 
@@ -616,6 +617,43 @@ def test_a_long_lived_scorer_follows_removed_and_added_works(tmp_path, icons):
         new = scorer.score(alice[4])
         assert new["verdict"]["label"] == "copy" and new["verdict"]["artist"] == "alice"
         assert new["matches"][0]["work"] == added[0]
+
+
+def test_a_long_lived_scorer_lists_artists_created_or_removed_since(tmp_path, icons):
+    """Every registered artist is in a result's `artists`, works or not: an artist created (as the API
+    creates one, before any work) or removed after a server's scorer first scored is listed or gone
+    at once. The style model cached between calls was keyed on the vectors alone, which neither
+    changes, so results went on listing the old roster until a restart."""
+    emb = Embedders(None, "off")
+    works = [load(p) for p in sorted(icons("alice", 5, (230, 180, 40)).iterdir())]
+    with Store.open(tmp_path / "store", create=True) as store:
+        add_images(store, emb, "alice", works[:4])
+        scorer = Scorer(store, emb)
+        assert [a["artist"] for a in scorer.score(works[4])["artists"]] == ["alice"]
+        with store.writer() as w:
+            w.ensure_artist("dave")
+        assert sorted(a["artist"] for a in scorer.score(works[4])["artists"]) == ["alice", "dave"]
+        with store.writer() as w:
+            w.remove_artist("dave")
+        assert [a["artist"] for a in scorer.score(works[4])["artists"]] == ["alice"]
+
+
+def test_a_long_lived_scorer_refuses_vectors_another_install_registered_since(tmp_path, icons):
+    """A server's scorer, made while the store was empty, must refuse the store once another install
+    (another version's `chimera index add`) registers vectors this install would make differently, as
+    a freshly made one does; it checked the store's embedders only when it was made."""
+    emb = Embedders(None, "off")
+    img = load(next(icons("alice", 1, (230, 180, 40)).iterdir()))
+    with Store.open(tmp_path / "store", create=True) as store:
+        scorer = Scorer(store, emb)
+        assert scorer.score(img)["verdict"]["label"] == "unrelated"
+        other = [dataclasses.replace(s, descriptor={**s.descriptor, "version": 99}) if s.kind == "style" else s
+                 for s in emb.specs()]
+        with store.writer() as w:
+            w.register(other)
+        for make in (lambda: scorer, lambda: Scorer(store, emb)):
+            with pytest.raises(StoreError, match="embedder mismatch for 'style'"):
+                make().score(img)
 
 
 def test_scoring_for_an_artist_with_no_works_or_one_just_removed(tmp_path, icons):
