@@ -24,7 +24,7 @@ import json
 import warnings
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy
@@ -106,6 +106,8 @@ class Logistic:
         coef, intercept = np.array(p["coef"], dtype), np.array(p["intercept"], dtype)
         if coef.ndim != 2 or intercept.shape != coef.shape[:1]:
             raise ValueError("coefficients of the wrong shape")
+        if not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+            raise ValueError("coefficients that are not finite")
         return cls(coef, intercept)
 
 
@@ -219,68 +221,79 @@ class StyleCalibration:
         return self.model.proba(x)[:, 1]
 
 
-CACHE_VERSION = 1  # of the cached coefficients' format and of what the fit does: bump when either changes
 CACHE_KEEP = 16  # calibration files kept in the cache folder (one per store state scored; the newest stay)
 CACHE_MAX_BYTES = 64 << 20  # a larger file is not read (about two million coefficients: never ours)
+_FIT_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()  # what fits: this module, as installed
 
 
-def _cache_path(blocks: list[tuple[np.ndarray, np.ndarray]], n_artists: int, background_id: bytes) -> Path | None:
-    """Where the calibration of exactly these inputs is kept: named by a digest of the registered vectors
-    and owners, the background's identity, the fit's settings and the versions of what fits it."""
+def _cache_path(blocks: list[tuple[np.ndarray, np.ndarray]], n_artists: int,
+                background: list[np.ndarray]) -> Path | None:
+    """Where the calibration of exactly these inputs is kept: named by a digest of the registered
+    vectors and owners, the background vectors, this module's code and the versions of the libraries
+    that fit (the vectors themselves, not what makes them: another Pillow may resample the
+    background differently), per user (another's file is never read)."""
     h = hashlib.sha256(json.dumps({
-        "v": CACHE_VERSION, "artists": n_artists, "top_k": TOP_K, "max_fit": MAX_FIT, "c": LINEAR_C,
-        "folds": FOLDS, "numpy": np.__version__, "scipy": scipy.__version__,
+        "code": _FIT_CODE, "artists": n_artists, "numpy": np.__version__, "scipy": scipy.__version__,
         "sklearn": metadata.version("scikit-learn")}, sort_keys=True).encode())
-    for vecs, owner in blocks:
+    for vecs, owner in [*blocks, *((b, np.zeros(0)) for b in background)]:
         h.update(repr((vecs.shape, str(vecs.dtype), owner.shape, str(owner.dtype))).encode())
         h.update(np.ascontiguousarray(vecs).tobytes())
         h.update(np.ascontiguousarray(owner).tobytes())
-    h.update(background_id)
     try:
-        return cache.cache_dir() / f"calibration-v{CACHE_VERSION}-{h.hexdigest()[:40]}.json"
+        return cache.cache_dir() / f"calibration-{h.hexdigest()[:40]}-uid{cache.uid()}.json"
     except RuntimeError:  # no home folder, and no cache folder named
         return None
 
 
-def _read_params(path: Path) -> dict[str, Any] | None:
+def _finite(constant: str) -> float:
+    raise ValueError(f"{constant} is no coefficient")
+
+
+def _read_params(path: Path) -> Any:
+    """The JSON at `path`, or None. Nothing in it may raise: a damaged file is fitted again."""
     f = cache.open_own(path)
     if f is None:
         return None
     with f:
         try:
             data = f.read(CACHE_MAX_BYTES + 1)
-            return json.loads(data) if len(data) <= CACHE_MAX_BYTES else None
-        except (OSError, ValueError):
+            return json.loads(data, parse_constant=_finite) if len(data) <= CACHE_MAX_BYTES else None
+        except Exception:  # noqa: BLE001 - unreadable, not JSON, nested past the recursion limit...
             return None
 
 
 def _prune(folder: Path) -> None:
-    """Keep the CACHE_KEEP newest calibration files (a store that changes often leaves one per state)."""
-    try:
-        files = sorted(folder.glob("calibration-v*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in files[CACHE_KEEP:]:
+    """Keep this user's CACHE_KEEP newest calibration files (a store that changes often leaves one per
+    state); a file gone meanwhile (another process pruning) is passed over."""
+    dated = []
+    for p in folder.glob(f"calibration-*-uid{cache.uid()}.json"):
+        try:
+            dated.append((p.lstat().st_mtime, p))
+        except OSError:
+            continue
+    for _, old in sorted(dated, reverse=True)[CACHE_KEEP:]:
+        try:
             old.unlink(missing_ok=True)
-    except OSError:
-        pass
+        except OSError:
+            pass
 
 
 def cached(blocks: list[tuple[np.ndarray, np.ndarray]], n_artists: int,
-           background: Callable[[], list[np.ndarray]], background_id: bytes) -> StyleCalibration:
+           background: list[np.ndarray]) -> StyleCalibration:
     """The calibration of these registered vectors: read from the user's cache folder when this exact
     fit was made before (by any process: each `chimera score` is one), else fitted and kept there.
 
     A fit takes scikit-learn's import (about 1.5 s) and cross-validated fits (0.5 s for 180 works,
     more for large stores); a cached one is its coefficients, which give the fitted probabilities
-    exactly (`Logistic`). `background` makes the background vectors (only a fit needs them);
-    `background_id` says what they are made of. A damaged or foreign file is fitted again and replaced."""
-    path = _cache_path(blocks, n_artists, background_id)
+    exactly (`Logistic`). A damaged or foreign file is fitted again and replaced."""
+    path = _cache_path(blocks, n_artists, background)
     params = _read_params(path) if path is not None else None
     if isinstance(params, dict):
         try:
             return StyleCalibration.restore(blocks, n_artists, params)
-        except (KeyError, TypeError, ValueError):
+        except Exception:  # noqa: BLE001 - any file that is not a fit of these inputs: fitted again
             pass
-    calib = StyleCalibration(blocks, n_artists, background=background())
+    calib = StyleCalibration(blocks, n_artists, background=background)
     if path is not None:
         text = json.dumps(calib.params()).encode()
         if len(text) <= CACHE_MAX_BYTES and cache.write_whole(path, lambda f: f.write(text)):

@@ -95,8 +95,12 @@ class ClipEmbedder:
         importing open_clip when the hub cache holds no checkpoint: `hub_holds_checkpoints`).
         """
         model, weights = chosen(model, weights)
+        if model.endswith(".json") and not Path(model).is_file():
+            raise ClipUnavailable(f"model config {model} not found")
         if local_checkpoint(weights) is None and not hub_holds_checkpoints():
-            raise ClipUnavailable(_not_cached(weights, Path(model).stem if model.endswith(".json") else model))
+            raise ClipUnavailable(_not_cached(weights, Path(model).stem if model.endswith(".json") else model)
+                                  + "; the hub cache holds no OpenCLIP checkpoint of any model, so the model "
+                                    "name itself was not checked")
         try:
             import open_clip
             import torch

@@ -5,7 +5,6 @@ The result object is a public contract (RESULT_VERSION, documented in docs/resul
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -108,16 +107,14 @@ class Scorer:
                     blocks.append((normalise(vecs[keep]), owner[keep]))
                 calib = StyleCalibration(blocks, 0)  # nothing registered: no style to calibrate
                 if kinds:
-                    imgs = background.images()
-                    made_by = json.dumps([specs[k].descriptor for k in kinds], sort_keys=True).encode()
-                    calib = calibrate.cached(blocks, len(names), lambda: self._background(kinds, imgs),
-                                             made_by + b"".join(im.tobytes() for im in imgs))
+                    calib = calibrate.cached(blocks, len(names), self._background(kinds))
                 self._calibration = (key, calib, names, kinds)
         return self._calibration[1], self._calibration[2], self._calibration[3]
 
-    def _background(self, kinds: list[str], imgs: list) -> list[np.ndarray]:
-        """Unit vectors of the procedural background set `imgs`, per kind (computed once per Scorer)."""
+    def _background(self, kinds: list[str]) -> list[np.ndarray]:
+        """Unit vectors of the procedural background set, per kind (computed once per Scorer)."""
         if self._bg is None:
+            imgs = background.images()
             self._bg = {"style": normalise(np.stack([style.style_vector(im) for im in imgs]))}
             if self.embedders.clip:
                 self._bg["clip"] = normalise(self.embedders.clip.embed(imgs))

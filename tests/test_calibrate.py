@@ -63,31 +63,39 @@ def test_an_artist_with_too_few_works_leaves_calibration_to_the_neighbours():
 
 def test_a_cached_calibration_scores_exactly_as_its_fit_and_a_damaged_one_is_fitted_again(tmp_path, monkeypatch):
     """A calibration is fitted once per store state and kept in the cache folder: read back, it gives
-    the fitted probabilities bit for bit without fitting (its background is never made); other
-    vectors get their own; a damaged file is fitted again and mended."""
+    the fitted probabilities bit for bit without fitting; other vectors (registered or background) get
+    their own; a damaged or hostile file (one that is not JSON, nests past Python's recursion limit,
+    holds an integer no float holds, NaN or Infinity, or coefficients of the wrong shape) is fitted
+    again and mended."""
     monkeypatch.setenv("CHIMERA_CACHE_DIR", str(tmp_path))
     rng = np.random.default_rng(2)
     vecs, owner, subjects, hands = _world(rng, per_artist=40)
     bg = _unit(rng.normal(size=(32, vecs.shape[1])))
-    made: list[int] = []
-    background = lambda: made.append(1) or [bg]  # noqa: E731
+    fits: list[int] = []
+    real_fit = StyleCalibration._fit
+    monkeypatch.setattr(StyleCalibration, "_fit", lambda self, seed: fits.append(1) or real_fit(self, seed))
     queries = _unit(rng.normal(size=(10, vecs.shape[1])))
-    fitted = calibrate.cached([(vecs, owner)], 2, background, b"bg")
-    assert fitted.linear and fitted.model is not None and made == [1]
+    fitted = calibrate.cached([(vecs, owner)], 2, [bg])
+    assert fitted.linear and fitted.model is not None and fits == [1]
     want = np.array([fitted.probabilities([q]) for q in queries])
     [path] = tmp_path.glob("calibration-*.json")
-    read = calibrate.cached([(vecs, owner)], 2, background, b"bg")
-    assert made == [1] and np.array_equal(np.array([read.probabilities([q]) for q in queries]), want)
-    calibrate.cached([(vecs[1:], owner[1:])], 2, background, b"bg")  # other works: another fit, another file
-    calibrate.cached([(vecs, owner)], 2, background, b"other background")
-    assert made == [1, 1, 1] and len(list(tmp_path.glob("calibration-*.json"))) == 3
-    for damage in (b"{not json", json.dumps({"n_artists": 2, "model": None, "linear": [
-            {"dtype": "float32", "coef": [[1.0, 2.0]], "intercept": [0.0]}]}).encode(), b"[]"):
+    assert path.name.endswith(f"-uid{os.geteuid()}.json")  # another user's file is never read: named apart
+    read = calibrate.cached([(vecs, owner)], 2, [bg])
+    assert fits == [1] and np.array_equal(np.array([read.probabilities([q]) for q in queries]), want)
+    calibrate.cached([(vecs[1:], owner[1:])], 2, [bg])  # other works: another fit, another file
+    calibrate.cached([(vecs, owner)], 2, [bg[1:]])  # another background (another Pillow's resampling)
+    assert fits == [1, 1, 1] and len(list(tmp_path.glob("calibration-*.json"))) == 3
+    good = json.loads(path.read_text())
+    nan = json.dumps(good).replace(str(good["model"]["intercept"][0]), "NaN", 1)
+    huge = json.dumps(good).replace(str(good["model"]["intercept"][0]), "9" * 400, 1)
+    wrong = json.dumps({**good, "linear": [{"dtype": "float32", "coef": [[1.0, 2.0]], "intercept": [0.0]}]})
+    for damage in (b"{not json", b"[" * 100_000, nan.encode(), nan.replace("NaN", "Infinity").encode(),
+                   huge.encode(), wrong.encode(), b"[]"):
         path.write_bytes(damage)
-        again = calibrate.cached([(vecs, owner)], 2, background, b"bg")
+        again = calibrate.cached([(vecs, owner)], 2, [bg])
         assert np.array_equal(np.array([again.probabilities([q]) for q in queries]), want)
-        assert json.loads(path.read_text()) == fitted.params()
-    assert made == [1, 1, 1, 1, 1, 1]
+        assert json.loads(path.read_text()) == good
+    assert len(fits) == 3 + 7
 
 
 def test_chimera_score_reads_the_calibration_a_first_score_kept(tmp_path, icons):
@@ -108,3 +116,23 @@ def test_chimera_score_reads_the_calibration_a_first_score_kept(tmp_path, icons)
     assert [r.stderr.split()[-1] for r in runs] == ["True", "False"]
     assert json.loads(runs[0].stdout) == json.loads(runs[1].stdout)
     assert len(list((tmp_path / "cache").glob("calibration-*.json"))) == 1
+
+
+def test_the_cache_keeps_the_newest_calibrations_whatever_else_lies_there(tmp_path, monkeypatch):
+    """Pruning keeps this user's CACHE_KEEP newest calibration files; a dangling link or a file that
+    vanishes meanwhile stopped it, and the folder grew without bound."""
+    monkeypatch.setenv("CHIMERA_CACHE_DIR", str(tmp_path))
+    uid = os.geteuid()
+    for i in range(calibrate.CACHE_KEEP + 10):
+        f = tmp_path / f"calibration-{i:040d}-uid{uid}.json"
+        f.write_text("{}")
+        os.utime(f, (1_000_000 + i, 1_000_000 + i))
+    (tmp_path / f"calibration-{'d' * 40}-uid{uid}.json").symlink_to(tmp_path / "gone")
+    other = tmp_path / f"calibration-{'e' * 40}-uid{uid + 1}.json"  # another user's: not ours to prune
+    other.write_text("{}")
+    os.utime(other, (0, 0))
+    calibrate._prune(tmp_path)
+    left = {p.name for p in tmp_path.glob(f"calibration-*-uid{uid}.json")}
+    assert len(left) == calibrate.CACHE_KEEP  # the link, newest of all, among them
+    assert not left & {f"calibration-{i:040d}-uid{uid}.json" for i in range(11)}
+    assert other.exists()

@@ -115,7 +115,10 @@ def test_no_hub_checkpoint_is_known_without_importing_open_clip(tmp_path):
                                  check=True, cwd=Path(__file__).parents[1]).stdout.splitlines()
     status, imported = run()
     assert status.startswith("unavailable: weights 'laion2b_s34b_b79k' for ViT-B-32 are not in the local cache")
-    assert imported == "False"
+    assert "no OpenCLIP checkpoint of any model" in status and imported == "False"
+    env["CHIMERA_CLIP_MODEL"] = str(tmp_path / "moved" / "config.json")  # a config file that is not there
+    assert run()[0] == f"unavailable: model config {env['CHIMERA_CLIP_MODEL']} not found"
+    del env["CHIMERA_CLIP_MODEL"]
     other = tmp_path / "hub" / "models--someone--other-clip" / "snapshots" / "0123abc"
     other.mkdir(parents=True)
     (other / "open_clip_model.safetensors").write_bytes(b"weights of another model")
