@@ -269,8 +269,9 @@ def load(path: Path | str, max_pixels: int | None = None) -> LoadedImage:
 def iter_image_paths(paths: list[Path]):
     """Files to process, in a stable order: folders recursively, by image suffix (any case).
 
-    Yields (path, None) for images and (path, reason) for named paths that are unusable and for
-    folders that cannot be listed, streaming folders so a huge tree is never listed in memory at once.
+    Yields (path, None) for images and (path, reason) for named paths that are unusable, for folders
+    that cannot be listed and for links to folders (never followed: a link may lead out of the tree,
+    or back into it for ever), streaming folders so a huge tree is never listed in memory at once.
     """
     for p in paths:
         problem = _not_regular(p)
@@ -279,6 +280,15 @@ def iter_image_paths(paths: list[Path]):
             for root, dirs, files in os.walk(p, onerror=unlisted.append):
                 yield from _unlisted(unlisted)
                 dirs.sort()
+                for name in [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+                    dirs.remove(name)  # os.walk would not enter it either: said, not silently passed over
+                    link = Path(root) / name
+                    try:
+                        target = f" ({os.readlink(link)})"
+                    except OSError:  # gone meanwhile
+                        target = ""
+                    yield link, (f"a link to a folder{target}, not followed: its files were not scanned (scan the "
+                                 "folder it names to include them)")
                 for name in sorted(files):
                     f = Path(root) / name
                     if is_image_path(f):

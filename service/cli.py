@@ -11,8 +11,10 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -475,6 +477,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the command is, so that its clean-up runs as for Ctrl-C."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a `kill`, a job runner's time-out, a closed terminal) stop a command as Ctrl-C
+    does: killed outright, a scan left its worker processes behind, idle for ever and holding its output
+    pipes, and a command writing a folder left it half written. The handlers before are put back after
+    (a caller such as a test runner keeps its own); only the main thread may set them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated(signum)
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    before = {sig: signal.signal(sig, stop) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -485,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         artist = getattr(args, "artist", None)
         if artist is not None and not valid_name(artist, new=False):  # no artist is named so (the API's rule:
             raise UserError(f"--artist {artist!r} is not an artist name: {NAME_RULE}")  # not UTF-8, a '/' ...)
-        code = args.fn(args)
+        with _stop_signals():
+            code = args.fn(args)
         sys.stdout.flush()  # here, where a closed pipe is caught, not in Python's flush at exit
         return code
     except (UserError, StoreError) as e:
@@ -502,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chimera: error: the store's catalogue cannot be read ({e}); restore catalogue.sqlite from a "
               "backup", file=sys.stderr)
         return 2
+    except Terminated as e:
+        print(f"chimera: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum  # as a program the signal killed
     except KeyboardInterrupt:
         print("chimera: interrupted", file=sys.stderr)
         return 130

@@ -39,7 +39,29 @@ def _whose(match: dict[str, Any]) -> str:
     return str(match["artist"]) if match.get("run") is None else f"sample {match.get('index')} of run {match['run']}"
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
+
+
+def csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet shows as text: one that would start a formula (a file named
+    `=HYPERLINK(...).png`, chosen by whoever uploaded it) gets a leading apostrophe, as does one that
+    starts with an apostrophe already, so `csv_text` reads every cell back exactly."""
+    if isinstance(value, str) and value.startswith((*FORMULA_START, "'")):
+        return "'" + value
+    return value
+
+
+def csv_text(cell: Any) -> Any:
+    """A cell as `csv_cell` was given it (its text, for cells read back from a CSV)."""
+    return cell[1:] if isinstance(cell, str) and cell.startswith("'") else cell
+
+
 def csv_row(r: dict[str, Any]) -> dict[str, Any]:
+    """The CSV columns of a result, text cells kept from being read as formulas (`csv_cell`)."""
+    return {k: csv_cell(v) for k, v in _csv_values(r).items()}
+
+
+def _csv_values(r: dict[str, Any]) -> dict[str, Any]:
     v = r.get("verdict") or {}
     top = r["artists"][0] if r.get("artists") else {}
     best = r["matches"][0] if r.get("matches") else {}

@@ -20,6 +20,8 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
+import time
 from collections import Counter, OrderedDict, deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -32,7 +34,7 @@ from detector.embedders import Embedders
 from detector.images import ImageError, LoadedImage, decode, iter_image_paths, read_bytes, shown
 from detector.score import SPARE, Scorer, error_result
 from index.store import Store
-from service.report import CSV_FIELDS, csv_row, is_flagged, write_html
+from service.report import CSV_FIELDS, csv_row, csv_text, is_flagged, write_html
 
 FORMATS = (".jsonl", ".csv", ".html")
 ENGINES = ("local", "ray")
@@ -90,8 +92,27 @@ def _drop_torn_tail(path: Path) -> None:
 def _newest(records: Path) -> dict[str, tuple[int, str]]:
     """Each file's newest record in the output (a file scored again: it was unreadable, or its bytes
     changed), as (its position among the records, its count key): a resumed output of millions of
-    records is summed up without holding them."""
-    return {os.path.abspath(r["path"]): (i, _label(r)) for i, r in enumerate(_read_records(records))}
+    records is summed up without holding them. An error that no longer holds is left out: a folder
+    that could not be listed and now can be (its files have records of their own), or a path that is
+    gone; neither is scanned again, so no newer record would ever replace it."""
+    newest: dict[str, tuple[int, str, str | None]] = {}
+    for i, r in enumerate(_read_records(records)):
+        newest[os.path.abspath(r["path"])] = (i, _label(r), r.get("error") or None)
+    return {path: (i, label) for path, (i, label, error) in newest.items() if not (error and _mended(path, error))}
+
+
+def _mended(path: str, error: str) -> bool:
+    """Whether an error record of `path` (absolute) no longer holds: the path is gone, or the folder it
+    names can be listed now."""
+    if not os.path.lexists(path):
+        return True
+    if error.startswith("cannot list this folder"):
+        try:
+            os.scandir(path).close()
+            return True
+        except OSError:
+            return False
+    return False
 
 
 def _flagged(records: Path, keep: set[int] | None) -> Iterator[dict[str, Any]]:
@@ -112,8 +133,10 @@ def _label(record: dict[str, Any]) -> str:
 
 def _read_records(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, newline="", encoding="utf-8") as f:
-        yield from (csv.DictReader(f) if path.suffix.lower() == ".csv"
-                    else (json.loads(line) for line in f if line.strip()))
+        if path.suffix.lower() == ".csv":
+            yield from ({k: csv_text(v) for k, v in row.items()} for row in csv.DictReader(f))
+        else:
+            yield from (json.loads(line) for line in f if line.strip())
 
 
 class Done(NamedTuple):
@@ -248,10 +271,27 @@ def limit_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
-def _init(store: str, clip: dict[str, Any], threads: int) -> None:
+def _init(store: str, clip: dict[str, Any], threads: int, parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the scan's to handle: it stops the pool
+    _watch_parent(parent)
     _worker["scorer"] = Scorer(Store.open(store, read_only=True), Embedders.load(**clip, quiet=True))
     limit_threads(threads)
+
+
+PARENT_POLL = 1.0  # seconds between a worker's looks at whether the scan that started it is still there
+
+
+def _watch_parent(parent: int) -> None:
+    """End this worker once the scan process that started it (pid `parent`, which it is given: one
+    killed while this worker was still starting is gone already) is no longer its parent. Killed
+    outright (SIGKILL, or a signal the scan could not turn into its own stop), the scan left its workers
+    waiting for tasks for ever: each holds both ends of the pool's queues, so none ever reads the end
+    of one."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _score_batch(batch: tuple[list[Job], str | None]) -> list[dict[str, Any]]:
@@ -426,7 +466,7 @@ def _local(store: Store, embedders: Embedders, root: Path, artist: str | None, d
         yield from twins.records(r for batch in batches for r in score_jobs(scorer, *batch))
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = _Pool(workers, (str(store.root), clip or {"use_clip": False}, threads))
+    pool = _Pool(workers, (str(store.root), clip or {"use_clip": False}, threads, os.getpid()))
     try:
         yield None
         yield from twins.records(pool.records(batches))

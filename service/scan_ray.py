@@ -131,7 +131,8 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
     """The records of one chunk of the listing (steps 2-4 of the module's pipeline); `recent` holds the
     records of files scored in earlier chunks, for their copies in this one, and gains this chunk's."""
     items = [{"path": str(p), "file": os.path.abspath(p), "problem": problem or ""} for p, problem in chunk]
-    blocks = lambda n: min(n, max(4 * workers, n // 256))  # noqa: E731 - read tasks for n files
+    # read tasks for n files: at most READ_BATCH files each, and enough for every actor to start on one
+    blocks = lambda n: min(n, max(4 * workers, -(-n // READ_BATCH)))  # noqa: E731
     todo: list[dict[str, str]] = []  # the files to score
     first: dict[str, str] = {}  # sha256 -> the (shown) path of the first file with those bytes
     copies: dict[str, list[str]] = {}  # that path -> the paths of the others (by path: a record names it)
@@ -154,7 +155,9 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
     if not todo:
         return
     ds = (ray.data.from_items(todo, override_num_blocks=blocks(len(todo)))
-          .map_batches(read, batch_size=READ_BATCH, num_cpus=0.25)
+          # a block a task (batch_size=None): a batch larger than the blocks merged them into one bundle, and
+          # a scan of fewer than READ_BATCH x workers files went to a single actor, its records all at the end
+          .map_batches(read, batch_size=None, num_cpus=0.25)
           .map_batches(_ScoreActor, batch_size=BATCH, num_cpus=1,
                        compute=ray.data.ActorPoolStrategy(size=workers),
                        fn_constructor_kwargs={"store": str(store_root), "artist": artist,

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from conftest import hostile_tiff
 from detector import augment, evaluate, evidence
 from detector.embedders import Embedders
 from detector.images import load
-from detector.score import Scorer
+from detector.score import Scorer, error_result
 from generator.chimeras import make_chimeras
 from generator.dataset import make_dataset
 from index.store import Store, StoreError
@@ -243,6 +244,60 @@ def test_scan_in_parallel_and_resume_after_interruption(world, tmp_path):
     assert len({json.loads(x)["sha256"] for x in out.read_text().splitlines()}) == 6
 
 
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    kids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.add(int(stat.parent.name))
+    return kids
+
+
+def _gone(pids: set[int], within: float) -> bool:
+    end = time.monotonic() + within
+    while any(Path(f"/proc/{p}").exists() for p in pids):
+        if time.monotonic() > end:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists() or (os.cpu_count() or 1) < 2, reason="needs /proc, 2 cores")
+def test_a_scan_stopped_by_a_signal_leaves_no_worker_behind(world, tmp_path):
+    """SIGTERM (a `kill`, a job runner's time-out) stops `chimera scan --workers 2` as Ctrl-C does: its
+    workers end with it and --resume finishes the rest; killed outright (SIGKILL), its workers notice
+    within seconds and end too. Both left them running, idle for ever, holding the caller's pipes."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    refs = world["corpus"][0].refs + world["corpus"][1].refs
+    for i, p in enumerate(refs):
+        (folder / f"{i:03d}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "scan.jsonl"
+    cmd = [sys.executable, "-m", "service.cli", "--store", str(world["root"] / "store"), "--no-clip", "scan",
+           str(folder), "--out", str(out), "--workers", "2"]
+    for sig, rc in ((signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGKILL, -signal.SIGKILL)):
+        with open(tmp_path / "err.txt", "w") as err:
+            proc = subprocess.Popen(cmd + (["--resume"] if out.exists() else []), stdout=subprocess.DEVNULL,
+                                    stderr=err, cwd=Path(__file__).parents[1])
+        end = time.monotonic() + 120
+        while len(workers := {k for k in _children(proc.pid) if b"spawn_main" in
+                              Path(f"/proc/{k}/cmdline").read_bytes()}) < 2 and time.monotonic() < end:
+            time.sleep(0.2)
+        assert len(workers) == 2, (tmp_path / "err.txt").read_text()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=60) == rc
+        assert _gone(workers, within=10), f"workers left behind after {sig.name}"
+    if sig == signal.SIGTERM:
+        assert "stopped by SIGTERM" in (tmp_path / "err.txt").read_text()
+    subprocess.run(cmd + ["--resume"], check=False, capture_output=True, cwd=Path(__file__).parents[1])
+    paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
+    assert sorted(set(paths)) == sorted(str(f) for f in folder.iterdir())
+
+
 def test_scan_scores_byte_identical_files_once_and_gives_each_its_own_record(world, tmp_path):
     """Reposts: copies of the same bytes (and of a broken file) get their original's record under their own
     path, in one process and in two, as if each had been scored; a resumed scan knows them as done."""
@@ -298,6 +353,74 @@ def test_scan_survives_odd_names_pipes_and_a_record_torn_by_a_kill(world, tmp_pa
             assert sorted(json.loads(x)["path"] for x in lines) == sorted(rows)
         else:
             assert sorted(r["path"] for r in csv.DictReader(lines)) == sorted(rows)
+
+
+def test_a_resumed_scan_no_longer_counts_errors_since_mended(world, tmp_path):
+    """A folder that could not be listed and now can be, or a broken file since deleted, is never
+    scanned again, so its old error record stayed the path's newest: the summary, the report and the
+    exit status counted the error for ever. Those errors are left out; the records stay in the file."""
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    (folder / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "scan.jsonl"
+    counts: Counter = Counter()
+    scan(world["store"], world["emb"], folder, out, counts=counts)
+    assert counts["error"] == 1
+    # as a run that met `sub` unreadable wrote it (root lists any folder, so the record is written here)
+    with out.open("a") as f:
+        f.write(json.dumps(error_result(str(folder / "sub"), "cannot list this folder (Permission denied): the "
+                                        "files in it were not scanned")) + "\n")
+    (folder / "sub" / "b.png").write_bytes(world["corpus"][0].refs[1].read_bytes())  # listable now
+    (folder / "bad.png").unlink()
+    counts = Counter()
+    summary = scan(world["store"], world["emb"], folder, out, resume=True, counts=counts)
+    assert summary.endswith("now holds records of 2 files: 2 copy, 0 derivative, 0 style_match, 0 unrelated, 0 error")
+    assert counts["error"] == 0 and len(out.read_text().splitlines()) == 4
+
+
+def test_a_linked_folder_is_reported_not_silently_skipped(world, tmp_path):
+    """A link to a folder is not followed (it may lead out of the tree, or round in a loop), and says
+    so in a record of its own: scanning a folder of day-links found nothing and exited 0."""
+    from service.scan import scan
+    day = tmp_path / "uploads" / "day1"
+    day.mkdir(parents=True)
+    (day / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "day1").symlink_to(day)
+    (folder / "loop").symlink_to(folder)
+    (folder / "b.png").write_bytes(world["corpus"][0].refs[1].read_bytes())
+    out = tmp_path / "scan.jsonl"
+    assert scan(world["store"], world["emb"], folder, out) == \
+        "scanned 3 files: 1 copy, 0 derivative, 0 style_match, 0 unrelated, 2 error"
+    errors = {Path(r["path"]).name: r["error"] for r in map(json.loads, out.read_text().splitlines()) if r["error"]}
+    assert set(errors) == {"day1", "loop"} and f"a link to a folder ({day}), not followed" in errors["day1"]
+
+
+def test_csv_cells_never_start_a_formula_and_resume_reads_them_back(world, tmp_path, monkeypatch):
+    """File names are chosen by whoever uploaded the files, and analysts open scan CSVs in spreadsheets:
+    a cell that would start a formula (`=HYPERLINK(...)`, `+cmd`, `-2+3`, `@SUM(...)`) is written as
+    text, behind an apostrophe, and a resumed scan reads the names back as they are (nothing scored
+    again), a name that starts with an apostrophe included."""
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    names = ['=HYPERLINK("http:evil.example").png', "+cmd.png", "-2+3.png", "@SUM(1+1).png", "'quoted.png",
+             "plain.png"]
+    for name, p in zip(names, world["corpus"][0].refs):
+        (folder / name).write_bytes(p.read_bytes())
+    monkeypatch.chdir(folder)  # as a scan of "." writes them: the cells start with the names
+    out = tmp_path / "scan.csv"
+    assert scan(world["store"], world["emb"], Path("."), out).startswith("scanned 6 files: 6 copy")
+    with out.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert not [c for row in rows for c in row if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert sorted(row[0] for row in rows[1:]) == sorted("'" + n if n != "plain.png" else n for n in names)
+    (folder / "late.png").write_bytes(world["corpus"][1].refs[0].read_bytes())
+    summary = scan(world["store"], world["emb"], Path("."), out, resume=True)
+    assert summary.startswith("scanned 1 files") and "(6 already done, skipped)" in summary, summary
 
 
 def test_resume_gives_every_path_its_record_mends_a_torn_csv_row_and_counts_the_whole_output(world, tmp_path):
