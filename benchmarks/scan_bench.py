@@ -16,6 +16,9 @@ CPU" is the share of the machine that lower-priority (niced) processes took mean
   hash stage                         ours: read, sha256, defensive decode, 240-bit hashes of all 8 turns,
                                      on a pool started and warmed untimed: compared with the row above
                                      (these two rows take turns, --rounds times each; medians shown)
+  paired (the line after the table)  the same two on one warm pool, both in each worker, taking turns
+                                     batch by batch (8 files), the order alternating: the machine's
+                                     drift, which moves separate runs by 15-25% here, falls on both
   limit: embedders on preloaded      describe_queries only (hashes, style, windows, keypoints): the
                                      issue's limit, with no I/O, decoding, search or verification
   limit: scoring on preloaded        the whole Scorer (embedders, search, verification) with no I/O
@@ -162,6 +165,40 @@ def _dedup_files(paths: list[str]) -> int:
     return len(paths)
 
 
+def _paired_init(ready) -> None:
+    """A worker holding both hashers, each warmed untimed (as `_dedup_init` and `_hash_worker` warm theirs)."""
+    from imagededup.methods import PHash
+    limit_threads(1)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("imagededup")]:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    _limiter["phash"] = PHash(verbose=False)
+    hashes.dihedral_bits_many([Image.new("RGB", (40, 40))], trim=True)
+    ready.wait()
+
+
+def _paired_files(paths: list[str]) -> tuple[float, float]:
+    """(imagededup's seconds, ours) on the same files in the same process: each BATCH of files hashed by
+    both in turn, which goes first alternating batch by batch, so the machine's drift falls on both alike."""
+    secs = [0.0, 0.0]
+    for k, i in enumerate(range(0, len(paths), BATCH)):
+        batch = paths[i:i + BATCH]
+        for which in ((0, 1) if k % 2 == 0 else (1, 0)):
+            t = time.perf_counter()
+            (_dedup_files, _hash_files)[which](batch)
+            secs[which] += time.perf_counter() - t
+    return secs[0], secs[1]
+
+
+def _paired(w: int, paths: list[str]) -> tuple[float, float]:
+    """Both hashers' summed seconds over `paths`, per worker (`_paired_files` on a warm pool of `w`)."""
+    ctx = mp.get_context("spawn")
+    ready = ctx.Barrier(w + 1)
+    with ctx.Pool(w, _paired_init, (ready,)) as pool:
+        ready.wait()
+        parts = pool.map(_paired_files, _chunks(paths, 8 * w))
+    return sum(d for d, _ in parts) / w, sum(o for _, o in parts) / w
+
+
 def _jiffies() -> tuple[int, int]:
     """(niced, all) CPU jiffies so far: what lower-priority processes took of the machine."""
     with open("/proc/stat") as f:
@@ -238,12 +275,15 @@ def main() -> int:
             ("imagededup PHash.encode_image, warm pool", _dedup_init, _dedup_files),
             ("hash stage (ours, 8 turns x 240 bits)", _hash_worker, _hash_files)])
         ctx = mp.get_context("spawn")
+        paired = _paired(w, paths)  # the same comparison, in the same processes, batch by batch
         if args.hashes_only:
             _, ded, ours = (n / s for _, n, s in rows)
             print(f"\n{machine()}; {len(paths)} files; {w} workers\n")
             for (name, n, s), others in zip(rows, OTHERS):
                 print(f"| {name} | {n} | {s:.2f} | {n / s:.1f} | {others:.0%} |")
             print(f"\nhash stage vs imagededup's hashing (warm pools both): {ours / ded:.2f}x the images/s")
+            print(f"paired, in the same processes, batch by batch: imagededup {len(paths) / paired[0]:.1f} images/s, "
+                  f"ours {len(paths) / paired[1]:.1f}: {paired[0] / paired[1]:.2f}x")
             return 0
         sample = random.Random(1).sample(paths, min(args.limit_sample, len(paths)))
         warm = [p for p in paths if p not in set(sample)][:2]
@@ -273,6 +313,8 @@ def main() -> int:
             print(f"| {name} | {n} | {s:.1f} | {rate[name]:.1f} | {share} | {others:.0%} |")
         ded, ours = rate["imagededup PHash.encode_image, warm pool"], rate["hash stage (ours, 8 turns x 240 bits)"]
         print(f"\nhash stage vs imagededup's hashing (warm pools both): {ours / ded:.2f}x the images/s")
+        print(f"paired, in the same processes, batch by batch: imagededup {len(paths) / paired[0]:.1f} images/s, "
+              f"ours {len(paths) / paired[1]:.1f}: {paired[0] / paired[1]:.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
