@@ -177,16 +177,18 @@ def explain_image(image: np.ndarray, ref: Reference) -> tuple[dict[str, Any], Ex
     return record, explanation
 
 
-def rates(verdicts: list[dict[str, Any]], ref: Reference) -> dict[str, float]:
+def rates(verdicts: list[dict[str, Any]], ref: Reference) -> dict[str, float | None]:
+    """The headline rates of a set of verdicts. A rate over nothing (unseen variants where no part was
+    recognised, novelty where no sample showed two parts) is None, not 0: "none of none" is no finding."""
     training = [set(t.items()) for t in ref.tuples]
     combos = {frozenset(v["combination"].items()) for v in verdicts if len(v["combination"]) >= 2}
     novel = [c for c in combos if not any(c <= t for t in training)]
     recognised = sum(len(v["recognised"]) for v in verdicts)
     return {
         "recognised_fraction": float(np.mean([v["recognised_fraction"] for v in verdicts])),
-        "unseen_variant_rate": sum(len(v["unseen_variants"]) for v in verdicts) / recognised if recognised else 0.0,
+        "unseen_variant_rate": sum(len(v["unseen_variants"]) for v in verdicts) / recognised if recognised else None,
         "chimera_rate": float(np.mean([v["chimera"] for v in verdicts])),
-        "novelty": len(novel) / len(combos) if combos else 0.0,
+        "novelty": len(novel) / len(combos) if combos else None,
     }
 
 

@@ -7,6 +7,7 @@ that produced it.
 
 from __future__ import annotations
 
+
 import pickle
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
@@ -106,16 +107,28 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+CHECKPOINT_KEYS = ("format", "run", "config", "step", "seconds", "model", "ema", "optimizer", "rng", "losses")
+
+
 def load_checkpoint(path: Path, device: torch.device) -> dict[str, Any]:
     """A checkpoint written by `generator.train`; only tensors and plain types, so weights_only loading."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path}")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # truncated, or not a checkpoint at all
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ValueError(f"{path} is not a readable checkpoint ({reason})") from None
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:  # a torch file of something else, or cut down by hand: one line, not a KeyError later
+        raise ValueError(f"{path} is not a chimera training checkpoint (it lacks {', '.join(missing)})")
+    try:
+        Config(**ckpt["config"])
+    except TypeError:  # fields this version does not know, or lacks: not a checkpoint it can rebuild
+        raise ValueError(f"{path} was written with another training configuration than this version's "
+                         "(train again, or use the version that wrote it)") from None
+    return ckpt
 
 
 def sampler(checkpoint: dict[str, Any], device: torch.device) -> tuple[Config, GaussianDiffusion]:

@@ -212,27 +212,42 @@ def checkpoint_steps(out: Path) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in out.glob("ckpt-*.pt") if p.stem.split("-")[1].isdigit())
 
 
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")  # Ctrl-C; a kill, a job runner's time-out; a closed terminal
+
+
 @contextlib.contextmanager
 def _stop_after_step() -> Iterator[threading.Event]:
-    """An event a Ctrl-C sets while training: the loop saves a checkpoint after the step under way and
-    stops, so the steps since the last checkpoint (minutes on a CPU) are kept and resume exactly. A
-    second Ctrl-C stops at once. (Signals reach the main thread only; elsewhere nothing is caught.)"""
+    """An event a Ctrl-C, SIGTERM or SIGHUP sets while training: the loop saves a checkpoint after the
+    step under way and stops, so the steps since the last checkpoint (minutes on a CPU) are kept and
+    resume exactly. A second signal stops at once. Once the handlers before are back, a SIGTERM or
+    SIGHUP is delivered to them as it came (the CLI's exit code says which; with no handler, it ends
+    the process as before). A signal ignored when training starts (SIGINT in a background job, SIGHUP
+    under nohup), or whose handler is not Python's default Ctrl-C one, is left alone. (Signals reach
+    the main thread only; elsewhere nothing is caught.)"""
     stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # ignored, or someone else's
+    if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    caught: list[int] = []
 
     def interrupted(signum: int, frame: Any) -> None:
         if stop.is_set():
             raise KeyboardInterrupt
+        caught.append(signum)
         stop.set()
 
-    previous = signal.signal(signal.SIGINT, interrupted)
+    previous = {}
+    for sig in (getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)):
+        handler = signal.getsignal(sig)
+        if handler is not signal.SIG_IGN and (sig != signal.SIGINT or handler is signal.default_int_handler):
+            previous[sig] = signal.signal(sig, interrupted)
     try:
         yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught and caught[0] != signal.SIGINT:
+            signal.raise_signal(caught[0])
 
 
 def _recorded(out: Path) -> dict[str, Any] | None:
@@ -245,10 +260,22 @@ def _recorded(out: Path) -> dict[str, Any] | None:
 
 
 def atomically(dst: Path, write: Callable[[Path], object]) -> None:
-    """`write` the file at a temp path beside `dst`, then rename it there: a kill never leaves half a file."""
+    """`write` the file at a temp path beside `dst`, then rename it there: a kill never leaves half a file.
+    Synced to disk before and after the rename, so that after a power cut `dst` holds the old bytes or
+    the new ones, never an empty file (an older checkpoint is deleted once a newer one is saved)."""
     tmp = dst.with_suffix(".tmp")
     write(tmp)
+    _fsync(tmp)
     os.replace(tmp, dst)
+    _fsync(dst.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_checkpoint(session: Session, out: Path, rid: str) -> Path:

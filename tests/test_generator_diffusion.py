@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from generator.analyze import analyze, as_array, explain_image, load_reference
+from generator.analyze import analyze, as_array, explain_image, load_reference, rates
 from generator.dataset import make_dataset
 from generator.diffusion import PRESETS
 from generator.parts import LAYERS, composite
@@ -130,7 +130,7 @@ def test_ctrl_c_while_training_keeps_every_step_and_resumes_exactly(run: Path, d
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A Ctrl-C (SIGINT) during training saves after the step under way and stops; the same command then
     resumes and ends with the weights of a run that never stopped (the `run` fixture). A run started with
-    SIGINT ignored (a background job) is not stopped by one."""
+    SIGINT ignored (a background job) is not stopped by one. SIGTERM saves alike, then stops the CLI."""
     import os
     import signal
 
@@ -157,6 +157,22 @@ def test_ctrl_c_while_training_keeps_every_step_and_resumes_exactly(run: Path, d
         assert train(data, tmp_path / "bg", "small", steps=STEPS, device="cpu", seed=0, **TINY)["steps"] == STEPS
     finally:
         signal.signal(signal.SIGINT, before)
+    monkeypatch.undo()
+    # SIGTERM (a job runner's time-out, `docker stop`) under the CLI's handlers: the same save, then the
+    # CLI's stop (exit 143); it had aborted mid-step, losing every step since the last checkpoint
+    from service.cli import Terminated, _stop_signals
+    sent = signal.SIGTERM
+
+    def step_term(self) -> None:
+        calls.append(1)
+        if len(calls) == 20:
+            os.kill(os.getpid(), sent)
+        real(self)
+    calls.clear()
+    monkeypatch.setattr(training.Session, "step", step_term)
+    with pytest.raises(Terminated), _stop_signals():
+        train(data, tmp_path / "term", "small", steps=STEPS, device="cpu", seed=0, **TINY)
+    assert json.loads((tmp_path / "term" / "run.json").read_text())["steps"] == 20
     monkeypatch.undo()
     resumed, straight = (torch.load(p / "latest.pt", weights_only=True) for p in (tmp_path, run))
     assert resumed["losses"] == straight["losses"]
@@ -298,6 +314,21 @@ def test_a_part_swap_is_a_chimera_of_recognisable_parts(data: Path, reference) -
     assert len(record["sources"]) >= 2
 
 
+def test_rates_over_nothing_are_null_not_zero(reference) -> None:
+    """Noise explains no part: its unseen-variant rate (unseen among recognised parts) and novelty (among
+    combinations of two or more parts) are rates over nothing, reported as null; they read 0.0, which
+    says "none of them was new" where there was nothing to judge."""
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    record, _ = explain_image(noise, reference)
+    assert record["recognised"] == []
+    nothing = rates([record], reference)
+    assert nothing["unseen_variant_rate"] is None and nothing["novelty"] is None
+    assert nothing["recognised_fraction"] == 0.0 and nothing["chimera_rate"] == 0.0
+    copy, _ = explain_image(reference.icons[3], reference)
+    some = rates([copy, record], reference)
+    assert some["unseen_variant_rate"] == 0.0 and some["novelty"] == 0.0  # a training icon: nothing new
+
+
 def test_a_moved_part_is_found_displaced(data: Path, reference) -> None:
     parts = {**reference.tuples[0]}
     root = data / "artist_00" / "parts"
@@ -363,6 +394,11 @@ def test_research_commands_answer_bad_input_in_one_line_and_leave_nothing_behind
     refused("sample", str(broken), "--n", "2", "--out", str(tmp_path / "s1"), says="not a readable checkpoint")
     refused("analyze", str(broken), "--data", str(data), "--out", str(tmp_path / "a1"), "--n", "1",
             says="not a readable checkpoint")
+    whole = torch.load(run / "latest.pt", weights_only=True)
+    torch.save({k: v for k, v in whole.items() if k != "ema"}, broken / "latest.pt")  # cut down by hand
+    refused("sample", str(broken), "--n", "2", "--out", str(tmp_path / "s1"), says="(it lacks ema)")
+    torch.save({**whole, "config": {**whole["config"], "future_knob": 1}}, broken / "latest.pt")  # another version
+    refused("sample", str(broken), "--n", "2", "--out", str(tmp_path / "s1"), says="another training configuration")
     afile = tmp_path / "afile"
     afile.write_text("mine")
     refused("sample", str(run), "--n", "2", "--out", str(afile), "--steps", "2", says="is a file")
