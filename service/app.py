@@ -200,7 +200,10 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
     def http_error(e: HTTPException):
         code = {413: "too_large", 404: "not_found", 405: "method_not_allowed", 500: "internal"}.get(
             e.code or 400, "bad_request")
-        response = jsonify(error=code, message=e.description)
+        limit = app.config["MAX_CONTENT_LENGTH"] or 0
+        size = f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit} bytes"
+        message = f"the upload is over this server's limit of {size}" if e.code == 413 else e.description
+        response = jsonify(error=code, message=message)
         response.headers.extend((k, v) for k, v in e.get_headers() if k.lower() != "content-type")  # 405's Allow
         return response, e.code
 

@@ -122,6 +122,32 @@ def test_upload_to_verdict_with_boxes(server):
         page.wait_for_timeout(500)
         assert page.inner_text("#status") == "" and page.is_visible("#result")
         assert page.inner_text("#verdict").startswith("derivative")
+        # while a new image is scored, the last verdict is not shown beside it
+        page.unroute("**/v1/score")
+        held.clear()
+        page.route("**/v1/score", lambda route: held.append(route))
+        page.set_input_files("#file", str(tmp / "suspect.tiff"))
+        page.click("#go")
+        while not held:
+            page.wait_for_timeout(50)
+        assert page.is_hidden("#result") and page.inner_text("#status") == "scoring…"
+        held[0].continue_()
+        page.wait_for_selector("#result:not([hidden])", timeout=30_000)
+        # a token the server could never accept is said so, not sent (a browser refuses such a header)
+        page.fill("#token", "秘密")
+        page.click("#go")
+        assert page.inner_text("#status") == "error: a token is printable ASCII (letters, digits, punctuation)"
+        page.fill("#token", "")
+        # an artist removed since the page loaded: the error says so and the list is loaded again
+        page.unroute("**/v1/score")
+        page.select_option("#artist", "artist_00")
+        subprocess.run([sys.executable, "-m", "service.cli", "--store", str(tmp / "store"), "--no-clip", "index",
+                        "remove", "--artist", "artist_00"], check=True, capture_output=True)
+        page.click("#go")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('error')")
+        assert "no artist named 'artist_00'" in page.inner_text("#status")
+        page.wait_for_function("document.querySelectorAll('#artist option').length === 2")
+        assert page.eval_on_selector_all("#artist option", "os => os.map(o => o.value)") == ["", "artist_01"]
         browser.close()
 
 

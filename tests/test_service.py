@@ -184,6 +184,7 @@ def test_bad_uploads_get_clear_4xx(client, alice, app):
     app.config["MAX_CONTENT_LENGTH"] = 2000
     r = client.post("/v1/score", data={"image": (io.BytesIO(bytes(5000)), "huge.png")})
     assert r.status_code == 413 and r.json["error"] == "too_large"
+    assert r.json["message"] == "the upload is over this server's limit of 2000 bytes"  # (Werkzeug's named none)
 
 
 def test_request_time_limit_answers_503(client, alice, app):

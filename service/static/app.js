@@ -2,9 +2,16 @@
 const $ = (id) => document.getElementById(id);
 let file = null;
 
-fetch("/v1/artists").then((r) => r.json()).then((d) => {
-  for (const a of d.artists) $("artist").add(new Option(`${a.name} (${a.works} works)`, a.name));
-});
+// the artist filter's choices; loaded again when the server no longer knows the one picked
+function loadArtists() {
+  return fetch("/v1/artists").then((r) => r.json()).then((d) => {
+    const picked = $("artist").value;
+    $("artist").replaceChildren(new Option("all artists", ""),
+      ...d.artists.map((a) => new Option(`${a.name} (${a.works} works)`, a.name)));
+    if (d.artists.some((a) => a.name === picked)) $("artist").value = picked;
+  }).catch(() => { $("status").textContent = "error: the artist list could not be loaded"; });
+}
+loadArtists();
 
 function pick(f) {
   file = f;
@@ -73,9 +80,11 @@ function show(r) {
   if (img.complete && img.naturalWidth) drawBoxes(r); else img.onload = () => drawBoxes(r);
 }
 
-// the reason a failed request gives: the API's JSON message, else the HTTP status (a proxy's page)
+// [error code, reason] of a failed request: the API's JSON, else the HTTP status (a proxy's page, or the
+// web server's own refusal of a body far over the limit)
 async function failure(res) {
-  try { return (await res.json()).message ?? `HTTP ${res.status}`; } catch { return `HTTP ${res.status}`; }
+  const plain = res.status === 413 ? "the file is larger than this server accepts (HTTP 413)" : `HTTP ${res.status}`;
+  try { const b = await res.json(); return [b.error, b.message ?? plain]; } catch { return [null, plain]; }
 }
 
 let latest = 0;  // the newest submission: an older one's reply, arriving late, is not drawn over it
@@ -83,9 +92,15 @@ let latest = 0;  // the newest submission: an older one's reply, arriving late, 
 $("form").addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!file) return;
+  const token = $("token").value.trim();
+  if (token && !/^[\x20-\x7e]+$/.test(token)) {  // the server's rule; a browser refuses other headers unsent
+    $("status").textContent = "error: a token is printable ASCII (letters, digits, punctuation)";
+    return;
+  }
   const mine = ++latest;
   $("status").textContent = "scoring…";
-  $("boxes").replaceChildren();  // the last result's boxes never stay on a new image
+  $("result").hidden = true;  // the last verdict never stands beside a new image while it is scored
+  $("boxes").replaceChildren();
   const img = $("preview");
   img.onload = null;
   img.onerror = () => { $("preview-note").textContent = "(this browser cannot show this format; the result is for the file)"; };
@@ -94,7 +109,6 @@ $("form").addEventListener("submit", async (e) => {
   const form = new FormData();
   form.append("image", file);
   if ($("artist").value) form.append("artist", $("artist").value);
-  const token = $("token").value.trim();
   let res;
   try {
     res = await fetch("/v1/score", { method: "POST", body: form,
@@ -107,7 +121,12 @@ $("form").addEventListener("submit", async (e) => {
   }
   const body = res.ok ? await res.json() : await failure(res);
   if (mine !== latest) return;
-  if (!res.ok) { $("status").textContent = `error: ${body}`; $("result").hidden = true; return; }
+  if (!res.ok) {
+    $("status").textContent = `error: ${body[1]}`;
+    $("result").hidden = true;
+    if (body[0] === "unknown_artist") loadArtists();  // removed since the page loaded
+    return;
+  }
   $("status").textContent = "";
   show(body);
 });
