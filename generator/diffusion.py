@@ -7,7 +7,6 @@ that produced it.
 
 from __future__ import annotations
 
-
 import pickle
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
