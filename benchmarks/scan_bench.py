@@ -104,12 +104,17 @@ def _hash_files(paths: list[str]) -> int:
     return len(paths)
 
 
-def _hash_worker(ready) -> None:
-    """A hash-stage worker as a scan's: native threads capped, its imports done and its cached
+def _warm_ours() -> None:
+    """Our hashing warmed as a scan worker's: native threads capped, its imports done and its cached
     resampling kernels built before the clock starts, in every worker (a warm-up map may not
     reach them all) and its colour tables read from the cache (built there by the first)."""
     limit_threads(1)
     hashes.dihedral_bits_many([Image.new("RGB", (40, 40))], trim=True)
+
+
+def _hash_worker(ready) -> None:
+    """A hash-stage worker as a scan's (`_warm_ours`)."""
+    _warm_ours()
     ready.wait()  # the clock starts once every worker is here
 
 
@@ -145,13 +150,18 @@ def _limit(paths: list[str]) -> tuple[int, float]:
     return len(imgs), time.perf_counter() - t
 
 
-def _dedup_init(ready) -> None:
-    """An imagededup worker started and warmed before the clock, as ours are."""
+def _warm_dedup() -> None:
+    """imagededup's PHash made and its logging quietened in this worker, before the clock, as ours are."""
     from imagededup.methods import PHash
     limit_threads(1)
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("imagededup")]:
         logging.getLogger(name).setLevel(logging.ERROR)  # as in the main process: a warning per corrupt file
     _limiter["phash"] = PHash(verbose=False)
+
+
+def _dedup_init(ready) -> None:
+    """An imagededup worker started and warmed before the clock (`_warm_dedup`)."""
+    _warm_dedup()
     ready.wait()
 
 
@@ -166,13 +176,9 @@ def _dedup_files(paths: list[str]) -> int:
 
 
 def _paired_init(ready) -> None:
-    """A worker holding both hashers, each warmed untimed (as `_dedup_init` and `_hash_worker` warm theirs)."""
-    from imagededup.methods import PHash
-    limit_threads(1)
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith("imagededup")]:
-        logging.getLogger(name).setLevel(logging.ERROR)
-    _limiter["phash"] = PHash(verbose=False)
-    hashes.dihedral_bits_many([Image.new("RGB", (40, 40))], trim=True)
+    """A worker holding both hashers, each warmed untimed."""
+    _warm_dedup()
+    _warm_ours()
     ready.wait()
 
 

@@ -316,29 +316,26 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
             return w.remove_artist(name)
         return removal(remove)
 
-    @app.delete("/v1/artists/<name>/works/<int:work_id>")
-    def delete_work(name: str, work_id: int):
+    def removal_of_one(kind: str, item: int, remove: Callable[[Any], None]):
+        """DELETE of one of an artist's works or signature samples, `remove(writer)`: the Removed body
+        {kind: item}, or 404 when the artist has no such one."""
         require_token()
 
-        def remove(store: Store, w) -> dict:
+        def run(store: Store, w) -> dict:
             try:
-                w.remove_work(name, work_id)
+                remove(w)
             except StoreError as e:
                 raise ApiError(404, "not_found", str(e)) from None
-            return {"work": work_id}
-        return removal(remove)
+            return {kind: item}
+        return removal(run)
+
+    @app.delete("/v1/artists/<name>/works/<int:work_id>")
+    def delete_work(name: str, work_id: int):
+        return removal_of_one("work", work_id, lambda w: w.remove_work(name, work_id))
 
     @app.delete("/v1/artists/<name>/signatures/<int:signature_id>")
     def delete_signature(name: str, signature_id: int):
-        require_token()
-
-        def remove(store: Store, w) -> dict:
-            try:
-                w.remove_signature(name, signature_id)
-            except StoreError as e:
-                raise ApiError(404, "not_found", str(e)) from None
-            return {"signature": signature_id}
-        return removal(remove)
+        return removal_of_one("signature", signature_id, lambda w: w.remove_signature(name, signature_id))
 
     @app.get("/v1/works/<int:work_id>/thumbnail")
     def thumbnail(work_id: int):
