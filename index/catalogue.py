@@ -118,9 +118,21 @@ def generation(conn: sqlite3.Connection, kind: str) -> int:
 
 
 def bump_generation(conn: sqlite3.Connection, kind: str) -> int:
-    gen = generation(conn, kind) + 1
+    """A new generation for a kind: a number no catalogue of this store has given before, the
+    microseconds since the epoch (or one more than the last, if the clock went back). A counter
+    would give a number again after the catalogue is restored from a backup, or made anew beside
+    the old indexes, and the index file a later catalogue saved under that number would be trusted
+    as current: searched under ids that now name other works."""
+    old = generation(conn, kind)
+    gen = max(old + 1, time.time_ns() // 1000)
     set_meta(conn, f"gen:{kind}", str(gen))
+    set_meta(conn, f"previous_gen:{kind}", str(old))
     return gen
+
+
+def previous_generation(conn: sqlite3.Connection, kind: str) -> int:
+    """The generation a kind had before its last bump (one less, in stores from before that was kept)."""
+    return int(get_meta(conn, f"previous_gen:{kind}", str(generation(conn, kind) - 1)))
 
 
 def iter_vectors(conn: sqlite3.Connection, kind: str, dtype: np.dtype,

@@ -6,10 +6,11 @@ Layout of a store directory::
     indexes/<kind>.<gen>.faiss  search cache for one kind at one generation
     write.lock / writer.pid   who may write (one at a time; readers never lock)
 
-Each write transaction bumps the generation of the kinds it touched. An index file
-is only trusted when its generation is the catalogue's current one, so a writer
-killed between committing and writing its index leaves a stale file that the next
-open ignores and rebuilds from the catalogue.
+Each write transaction bumps the generation of the kinds it touched, to a number never
+given before (`catalogue.bump_generation`). An index file is only trusted when its
+generation is the catalogue's current one, so a writer killed between committing and
+writing its index leaves a stale file that the next open ignores and rebuilds from the
+catalogue, and so does a catalogue restored from a backup beside newer index files.
 """
 
 from __future__ import annotations
@@ -209,17 +210,24 @@ class Store:
 
     def embedder_mismatches(self, specs: Sequence[KindSpec]) -> dict[str, str]:
         """kind -> why, for each kind the store holds whose vectors `specs` would make differently: another
-        model, weights, preprocessing or library version. Kinds the store lacks, or that a run cannot make
+        model, weights, preprocessing or library version. Kinds the store lacks or holds no vectors of (every
+        sample of another version removed: `Writer.register` records this run's), or that a run cannot make
         (CLIP without weights), are not a mismatch."""
         known, out = self.specs(), {}
-        for spec in specs:
-            have = known.get(spec.kind)
-            if have and (cat.canonical(have.descriptor) != cat.canonical(spec.descriptor) or have.dim != spec.dim):
+        for spec in self.replaced(specs):
+            have = known[spec.kind]
+            if self.conn.execute("SELECT 1 FROM vectors WHERE kind=? LIMIT 1", (spec.kind,)).fetchone():
                 out[spec.kind] = (f"embedder mismatch for '{spec.kind}': the store holds vectors from "
                                   f"{cat.canonical(have.descriptor)}, this run makes {cat.canonical(spec.descriptor)}; "
                                   "vectors from different models, weights, preprocessing or versions are never "
                                   "mixed")
         return out
+
+    def replaced(self, specs: Sequence[KindSpec]) -> list[KindSpec]:
+        """Those of `specs` that the store records differently (descriptor or size)."""
+        known = self.specs()
+        return [sp for sp in specs if (have := known.get(sp.kind)) is not None and
+                (cat.canonical(have.descriptor) != cat.canonical(sp.descriptor) or have.dim != sp.dim)]
 
     def check_embedders(self, specs: Sequence[KindSpec], spare: Sequence[str] = ()) -> dict[str, str]:
         """Refuse (StoreError) a mismatch (`embedder_mismatches`) of any kind but those in `spare`, whose
@@ -577,11 +585,14 @@ class Writer:
 
         auto = {sp.kind: f"{sp.factory}@{sp.approximate_from}" for sp in specs
                 if sp.factory and (sp in new or saved_without_threshold(sp.kind))}
-        if new or auto:
+        replaced = self.store.replaced(specs)  # (of no vector left: `check_embedders` passed)
+        if new or auto or replaced:
             with self._transaction() as c:
-                c.executemany("INSERT INTO embedders VALUES (?, ?, ?, ?, ?)",
+                c.executemany("INSERT OR REPLACE INTO embedders VALUES (?, ?, ?, ?, ?)",
                               [(sp.kind, cat.canonical(sp.descriptor), sp.dim, int(sp.binary), sp.owner)
-                               for sp in new])
+                               for sp in new + replaced])
+                for sp in replaced:  # its saved (empty) index is of the old size: built again
+                    cat.bump_generation(c, sp.kind)
                 for kind, value in auto.items():
                     cat.set_meta(c, f"auto_factory:{kind}", value)
 
@@ -597,7 +608,10 @@ class Writer:
     def add_work(self, artist: str | None, source: str, sha256: str, width: int, height: int,
                  vectors: dict[str, list[tuple[Box, np.ndarray]]],
                  generated: dict[str, Any] | None = None, thumbnail: bytes | None = None) -> int:
-        """Add one work, its thumbnail and all its vectors atomically; returns the work id."""
+        """Add one work, its thumbnail and all its vectors atomically; returns the work id. A work is an
+        artist's or a generated output (with its provenance): one with neither is refused."""
+        if artist is None and not generated:
+            raise ValueError(f"{source}: a work needs an artist, or a generated output's provenance")
         artist_id = self.ensure_artist(artist) if artist is not None else None
         with self._transaction() as c:
             wid = c.execute("INSERT INTO works (id, artist_id, kind, source, sha256, width, height, added_at)"
@@ -653,18 +667,19 @@ class Writer:
         for kind, (ids, vecs) in added.items():
             spec = specs[kind]
             gen = cat.generation(self.conn, kind)
-            cached = None if kind in self.dirty else self._before(spec, gen)
+            cached = None if kind in self.dirty else self._before(spec)
             if cached and ids:
                 vx.add(cached[1], spec.binary, np.array(ids, np.int64), np.stack(vecs))
                 self.store._cache[kind] = (gen, cached[1])
             self.touched.add(kind)
 
-    def _before(self, spec: KindSpec, gen: int) -> tuple[int, faiss.Index] | None:
-        """The kind's index as it stood just before this write made generation `gen`: the one held, when
-        it is of generation gen - 1, else the one the last writer (maybe another process) saved, else None.
-        A store held open from before another process's writes must not change and save its older index."""
+    def _before(self, spec: KindSpec) -> tuple[int, faiss.Index] | None:
+        """The kind's index as it stood just before this write bumped its generation: the one held, when
+        it is of the generation before, else the one the last writer (maybe another process) saved, else
+        None. A store held open from before another process's writes must not change and save its older index."""
+        before = cat.previous_generation(self.conn, spec.kind)
         cached = self.store._cache.get(spec.kind)
-        return cached if cached is not None and cached[0] == gen - 1 else self._saved(spec, gen - 1)
+        return cached if cached is not None and cached[0] == before else self._saved(spec, before)
 
     def _saved(self, spec: KindSpec, gen: int) -> tuple[int, faiss.Index] | None:
         """(gen, the index saved at generation `gen`), cached, when it is built as the kind now calls for;
@@ -698,7 +713,7 @@ class Writer:
         for kind in kinds:
             ids = np.array([r[1] for r in gone if r[0] == kind], np.int64)
             gen = cat.generation(self.conn, kind)
-            cached = None if kind in self.dirty else self._before(specs[kind], gen)
+            cached = None if kind in self.dirty else self._before(specs[kind])
             self.store._cache.pop(kind, None)  # held again once its ids are removed; else save() rebuilds it
             if cached is not None:
                 try:
@@ -742,6 +757,9 @@ class Writer:
         if factory:
             float_f, _, binary_f = factory.partition(";")
             chosen = {s.kind: f.strip() for s in specs.values() if (f := binary_f if s.binary else float_f).strip()}
+        for kind, name in chosen.items():
+            if why := vx.unsafe(name, specs[kind].dim, specs[kind].binary):
+                raise StoreError(f"cannot build a {name!r} index for {kind}: {why}")
         built = {}
         for spec in specs.values():
             name = chosen.get(spec.kind) or self.store.factory(spec)

@@ -10,6 +10,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterable
 
@@ -55,26 +58,34 @@ def fit(factory: str, n: int) -> str:
 
 
 def _inner(index: faiss.Index) -> faiss.Index | None:
-    """The index inside a float kind's ID map, as its own class (None for binary kinds)."""
-    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else None
+    """The index inside an ID map, as its own class."""
+    if isinstance(index, faiss.IndexIDMap):
+        return faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexBinaryIDMap):
+        return faiss.downcast_IndexBinary(index.index)
+    return None
 
 
 def factory_of(index: faiss.Index) -> str | None:
-    """The factory string of an index this module builds (Flat, IVF<n>,Flat, HNSW<m>); None for others."""
+    """The factory string of an index this module builds (Flat, IVF<n>,Flat, HNSW<m> and their binary
+    forms BFlat, BIVF<n>, BHNSW<m>); None for others."""
     inner = _inner(index)
-    if isinstance(inner, faiss.IndexFlat):
-        return "Flat"
-    if isinstance(inner, faiss.IndexIVFFlat):
-        return f"IVF{inner.nlist},Flat"
-    if isinstance(inner, faiss.IndexHNSWFlat):
-        return f"HNSW{inner.hnsw.nb_neighbors(1)}"
-    return None
+    if isinstance(inner, (faiss.IndexFlat, faiss.IndexBinaryFlat)):
+        name = "Flat"
+    elif isinstance(inner, (faiss.IndexIVFFlat, faiss.IndexBinaryIVF)):
+        name = f"IVF{inner.nlist}" + ("" if isinstance(inner, faiss.IndexBinaryIVF) else ",Flat")
+    elif isinstance(inner, (faiss.IndexHNSWFlat, faiss.IndexBinaryHNSW)):
+        name = f"HNSW{inner.hnsw.nb_neighbors(1)}"
+    else:
+        return None
+    return "B" + name if isinstance(index, faiss.IndexBinary) else name
 
 
 def tune(index: faiss.Index) -> faiss.Index:
     """Set search-time parameters FAISS would otherwise leave at its low-recall defaults.
 
-    They are saved with the index, so tuning once after building is enough.
+    They are saved with the index; `read` sets them again, for binary indexes saved before they were
+    tuned here (FAISS's nprobe of 1 missed most near copies in a binary IVF index).
     """
     inner = _inner(index)
     if inner is None:
@@ -116,6 +127,42 @@ def build(dim: int, binary: bool, factory: str,
     probe = vecs[:1] if len(ids) else np.zeros((1, vecs.shape[1]), vecs.dtype)
     index.search(probe, 1)  # a factory FAISS builds but cannot search ("IVF0,Flat") fails here, not in scoring
     return index, note
+
+
+PROBE = """
+import sys
+import numpy as np
+from index import vectors as vx
+factory, dim, binary, n = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", int(sys.argv[4])
+rng = np.random.default_rng(0)
+vecs = (rng.integers(0, 256, (n, dim // 8), dtype=np.uint8) if binary
+        else rng.standard_normal((n, dim)).astype(np.float32))
+try:
+    vx.build(dim, binary, factory, [(np.arange(n), vecs)])
+except RuntimeError:
+    pass  # refused with a reason, which the real build gives
+"""
+PROBE_SECONDS = 120
+
+
+def unsafe(factory: str, dim: int, binary: bool) -> str | None:
+    """Why FAISS cannot be trusted to build `factory` in this process, else None. Some factory strings
+    abort, crash or hang inside FAISS instead of raising ("HNSW0", "IVF16_HNSW1,Flat", "NSG2"), which
+    would end the process (a server's too) with no word of why. A user's choice is therefore built
+    first on random vectors in a child process."""
+    n = min(max(_min_train(factory), 300), 20_000)
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
+    try:
+        done = subprocess.run([sys.executable, "-c", PROBE, factory, str(dim), str(int(binary)), str(n)],
+                              capture_output=True, text=True, timeout=PROBE_SECONDS, env=env)
+    except subprocess.TimeoutExpired:
+        return f"FAISS did not finish building it on {n} random vectors in {PROBE_SECONDS} s"
+    if done.returncode < 0:
+        return f"FAISS crashed building it ({signal.Signals(-done.returncode).name})"
+    if done.returncode:
+        return f"FAISS failed building it: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+    return None
 
 
 def add(index: faiss.Index, binary: bool, ids: np.ndarray, vecs: np.ndarray) -> None:
@@ -185,4 +232,5 @@ def write_atomic(index: faiss.Index, binary: bool, path: Path) -> None:
 
 
 def read(path: Path, binary: bool) -> faiss.Index:
-    return (faiss.read_index_binary if binary else faiss.read_index)(str(path))
+    """An index as saved, tuned (binary IVF and HNSW indexes were saved untuned before 2026-11-28)."""
+    return tune((faiss.read_index_binary if binary else faiss.read_index)(str(path)))

@@ -7,6 +7,7 @@ that completed with per-file failures exits 1 after doing all the good work.
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import os
@@ -16,10 +17,11 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
-from detector.images import for_terminal, pixel_budget
+from detector.images import for_terminal, pixel_budget, shown
 from index.names import NAME_RULE, valid_name
 from index.store import NoStore, Store, StoreError
 
@@ -54,12 +56,24 @@ def _embedders(args: argparse.Namespace, quiet: bool = False):
 
 
 # ------------------------------------------------------------------ index
+def _holds_artist(args: argparse.Namespace, name: str) -> bool:
+    """Whether the store holds an artist of this name (no store holds none), read before anything is
+    loaded or made: a refused add must leave no new, empty store behind."""
+    try:
+        with _open(args, read_only=True) as store:
+            return store.has_artist(name)
+    except NoStore:
+        return False
+
+
 def cmd_index_add(args: argparse.Namespace) -> int:
     from itertools import chain
 
     from detector.images import ImageError, iter_image_paths
     from index.names import addable_name
     from service.ingest import AddReport, add_images, load_paths
+    if not addable_name(args.artist, partial(_holds_artist, args)):  # a new name must not pass for another
+        raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE}")
     missing: list[tuple[str, str]] = []
     paths = [Path(p) for p in args.paths]
     total = sum(1 for _ in iter_image_paths(paths))
@@ -76,9 +90,7 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     if not usable:  # only files that cannot be read: said, and no empty store is left behind
         report = AddReport(failed=[(e.source, e.reason) for e in first])
     else:
-        with _open(args, create=True) as store:
-            if not addable_name(args.artist, store.has_artist):  # a new name must not pass for another
-                raise UserError(f"--artist {args.artist!r} is not an artist name: {NAME_RULE}")
+        with _open(args, create=True) as store:  # (an artist removed since: refused under the write lock)
             report = add_images(store, embedders, args.artist, chain(first, items), signature=args.signature,
                                 progress=total > 20 and sys.stderr.isatty(), total=total,
                                 existing_only=not valid_name(args.artist))
@@ -293,14 +305,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
         return 0
     from service.ingest import add_images, load_paths
     paths = {str(Path(args.out) / r["path"]): r for r in records}
-    generated = {p: {"run": r["run"], "checkpoint": r["checkpoint"], "seed": r["seed"], "index": r["index"]}
-                 for p, r in paths.items()}
+    generated = {shown(p): {"run": r["run"], "checkpoint": r["checkpoint"], "seed": r["seed"], "index": r["index"]}
+                 for p, r in paths.items()}  # keyed as images name their source
     missing: list[tuple[str, str]] = []
     with _open(args, create=True) as store:
         report = add_images(store, embedders, None, load_paths([Path(p) for p in paths], missing),
                             generated=generated)
     for source, why in [*missing, *report.failed]:
         print(for_terminal(f"chimera: failed: {source}: {why}"), file=sys.stderr)
+    for source, why in report.skipped:
+        print(for_terminal(f"chimera: skipped: {source}: {why}"), file=sys.stderr)
     print(f"registered as generated outputs: {report.summary()}")
     if report.warning:
         raise UserError(report.warning)
@@ -506,8 +520,23 @@ def _stop_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _as_shown(e: UnicodeError) -> tuple[str, int]:
+    """The codec error handler `SHOWN`: a file name's undecodable bytes (lone surrogates) as `shown` writes them."""
+    if not isinstance(e, UnicodeEncodeError):
+        raise e
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
+                   for c in e.object[e.start:e.end]), e.end
+
+
+SHOWN = "chimera-shown"
+codecs.register_error(SHOWN, _as_shown)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a path in bytes that are not UTF-8 is printed as records show
+        if hasattr(stream, "reconfigure"):  # it (\xNN, `shown`), not a UnicodeEncodeError after the work is done
+            stream.reconfigure(errors=SHOWN)
     try:
         try:
             pixel_budget()  # settings read from the environment: a bad one is a user error before any work

@@ -469,6 +469,14 @@ def test_analyze_judges_given_samples_and_prints_whole_json(run: Path, data: Pat
     assert main(["--store", str(tmp_path / "o" / "store"), "--no-clip", "sample", str(run), "--n", "2", "--out",
                  str(tmp_path / "o"), "--steps", "2", "--register"]) == 0
     assert "registered as generated outputs: added 2" in capsys.readouterr().out
+    # into a folder whose name is not UTF-8: registered as generated outputs still, not as works of nobody
+    odd = tmp_path / os.fsdecode(b"samples-\xff")
+    assert main(["--store", str(tmp_path / "s-odd"), "--no-clip", "sample", str(run), "--n", "2", "--out", str(odd),
+                 "--steps", "2", "--register"]) == 0
+    assert "samples-\\xff" in capsys.readouterr().out  # printed as records show it (UnicodeEncodeError before)
+    from index.store import Store
+    with Store.open(tmp_path / "s-odd", read_only=True) as store:
+        assert store.generated_count() == 2 and store.artists() == []
     damaged = tmp_path / "s" / "sample_00001.png"
     damaged.write_bytes(damaged.read_bytes()[:200])
     capsys.readouterr()

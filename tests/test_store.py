@@ -345,12 +345,20 @@ def test_keypoint_index_turns_approximate_as_the_store_grows_and_still_finds(ico
         assert cat.get_meta(s.conn, "auto_factory:kp") == "IVF{nlist},Flat@600"
 
 
-def test_refused_factory_leaves_the_store_as_it_was(chimera, icons, store_dir):
+def test_refused_factory_leaves_the_store_as_it_was(chimera, icons, store_dir, monkeypatch):
+    """Factories FAISS refuses, and those it aborts, crashes or hangs on (which took the process down
+    with a C++ assertion), are one-line errors that change nothing."""
+    import index.vectors as vx
     assert chimera("index", "add", "--artist", "alice", str(icons("alice", 3, (230, 180, 40))))[0] == 0
     code, _, err = chimera("index", "rebuild", "--index-factory", "NoSuchIndex42")
     assert code == 2 and "cannot build a 'NoSuchIndex42' index" in err
     code, _, err = chimera("index", "rebuild", "--index-factory", "IVF0,Flat")  # built, but cannot search
     assert code == 2 and "cannot build a 'IVF0,Flat' index" in err
+    for factory, kind, why in (("HNSW0", "style", "crashed building it (SIGABRT)"),
+                               (";BHNSW1", "hash", "crashed building it"), ("NSG2", "style", "did not finish")):
+        monkeypatch.setattr(vx, "PROBE_SECONDS", 5)
+        code, _, err = chimera("index", "rebuild", "--index-factory", factory)
+        assert code == 2 and f"cannot build a '{factory.strip(';')}' index for {kind}: FAISS {why}" in err, err
     assert chimera("score", str(icons("query", 1, (230, 180, 40)) / "query_000.png"))[0] == 0
     assert chimera("index", "add", "--artist", "alice", str(icons("alice", 2, (230, 180, 40), start=5)))[0] == 0
     assert chimera("index", "check")[0] == 0 and listing(chimera)["artists"][0]["works"] == 5
@@ -665,7 +673,7 @@ def test_scoring_refuses_a_store_whose_vectors_this_install_would_make_different
 def test_signature_samples_of_another_version_leave_matching_out_not_the_store(icons, store_dir):
     """Signature samples described by another version (a store made before the sample views changed) are
     not compared with marks: the store still scores, marks are reported matched to nobody, and the
-    result says why signature matching was left out."""
+    result says why signature matching was left out, until the samples are removed and added again."""
     import random
     from PIL import Image
     from detector import augment
@@ -693,6 +701,16 @@ def test_signature_samples_of_another_version_leave_matching_out_not_the_store(i
         r = Scorer(s, emb).score(load(store_dir.parent / "signed.png"))
         assert [m["artist"] for m in r["signatures"]] == [None]
         assert r["embedders"]["signature"].startswith("unavailable: the store's signature samples")
+        # as the result says: once the old samples are removed, adding them again matches marks again
+        # (refused before: the store kept the old version's descriptor with no vector left to mix)
+        with pytest.raises(StoreError, match="embedder mismatch for 'sig'"):
+            add_images(s, emb, "alice", [load(store_dir.parent / "sig.png")], signature=True)
+        with s.writer() as w:
+            w.remove_signature("alice", s.signatures_of("alice")[0]["id"])
+        add_images(s, emb, "alice", [load(store_dir.parent / "sig.png")], signature=True)
+        r = Scorer(s, emb).score(load(store_dir.parent / "signed.png"))
+        assert [m["artist"] for m in r["signatures"]] == ["alice"] and r["embedders"]["signature"] == emb.status["signature"]
+        assert s.check() == []
 
 
 def test_exact_float_search_finds_what_faiss_finds_across_blocks_and_small_indexes(monkeypatch):
@@ -713,6 +731,28 @@ def test_exact_float_search_finds_what_faiss_finds_across_blocks_and_small_index
         assert np.abs(scores - ref_scores).max() < 1e-5
         assert (np.diff(scores, axis=1) <= 0).all()  # best first
     assert vx.search(index, False, queries, 0)[1].shape == (nq, 0)  # nothing asked, nothing found (FAISS asserts)
+
+
+def test_binary_ivf_indexes_are_searched_with_the_stores_nprobe_and_kept_across_processes(tmp_path):
+    """A binary IVF index (the README's ';BIVF256') was searched at FAISS's nprobe of 1, missing most near
+    copies of a hash, and its factory went unrecognised, so every add in a new process retrained it."""
+    import index.vectors as vx
+
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 256, (4000, 30), dtype=np.uint8)  # 240-bit hashes
+    index, note = vx.build(240, True, "BIVF64", [(np.arange(4000), stored)])
+    assert note == "" and vx.factory_of(index) == "BIVF64"
+    vx.write_atomic(index, True, tmp_path / "hash.faiss")
+    held = vx.read(tmp_path / "hash.faiss", True)
+    assert vx.factory_of(held) == "BIVF64"
+    flips = (rng.random((200, 240)) < 0.1).astype(np.uint8)  # a tenth of the bits changed
+    queries = stored[:200] ^ np.packbits(flips, axis=1)
+    recall = (vx.search(held, True, queries, 1)[1][:, 0] == np.arange(200)).mean()
+    exact, _ = vx.build(240, True, "BFlat", [(np.arange(4000), stored)])
+    assert (vx.search(exact, True, queries, 1)[1][:, 0] == np.arange(200)).mean() == 1.0
+    assert recall >= 0.9, recall  # 0.49 at nprobe 1
+    assert [vx.factory_of(vx.build(240, True, f, [(np.arange(4000), stored)])[0]) for f in ("BFlat", "BHNSW8")] \
+        == ["BFlat", "BHNSW8"]
 
 
 def test_faults_a_review_found_are_one_line_answers(chimera, icons, store_dir, monkeypatch, tmp_path, refused):
@@ -861,12 +901,15 @@ def test_the_cli_refuses_empty_paths_escapes_hostile_names_and_ends_quietly_on_a
 
 
 def test_an_add_with_nothing_usable_leaves_no_store_behind(chimera, icons, store_dir, tmp_path):
-    """Bad input never touches the store: an add whose files are all unreadable says so for each and
-    makes no (empty) store; with one usable image among them, the store is made and holds it."""
+    """Bad input never touches the store: an add whose files are all unreadable, or whose artist name
+    is refused, says so and makes no (empty) store; with one usable image among them, the store is
+    made and holds it."""
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"junk")
     code, _, err = chimera("index", "add", "--artist", "alice", str(bad), str(tmp_path / "gone.png"))
     assert code == 1 and "bad.png: not an image" in err and "gone.png" in err and not store_dir.exists()
+    code, _, err = chimera("index", "add", "--artist", " alice", str(icons("alice", 1, (230, 180, 40))))
+    assert code == 2 and "is not an artist name" in err and not store_dir.exists()  # refused name: no store made
     good = next(icons("alice", 1, (230, 180, 40)).iterdir())
     code, out, err = chimera("index", "add", "--artist", "alice", str(bad), str(good))
     assert code == 1 and "added 1" in out and "bad.png" in err
@@ -985,3 +1028,28 @@ def test_a_reader_who_cannot_write_the_folder_sees_what_its_owner_changes(icons)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_catalogue_restored_from_a_backup_never_trusts_index_files_written_after_it(chimera, icons, store_dir):
+    """Restoring the catalogue from a backup (what a damaged store's messages suggest) left index files
+    written after the backup beside it. Generations were counters, so the restored catalogue counted up
+    to numbers those files already had, and one was searched as current, its vectors under ids that now
+    name other works. Generations are never given twice now: each work still finds itself."""
+    import sqlite3
+    catalogue, backup = store_dir / "catalogue.sqlite", store_dir.parent / "backup.sqlite"
+    assert chimera("index", "add", "--artist", "alice", str(icons("alice", 3, (230, 180, 40))))[0] == 0
+    live, copy = sqlite3.connect(catalogue), sqlite3.connect(backup)
+    live.backup(copy)
+    live.close(), copy.close()
+    assert chimera("index", "add", "--artist", "bob", str(icons("bob", 3, (60, 120, 220))))[0] == 0
+    for leftover in store_dir.glob("catalogue.sqlite-*"):
+        leftover.unlink()
+    catalogue.write_bytes(backup.read_bytes())
+    assert chimera("index", "add", "--artist", "carol", str(icons("carol", 3, (120, 60, 160))))[0] == 0  # as many as bob
+    assert chimera("index", "check")[:2] == (0, "ok\n")
+    with Store.open(store_dir, read_only=True) as s:
+        for kind in ("style", "hash"):
+            ids, vecs = s.vectors(kind)
+            owners = [s.conn.execute("SELECT work_id FROM vectors WHERE id=?", (int(i),)).fetchone()[0] for i in ids]
+            found = [hits[0].work_id for hits in s.search(kind, vecs, 1)]
+            assert found == owners, kind
