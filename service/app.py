@@ -23,7 +23,7 @@ from flask import Flask, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from detector.embedders import Embedders
-from detector.images import ImageError, decode
+from detector.images import ImageError, decode, for_terminal
 from detector.score import Scorer, error_result
 from index.names import NAME_RULE, addable_name, valid_name
 from index.store import IndexesNotSaved, Store, StoreError, default_store_path
@@ -42,13 +42,12 @@ SETTINGS = (("CHIMERA_MAX_PIXELS", int), ("CHIMERA_MAX_BATCH", int), ("CHIMERA_R
 
 def upload_name(filename: str | None) -> str:
     """The name an upload is reported and stored under: its last path part (POSIX or Windows: the rest
-    is the client's private folder, and a work's source is shown to every scorer), control characters shown as
-    \\xNN, "upload" when nothing is left (a client may send "/", "." or nothing)."""
+    is the client's private folder, and a work's source is shown to every scorer), unprintable characters
+    as `for_terminal` shows them, "upload" when nothing is left (a client may send "/", "." or nothing)."""
     name = PurePosixPath(filename or "").name
     if "\\" in name:  # a Windows client may send C:\\Users\\...; a colon alone is a POSIX name's ("12:30.png")
         name = PureWindowsPath(name).name
-    name = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in name)
-    return name or "upload"
+    return for_terminal(name) or "upload"
 
 
 def settings(environ: dict[str, str]) -> dict[str, Any]:

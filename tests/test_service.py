@@ -346,8 +346,8 @@ def test_settings_from_the_environment_are_checked_and_upload_names_kept_readabl
         settings({"CHIMERA_REQUEST_TIMEOUT": "1e10"})  # finite, but every score's wait overflowed: 500s
     with pytest.raises(ValueError, match="CHIMERA_API_TOKENS must be printable ASCII"):
         settings({"CHIMERA_API_TOKENS": "ok,t\u00f6k"})  # headers arrive as latin-1: it could never match
-    assert [upload_name(n) for n in ("/", ".", None, "dir/a.png", "nul\x00.png")] == [
-        "upload", "upload", "upload", "a.png", "nul\\x00.png"]
+    assert [upload_name(n) for n in ("/", ".", None, "dir/a.png", "nul\x00.png", "zw\u200b.png")] == [
+        "upload", "upload", "upload", "a.png", "nul\\x00.png", "zw\\u200b.png"]  # (was "zw\\x200b.png")
 
 
 def test_scoring_auth_takes_any_case_of_bearer_and_says_when_no_token_can_pass(store_dir, alice):
