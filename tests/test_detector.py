@@ -772,8 +772,11 @@ def test_a_long_lived_scorer_refuses_vectors_another_install_registered_since(tm
         assert scorer.score(img)["verdict"]["label"] == "unrelated"
         other = [dataclasses.replace(s, descriptor={**s.descriptor, "version": 99}) if s.kind == "style" else s
                  for s in emb.specs()]
+        other_img = load(next(icons("bob", 1, (60, 120, 220)).iterdir()))
+        (vectors, _), = emb.describe_works([other_img.image])  # (as that install would describe them)
         with store.writer() as w:
             w.register(other)
+            w.add_work("bob", other_img.source, other_img.sha256, other_img.width, other_img.height, vectors)
         for make in (lambda: scorer, lambda: Scorer(store, emb)):
             with pytest.raises(StoreError, match="embedder mismatch for 'style'"):
                 make().score(img)

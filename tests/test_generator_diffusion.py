@@ -411,6 +411,7 @@ def test_research_commands_answer_bad_input_in_one_line_and_leave_nothing_behind
     from index.store import KindSpec, Store
     with Store.open(tmp_path / "other", create=True) as s, s.writer() as w:  # works described by another version
         w.register([KindSpec("style", {"v": 0}, 4)])
+        w.add_work("someone", "old.png", "0" * 64, 8, 8, {"style": [((0, 0, 1, 1), np.ones(4, np.float32))]})
     refused("--store", str(tmp_path / "other"), "--no-clip", "sample", str(run), "--n", "1", "--out",
             str(tmp_path / "s5"), "--register", says="embedder mismatch for 'style'")
     refused("--store", str(tmp_path / "new"), "--no-clip", "sample", str(tmp_path / "norun"), "--n", "1", "--out",
