@@ -203,7 +203,12 @@ class StyleCalibration:
                                          None if lin is None else lin[len(pick):]))
         width = feats[0].shape[-1] * len(self.blocks)
         x = np.concatenate(feats, axis=-1).reshape(-1, width)
-        y = (owner[:, None] == np.arange(self.n_artists)[None, :]).reshape(-1)
+        own = owner[:, None] == np.arange(self.n_artists)[None, :]
+        # a work left out of its artist's works leaves none when it is the only one: no similarity to
+        # them (-1) is no example of how similar an artist's own works are (learnt as one, high
+        # similarity read as "not this artist" where every artist had one work)
+        alone = own & (np.bincount(self.blocks[0][1], minlength=self.n_artists) == 1)[owner][:, None]
+        x, y = x[~alone.reshape(-1)], own.reshape(-1)[~alone.reshape(-1)]
         if self.background:
             x = np.concatenate([x, np.concatenate(bg_feats, axis=-1).reshape(-1, width)])
             y = np.concatenate([y, np.zeros(len(self.background[0]) * self.n_artists, bool)])

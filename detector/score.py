@@ -71,7 +71,7 @@ class Scorer:
         self.sig_mismatch: str | None = None
         self._check_store()
         self.works = evidence.WorkCanvases(store)
-        self._calibration: tuple[tuple, StyleCalibration, list[str], list[str]] | None = None
+        self._calibration: tuple[tuple, StyleCalibration, list[str], list[str], list[str]] | None = None
         self._bg: dict[str, np.ndarray] | None = None
 
     def _check_store(self) -> None:
@@ -92,24 +92,31 @@ class Scorer:
                                    "add them again to match marks")
         return status
 
-    def _style_model(self) -> tuple[StyleCalibration, list[str], list[str]]:
+    def _style_model(self) -> tuple[StyleCalibration, list[str], list[str], list[str]]:
+        """(calibration, every artist's name, the kinds it reads, the names of its classes: the artists
+        with works). An artist without works (made by the API, or with signature samples only) is listed
+        with style 0 and is no class: as one, it changed every other artist's style scores."""
         specs = self.store.specs()
         kinds = [k for k in ("style", "clip") if k in specs and (k != "clip" or self.embedders.clip)]
         with self.store.snapshot():  # owners and vectors of one catalogue state, though a writer commits between
             # every artist is listed, works or not: the roster is part of the key as much as the vectors
-            key = (tuple(cat.generation(self.store.conn, k) for k in kinds), self.store.roster())
+            roster = self.store.roster()
+            key = (tuple(cat.generation(self.store.conn, k) for k in kinds), roster)
             if self._calibration is None or self._calibration[0] != key:
-                blocks, names = [], []
-                for kind in kinds:
-                    _, owner, names = self.store.owners(kind)
+                blocks, hands = [], None
+                for kind in kinds:  # (every work has a vector of each kind: they are never mixed)
+                    _, owner, _ = self.store.owners(kind)  # (artists by id, as the roster)
                     _, vecs = self.store.vectors(kind)
                     keep = owner >= 0  # generated outputs carry no artist: not style references
-                    blocks.append((normalise(vecs[keep]), owner[keep]))
+                    hands = np.unique(owner[keep]) if hands is None else hands
+                    blocks.append((normalise(vecs[keep]), np.searchsorted(hands, owner[keep])))
+                hands = [] if hands is None else hands.tolist()
                 calib = StyleCalibration(blocks, 0)  # nothing registered: no style to calibrate
-                if kinds:
-                    calib = calibrate.cached(blocks, len(names), self._background(kinds))
-                self._calibration = (key, calib, names, kinds)
-        return self._calibration[1], self._calibration[2], self._calibration[3]
+                if hands:
+                    calib = calibrate.cached(blocks, len(hands), self._background(kinds))
+                names = [name for _, name in roster]
+                self._calibration = (key, calib, names, kinds, [names[i] for i in hands])
+        return self._calibration[1:]
 
     def _background(self, kinds: list[str]) -> list[np.ndarray]:
         """Unit vectors of the procedural background set, per kind (computed once per Scorer)."""
@@ -161,16 +168,17 @@ class Scorer:
         info = self.store.works(list(aligned))
         placed = [a for a in placed if a.work_id in info]
 
-        calib, names, kinds = self._style_model()
-        style_p = calib.probabilities([normalise(q[k][0][1][None])[0] for k in kinds]) if names and kinds else []
+        calib, names, kinds, classes = self._style_model()
+        style_p = dict(zip(classes, calib.probabilities([normalise(q[k][0][1][None])[0] for k in kinds])
+                           if classes else []))
         artists, pieces_all = [], []
         mixed, mixed_from = self._mixed_hands(placed, info, names, q_detail)
-        for i, name in enumerate(names):
+        for name in names:
             mine = [a for a in placed if info[a.work_id]["artist"] == name]
             pieces, coverage = evidence.cover(mine, q_detail)
             pieces_all += pieces
             derivative = max(derivative_probability(coverage, len(pieces)), mixed if name in mixed_from else 0.0)
-            artists.append({"artist": name, "style": round(float(style_p[i]) if len(style_p) else 0.0, 4),
+            artists.append({"artist": name, "style": round(float(style_p.get(name, 0.0)), 4),
                             "derivative": round(derivative, 4),
                             "copy": round(max((copy_probability(a) for a in mine), default=0.0), 4)})
         artists.sort(key=lambda a: -a["style"])
@@ -181,7 +189,7 @@ class Scorer:
                 self._check_artist(artist)
                 artists = [{"artist": artist, "style": 0.0, "derivative": 0.0, "copy": 0.0}]
 
-        matches = self._matches(aligned, info, pieces_all, q_detail, (img.width, img.height), artist)
+        matches = self._matches(aligned, placed, info, pieces_all, q_detail, (img.width, img.height), artist)
         verdict = self._verdict(artists)
         return {"version": RESULT_VERSION, "path": img.source, "sha256": img.sha256, "width": img.width,
                 "height": img.height, "artists": artists, "matches": matches,
@@ -201,12 +209,19 @@ class Scorer:
         hands = {info[a.work_id]["artist"] for a, _ in pieces}
         return (derivative_probability(coverage, len(pieces)), hands) if len(hands) >= 2 else (0.0, set())
 
-    def _matches(self, aligned: dict[int, local.Alignment], info: dict, pieces: list, q_detail: np.ndarray,
-                 image_size: tuple[int, int], artist: str | None) -> list[dict[str, Any]]:
+    def _matches(self, aligned: dict[int, local.Alignment], placed: list[local.Alignment], info: dict, pieces: list,
+                 q_detail: np.ndarray, image_size: tuple[int, int], artist: str | None) -> list[dict[str, Any]]:
         """Registered works in evidence: copies, the pieces a collage is made of, and works that
         reproduce a piece just as exactly (icons sharing a part are equally likely sources), alone or
         together: a sibling that reproduces two quadrants of a collage hides the two works each
-        quadrant came from, unless pieces of other works that cover its piece between them are listed."""
+        quadrant came from, unless pieces of other works that cover its piece between them are listed.
+        A work placed twice is listed as its likeliest copy (the placement its artist's copy score
+        is), with that placement's box. Restricted to `artist`, generated outputs stay: which run
+        made the image is evidence whoever's it is."""
+        as_copy: dict[int, local.Alignment] = {}
+        for a in placed:
+            if a.work_id not in as_copy or copy_probability(a) > copy_probability(as_copy[a.work_id]):
+                as_copy[a.work_id] = a
         total = max(int(q_detail.sum()), 1)
         region: dict[int, tuple[float, np.ndarray]] = {}  # work -> (strength, query region it explains)
 
@@ -228,9 +243,10 @@ class Scorer:
                 for b, part in parts:
                     offer(b.work_id, 0.99 * float(part.sum()) / total, part)
         out = []
-        for wid, a in aligned.items():
-            if wid not in info or (artist is not None and info[wid]["artist"] != artist):
+        for wid in aligned:
+            if wid not in info or (artist is not None and info[wid]["artist"] not in (artist, None)):
                 continue
+            a = as_copy.get(wid, aligned[wid])
             copy = copy_probability(a)
             share, piece = region.get(wid, (0.0, None))
             if copy < 0.2 and share == 0.0:
