@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import math
 import os
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -40,12 +41,19 @@ SETTINGS = (("CHIMERA_MAX_PIXELS", int), ("CHIMERA_MAX_BATCH", int), ("CHIMERA_R
             ("CHIMERA_SCORE_WORKERS", int), ("CHIMERA_WRITE_WAIT", float))  # numeric settings read from the environment
 
 
-def upload_name(filename: str | None) -> str:
+RAW_FILENAME = re.compile(r'filename="((?:[^"\\]|\\.)*)"')
+
+
+def upload_name(filename: str | None, disposition: str | None = None) -> str:
     """The name an upload is reported and stored under: its last path part (POSIX or Windows: the rest
     is the client's private folder, and a work's source is shown to every scorer), unprintable characters
-    as `for_terminal` shows them, "upload" when nothing is left (a client may send "/", "." or nothing)."""
-    name = PurePosixPath(filename or "").name
-    if "\\" in name:  # a Windows client may send C:\\Users\\...; a colon alone is a POSIX name's ("12:30.png")
+    as `for_terminal` shows them, "upload" when nothing is left (a client may send "/", "." or nothing).
+    A Windows client sends C:\\Users\\... unescaped in its part's `disposition`, and Werkzeug, reading
+    backslashes there as escapes, gives "C:Users..." as the file name: the raw header is read for those."""
+    raw = RAW_FILENAME.search(disposition or "")
+    raw_name = raw.group(1).replace('\\"', '"') if raw else ""  # (an escaped quote: no Windows name has one)
+    name = PurePosixPath(PureWindowsPath(raw_name).name if "\\" in raw_name else filename or "").name
+    if "\\" in name:  # sent escaped (C:\\\\Users...), so read as C:\\Users...; a colon alone is a POSIX name's
         name = PureWindowsPath(name).name
     return for_terminal(name) or "upload"
 
@@ -145,7 +153,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
                                                  f"'{field}=@picture.png' does")
         if not files:
             raise ApiError(400, "missing_image", f"send the image(s) as multipart form field '{field}'")
-        return [(upload_name(f.filename), f.read()) for f in files]
+        return [(upload_name(f.filename, f.headers.get("Content-Disposition")), f.read()) for f in files]
 
     def decoded(name: str, data: bytes):
         return decode(data, name, max_pixels=app.config["CHIMERA_MAX_PIXELS"])

@@ -10,6 +10,7 @@ import argparse
 import codecs
 import contextlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -220,10 +221,13 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def cmd_models_fetch(args: argparse.Namespace) -> int:
     from detector.clip import ClipUnavailable, chosen, fetch
     model, weights = chosen(args.clip_model, args.clip_weights)  # the flags, else CHIMERA_CLIP_*, as scoring
+    logging.disable(logging.ERROR)  # the hub's retries and open_clip's own error: a failure is said once, below
     try:
         path = fetch(model, weights)
     except (ClipUnavailable, OSError, RuntimeError) as e:
         raise UserError(f"cannot fetch CLIP weights: {str(e).splitlines()[0]}") from None
+    finally:
+        logging.disable(logging.NOTSET)
     print(f"{path}: a local checkpoint, nothing to fetch" if Path(weights).is_file() else f"cached at {path}")
     return 0
 
@@ -362,6 +366,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
     except ValueError as e:  # a CHIMERA_* setting that is not a positive number (service.app.settings)
         raise UserError(str(e)) from None
+    if _received:  # waitress's loop returns from Ctrl-C and SIGTERM alike: said, and exit 130 or 128+n
+        raise KeyboardInterrupt() if _received[-1] == signal.SIGINT else Terminated(_received[-1])
     return 0
 
 
@@ -499,19 +505,29 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_received: list[int] = []  # the stop signals the running command got (`_stop_signals`)
+
+
 @contextlib.contextmanager
 def _stop_signals() -> Iterator[None]:
     """SIGTERM and SIGHUP (a `kill`, a job runner's time-out, a closed terminal) stop a command as Ctrl-C
     does: killed outright, a scan left its worker processes behind, idle for ever and holding its output
-    pipes, and a command writing a folder left it half written. The handlers before are put back after
-    (a caller such as a test runner keeps its own); only the main thread may set them."""
+    pipes, and a command writing a folder left it half written. Each is noted in `_received`, Ctrl-C too:
+    a server's loop returns quietly from them (`cmd_serve`). A signal ignored when the command started
+    (`nohup` ignores SIGHUP, a shell's background job SIGINT) stays ignored. The handlers before are put
+    back after (a caller such as a test runner keeps its own); only the main thread may set them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _received.clear()
 
     def stop(signum: int, frame: Any) -> None:
-        raise Terminated(signum)
-    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+        _received.append(signum)
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+    wanted = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None
+              and signal.getsignal(sig) is not signal.SIG_IGN]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (Python's own: Ctrl-C as before)
+        wanted.append(signal.SIGINT)
     before = {sig: signal.signal(sig, stop) for sig in wanted}
     try:
         yield

@@ -402,6 +402,48 @@ def test_the_server_refuses_an_oversized_body_after_its_headers(tmp_path):
         proc.wait(timeout=10)
 
 
+def test_the_server_stopped_by_a_signal_says_so_and_keeps_a_signal_it_was_told_to_ignore(tmp_path):
+    """`chimera serve` stopped by SIGTERM or Ctrl-C exited 0, saying nothing (waitress's loop returns from
+    them), where every other command exits 128 + the signal's number; and under `nohup` (SIGHUP
+    ignored) a closed terminal stopped any command all the same."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    def start(ignore_hup: bool = False) -> subprocess.Popen:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--store", str(tmp_path / "store"), "--no-clip",
+                                 "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hup
+                                else None)
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                return proc
+            except OSError:
+                time.sleep(0.1)
+        proc.kill()
+        raise AssertionError("the server did not start")
+
+    for sig, code, says in ((signal.SIGTERM, 143, "chimera: stopped by SIGTERM"), (signal.SIGINT, 130, "chimera: interrupted")):
+        proc = start()
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == code and says in proc.stderr.read()
+    proc = start(ignore_hup=True)
+    try:
+        proc.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert proc.poll() is None  # still serving
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=20) == 143
+
+
 def test_artists_registered_before_the_look_alike_rule_can_still_be_added_to(client, store_dir, icons):
     """Names the rule now refuses for new artists (a trailing space) stay usable for an artist the store
     already has, by the API and the CLI; the zero-width joiners Persian names and emoji need are allowed."""
@@ -458,6 +500,12 @@ def test_urls_that_are_not_utf8_are_refused_and_uploads_keep_only_their_file_nam
     assert r.json["matches"][0]["source"] == "red.png"
     r = client.post("/v1/score", data={"image": (png(icon), "a:b.png")})  # a POSIX name, not a Windows drive
     assert r.json["path"] == "a:b.png"
+    for name, shown in ((b"C:\\Users\\maria\\red.png", "red.png"),  # unescaped, as browsers and curl -F send it
+                        (b'say \\"hi\\".png', 'say "hi".png')):  # (Werkzeug gave "C:Usersmariared.png")
+        body = (b'--B\r\nContent-Disposition: form-data; name="image"; filename="' + name + b'"\r\n\r\n'
+                + png(icon).getvalue() + b"\r\n--B--\r\n")
+        r = client.post("/v1/score", data=body, content_type="multipart/form-data; boundary=B")
+        assert r.json["path"] == shown
 
 
 def test_store_messages_name_a_relative_store_once(tmp_path, monkeypatch):
