@@ -222,7 +222,7 @@ class StyleCalibration:
                           _log_odds(self.linear[i].proba(q[None, :]), self.n_artists) if self.linear else None)
                  for i, (q, (vecs, owner)) in enumerate(zip(queries, self.blocks))]
         x = np.concatenate(feats, axis=-1).reshape(self.n_artists, -1)
-        if self.model is None:  # one artist: no background to calibrate against; a fixed, documented curve
+        if self.model is None:  # one artist (or one work each): nothing to calibrate against; a fixed, documented curve
             return 1 / (1 + np.exp(-(x[:, 0] - 0.85) / 0.04))
         return self.model.proba(x)[:, 1]
 

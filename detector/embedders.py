@@ -80,16 +80,21 @@ class Embedders:
         return [(vecs, thumbnail(im)) for vecs, im in zip(out, images)]
 
     def describe_queries(self, images: list[Image.Image]) -> list[Vectors]:
-        """Vectors of images to score: hashes of all 8 flips/rotations, denser windows,
+        """Vectors of images to score: hashes of all 8 flips/rotations (and of the picture inside a
+        second border, when there is one), denser windows,
         keypoints of the image and of its mirror (SIFT is not mirror-invariant; the mirror's
         are the image's own, moved by `local.mirrored`, not a second SIFT run).
         CLIP, when loaded, embeds the whole list in one forward pass."""
         out: list[Vectors] = []
         turns = hashes.dihedral_bits_many(images, trim=True)
-        for img, bits in zip(images, turns):
+        # a picture inside a second border (`hashes.nested_box`) is hashed there too, its rows' box saying where
+        nests = [hashes.nested_box(img) for img in images]
+        inner = iter(hashes.dihedral_bits_many([img.crop(b) for img, b in zip(images, nests) if b]))
+        for img, bits, nest in zip(images, turns, nests):
             can = local.canvas(img)
             pts, desc = local.keypoints(can)
-            out.append({"hash": [(FULL, b) for b in bits],
+            box = nest and (nest[0] / img.width, nest[1] / img.height, nest[2] / img.width, nest[3] / img.height)
+            out.append({"hash": [(FULL, b) for b in bits] + ([(box, b) for b in next(inner)] if nest else []),
                         "style": [(FULL, style.style_vector(img))],
                         "patch": regions.describe(img, regions.QUERY_WINDOWS),
                         "kp": _points(pts, desc, can.shape),

@@ -139,8 +139,11 @@ def propose(works: WorkCanvases, q: dict, hits: dict[str, list[list[Hit]]], q_si
                 best_hash[hit.work_id] = (sim, k)
     for wid, (_, k) in sorted(best_hash.items(), key=lambda kv: -kv[1][0])[:MAX_WORKS]:
         wc = works.get(wid)
-        if wc:
-            out[wid].append((_box_to_box(q_content, wc.content, k), 0, None))
+        if wc:  # rows come 8 turns at a time: of the content, then of the picture in a second border
+            box = q["hash"][k][0]
+            region = q_content if k < 8 else (box[0] * q_size[0], box[1] * q_size[1], box[2] * q_size[0],
+                                              box[3] * q_size[1])
+            out[wid].append((_box_to_box(region, wc.content, k % 8), 0, None))
     upright: dict[int, int] = {}  # work -> inliers of its placement from the query's own keypoints
     for kind, flipped in (("kp", False), ("kp_flip", True)):
         items = q.get(kind) or []

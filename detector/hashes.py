@@ -29,7 +29,34 @@ def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
     return _content_box(np.asarray(img if img.mode in ("RGB", "L") else img.convert("RGB")), tol)
 
 
-def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None) -> tuple[int, int, int, int]:
+PAGE = 0.5  # a picture filling at most this share of its image, inside a uniform border, lies on a page
+
+
+def page_box(img: Image.Image) -> tuple[int, int, int, int] | None:
+    """The box of a picture pasted on a uniform page (filling at most PAGE of the image, however little:
+    `content_box` takes under a fifth for no border at all), else None."""
+    rgb = img if img.mode in ("RGB", "L") else img.convert("RGB")
+    x0, y0, x1, y1 = _content_box(np.asarray(rgb), least=0.0)
+    return (x0, y0, x1, y1) if (x1 - x0) * (y1 - y0) <= PAGE * img.width * img.height else None
+
+
+def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
+    """The picture on a page (`page_box`) inside a second border of its own (an icon drawn on white,
+    pasted on a coloured page), when that is not `content_box`'s: hashed as `content_box` trims it,
+    such a copy is the whole page (the icon fills under a fifth of it) or the icon with its white
+    margin, while its registered source was hashed without. None otherwise."""
+    page = page_box(img)
+    if page is None:
+        return None
+    rgb = img if img.mode in ("RGB", "L") else img.convert("RGB")
+    x0, y0, x1, y1 = page
+    u0, v0, u1, v1 = content_box(rgb.crop(page))
+    box = (x0 + u0, y0 + v0, x0 + u1, y0 + v1)
+    return None if min(u1 - u0, v1 - v0) < 8 or box == content_box(rgb) else box
+
+
+def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None,
+                 least: float = 0.2) -> tuple[int, int, int, int]:
     """`content_box` of an image's pixels: (h, w) or (h, w, depth <= 4) uint8, of whose channels the
     first `channels` (all by default) count: an RGBX copy's padding byte X is whatever Pillow was
     given (a TIFF's extra samples, 0 in `Image.new`), so it must not decide what is border.
@@ -38,7 +65,7 @@ def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None) ->
     its channel's corner value, less tol (less 255 for a channel that does not count; OpenCV
     saturates at 0), is non-zero exactly where a channel is past tol; read as rows of width x depth
     bytes, their bounding rectangle divided by the depth is the content's. Two vectorised passes: a
-    per-pixel range test cost 3x as much."""
+    per-pixel range test cost 3x as much. Content under `least` of the area is taken for no border."""
     height, width = arr.shape[:2]
     depth = 1 if arr.ndim == 2 else arr.shape[2]
     corner = np.atleast_1d(arr[0, 0]).tolist()
@@ -50,7 +77,7 @@ def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None) ->
                            tuple(tol if c < counted else 255 for c in range(4)))
     x, y, w, h = cv2.boundingRect(far.reshape(height, -1))
     x0, x1 = x // depth, -(-(x + w) // depth)
-    if (x1 - x0) * h < 0.2 * width * height:
+    if (x1 - x0) * h < least * width * height or w == 0:
         return (0, 0, width, height)  # mostly border (or all of it): the "border" is the picture
     return (x0, y, x1, y + h)
 

@@ -165,6 +165,16 @@ class Canvas:
         half = cv2.resize(s, (max(4, s.shape[1] // 2), max(4, s.shape[0] // 2)), interpolation=cv2.INTER_AREA)
         return cls(g, s, half)
 
+    def on_page(self, box: tuple[float, float, float, float]) -> None:
+        """Take as detail only windows wholly inside `box` (canvas pixels): the picture of a query
+        pasted on a uniform page. The picture's edge against the page is no detail of the picture,
+        and counted, it kept a copy on a page from explaining half of the detail (`footprint`)."""
+        x0, y0, x1, y1 = box
+        r = WIN // 2
+        inside = np.zeros_like(self.detail)
+        inside[math.ceil(y0) + r:math.floor(y1) - r, math.ceil(x0) + r:math.floor(x1) - r] = True
+        self.detail = self.detail & inside
+
     # What only a query needs, computed on first use and kept for all the works placed on it (a
     # work's canvas, cached by the hundred, never needs these)
     @functools.cached_property
@@ -289,22 +299,27 @@ def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int =
     return a
 
 
-def _as_smooth_as_query(warped_smooth: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+def _as_smooth_as_query(w: Canvas, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A work's smoothed canvas, warped onto the query, blurred to the query's own smoothing. The work was
     smoothed at SMOOTH on its canvas: shrunk by s onto the query (a copy padded or pasted small) that blur
     is SMOOTH / s there, and a sharp work against a smoothed query read as a different picture (a copy
-    filling 40% of its picture scored 0.12). The rest, SMOOTH * sqrt(1 - 1 / s^2), is added; nothing
+    filling 40% of its picture scored 0.12). The rest, SMOOTH * sqrt(1 - 1 / s^2), is added, over the
+    work's edge pixels repeated outward (not the black beyond it, which would darken its margin); nothing
     where the work is not shrunk past 2% (an enlarged work stays blurrier, which resemblance survives)."""
     shrink = math.sqrt(abs(np.linalg.det(matrix[:, :2])))  # work pixels per query pixel
     extra = SMOOTH * math.sqrt(max(0.0, 1 - 1 / shrink ** 2)) if shrink > 0 else 0.0
-    return cv2.GaussianBlur(warped_smooth, (0, 0), extra) if extra > 0.3 else warped_smooth
+    inv = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    if extra <= 0.3:
+        return cv2.warpAffine(w.smooth, matrix, size, flags=inv, borderValue=0)
+    return cv2.GaussianBlur(cv2.warpAffine(w.smooth, matrix, size, flags=inv, borderMode=cv2.BORDER_REPLICATE),
+                            (0, 0), extra)
 
 
 def _measure(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int) -> Alignment:
     size = q.size
     inv = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     warped = cv2.warpAffine(w.gray, matrix, size, flags=inv, borderValue=0)
-    warped_s = _as_smooth_as_query(cv2.warpAffine(w.smooth, matrix, size, flags=inv, borderValue=0), matrix)
+    warped_s = _as_smooth_as_query(w, matrix, size)
     inside = cv2.warpAffine(np.ones(w.gray.shape, np.uint8), matrix, size,
                             flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
     inside = cv2.erode(inside, np.ones((WIN, WIN), np.uint8)) > 0

@@ -68,6 +68,7 @@ class Scorer:
         self.store = store
         self.embedders = embedders
         self._specs: dict | None = None
+        self._unsettled = False  # kinds recorded by another version, with no vector yet (`_check_store`)
         self.sig_mismatch: str | None = None
         self._check_store()
         self.works = evidence.WorkCanvases(store)
@@ -78,10 +79,14 @@ class Scorer:
         """A query is only compared with vectors made as it is (StoreError otherwise); signature samples
         described by another version leave signature matching out (marks are still reported, matched
         to nobody). Checked again whenever the store's embedders change: a server's scorer lives on
-        while another install registers vectors in the store it scores against."""
+        while another install registers vectors in the store it scores against. A kind the store
+        records otherwise but holds no vector of is no mismatch (its next add records the adder's
+        version) until another install adds to it without changing the record: while there is such a
+        kind, every batch checks again."""
         specs = self.store.specs()
-        if specs != self._specs:
+        if specs != self._specs or self._unsettled:
             self.sig_mismatch = self.store.check_embedders(self.embedders.specs(), spare=SPARE).get("sig")
+            self._unsettled = bool(self.store.replaced(self.embedders.specs()))
             self._specs = specs
 
     def _status(self) -> dict[str, str]:
@@ -155,15 +160,17 @@ class Scorer:
         """The result object of an image whose query vectors `q` and their nearest stored vectors
         (`hits`, from evidence.search) are computed (artist checked)."""
         qc = local.Canvas.of(local.canvas(img.image, local.VERIFY))
-        q_detail = qc.detail
         sx, sy = qc.size[0] / img.width, qc.size[1] / img.height  # differ for extreme aspect ratios
+        if page := hashes.page_box(img.image):
+            qc.on_page((page[0] * sx, page[1] * sy, page[2] * sx, page[3] * sy))
+        q_detail = qc.detail
         x0, y0, x1, y1 = hashes.content_box(img.image)
         q_content = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
         aligned = evidence.verify(self.works, evidence.propose(self.works, q, hits, qc.size, q_content), qc)
         placed = list(aligned.values())  # every verified placement: a work may sit in a query twice
         for wid, a in evidence.verify(self.works, evidence.propose_pieces(self.store, self.works, q, qc, aligned),
                                       qc).items():
-            aligned.setdefault(wid, a)  # a work placed as a whole keeps that placement for its copy evidence
+            aligned.setdefault(wid, a)  # a work placed as a whole keeps that placement (its piece's siblings)
             placed.append(a)
         info = self.store.works(list(aligned))
         placed = [a for a in placed if a.work_id in info]

@@ -145,17 +145,24 @@ except RuntimeError:
 PROBE_SECONDS = 120
 
 
+PROBE_MAX = 1024  # numbers in a probed factory are capped at this (IVF65536 is probed as IVF1024)
+
+
 def unsafe(factory: str, dim: int, binary: bool) -> str | None:
     """Why FAISS cannot be trusted to build `factory` in this process, else None. Some factory strings
     abort, crash or hang inside FAISS instead of raising ("HNSW0", "IVF16_HNSW1,Flat", "NSG2"), which
     would end the process (a server's too) with no word of why. A user's choice is therefore built
-    first on random vectors in a child process."""
-    n = min(max(_min_train(factory), 300), 20_000)
+    first on random vectors in a child process, with its numbers capped at PROBE_MAX so that it is
+    trained for real on a few thousand vectors (the faults are in small numbers; a larger one would
+    need as many vectors to build anything but the exact search it falls back to). The child runs
+    in this package's folder: the user's own (an index.py there) must not be imported."""
+    probed = re.sub(r"\d+", lambda m: str(min(int(m.group()), PROBE_MAX)), factory)
+    n = max(_min_train(probed), 300)
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (root, os.environ.get("PYTHONPATH"))))}
     try:
-        done = subprocess.run([sys.executable, "-c", PROBE, factory, str(dim), str(int(binary)), str(n)],
-                              capture_output=True, text=True, timeout=PROBE_SECONDS, env=env)
+        done = subprocess.run([sys.executable, "-c", PROBE, probed, str(dim), str(int(binary)), str(n)],
+                              capture_output=True, text=True, timeout=PROBE_SECONDS, env=env, cwd=root)
     except subprocess.TimeoutExpired:
         return f"FAISS did not finish building it on {n} random vectors in {PROBE_SECONDS} s"
     if done.returncode < 0:

@@ -366,9 +366,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UserError(f"cannot serve on {args.host}:{args.port}: {e.strerror or e}") from None
     except ValueError as e:  # a CHIMERA_* setting that is not a positive number (service.app.settings)
         raise UserError(str(e)) from None
-    if _received:  # waitress's loop returns from Ctrl-C and SIGTERM alike: said, and exit 130 or 128+n
-        raise KeyboardInterrupt() if _received[-1] == signal.SIGINT else Terminated(_received[-1])
-    return 0
+    # waitress's loop returns only when stopped, from Ctrl-C and SIGTERM alike: said, and exit 128 + n
+    raise Terminated(_received[-1]) if _received else KeyboardInterrupt()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -512,22 +511,21 @@ _received: list[int] = []  # the stop signals the running command got (`_stop_si
 def _stop_signals() -> Iterator[None]:
     """SIGTERM and SIGHUP (a `kill`, a job runner's time-out, a closed terminal) stop a command as Ctrl-C
     does: killed outright, a scan left its worker processes behind, idle for ever and holding its output
-    pipes, and a command writing a folder left it half written. Each is noted in `_received`, Ctrl-C too:
-    a server's loop returns quietly from them (`cmd_serve`). A signal ignored when the command started
-    (`nohup` ignores SIGHUP, a shell's background job SIGINT) stays ignored. The handlers before are put
-    back after (a caller such as a test runner keeps its own); only the main thread may set them."""
+    pipes, and a command writing a folder left it half written. Each is noted in `_received`: a server's
+    loop returns quietly from them (`cmd_serve`). A signal ignored when the command started (`nohup`
+    ignores SIGHUP) stays ignored. Ctrl-C is Python's own KeyboardInterrupt, which training takes over
+    to finish its step. The handlers before are put back after (a caller such as a test runner keeps
+    its own); only the main thread may set them."""
+    _received.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received.clear()
 
     def stop(signum: int, frame: Any) -> None:
         _received.append(signum)
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+        raise Terminated(signum)
     wanted = [sig for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig is not None
               and signal.getsignal(sig) is not signal.SIG_IGN]
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (Python's own: Ctrl-C as before)
-        wanted.append(signal.SIGINT)
     before = {sig: signal.signal(sig, stop) for sig in wanted}
     try:
         yield
@@ -537,11 +535,12 @@ def _stop_signals() -> Iterator[None]:
 
 
 def _as_shown(e: UnicodeError) -> tuple[str, int]:
-    """The codec error handler `SHOWN`: a file name's undecodable bytes (lone surrogates) as `shown` writes them."""
+    """The codec error handler `SHOWN`: a file name's undecodable bytes (lone surrogates) as `shown` writes
+    them, any other character the output's encoding lacks as Python's backslashreplace does (\\U0001f3a8)."""
     if not isinstance(e, UnicodeEncodeError):
         raise e
-    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else f"\\u{ord(c):04x}"
-                   for c in e.object[e.start:e.end]), e.end
+    return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else
+                   c.encode("ascii", "backslashreplace").decode() for c in e.object[e.start:e.end]), e.end
 
 
 SHOWN = "chimera-shown"

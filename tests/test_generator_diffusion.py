@@ -143,8 +143,9 @@ def test_ctrl_c_while_training_keeps_every_step_and_resumes_exactly(run: Path, d
             os.kill(os.getpid(), signal.SIGINT)
         real(self)
 
+    from service.cli import Terminated, _stop_signals
     monkeypatch.setattr(training.Session, "step", step)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), _stop_signals():  # as `chimera train` runs (its handlers took Ctrl-C)
         train(data, tmp_path, "small", steps=STEPS, device="cpu", seed=0, **TINY)  # checkpoints every 15
     assert json.loads((tmp_path / "run.json").read_text())["steps"] == 20
     assert torch.load(tmp_path / "latest.pt", weights_only=True)["step"] == 20
@@ -160,7 +161,6 @@ def test_ctrl_c_while_training_keeps_every_step_and_resumes_exactly(run: Path, d
     monkeypatch.undo()
     # SIGTERM (a job runner's time-out, `docker stop`) under the CLI's handlers: the same save, then the
     # CLI's stop (exit 143); it had aborted mid-step, losing every step since the last checkpoint
-    from service.cli import Terminated, _stop_signals
     sent = signal.SIGTERM
 
     def step_term(self) -> None:

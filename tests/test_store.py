@@ -359,6 +359,10 @@ def test_refused_factory_leaves_the_store_as_it_was(chimera, icons, store_dir, m
         monkeypatch.setattr(vx, "PROBE_SECONDS", 5)
         code, _, err = chimera("index", "rebuild", "--index-factory", factory)
         assert code == 2 and f"cannot build a '{factory.strip(';')}' index for {kind}: FAISS {why}" in err, err
+    assert vx.unsafe("IVF20001_HNSW1,Flat", 16, False) == "FAISS crashed building it (SIGSEGV)"  # (probed as IVF1024)
+    (store_dir.parent / "index.py").write_text("raise SystemExit('the user project')\n")
+    monkeypatch.chdir(store_dir.parent)  # the probe imports this package, not a module of the user's folder
+    assert vx.unsafe("HNSW32", 16, False) is None
     assert chimera("score", str(icons("query", 1, (230, 180, 40)) / "query_000.png"))[0] == 0
     assert chimera("index", "add", "--artist", "alice", str(icons("alice", 2, (230, 180, 40), start=5)))[0] == 0
     assert chimera("index", "check")[0] == 0 and listing(chimera)["artists"][0]["works"] == 5
@@ -864,6 +868,11 @@ def test_the_cli_refuses_empty_paths_escapes_hostile_names_and_ends_quietly_on_a
     """An unset variable ("$DIR") must not scan or register the working folder; a file name holding
     terminal escape sequences is shown escaped, never sent to the terminal raw; a store or an --out
     folder that is a file is said to be one; a reader that goes away (`| head`) is no error."""
+    from service.cli import SHOWN
+    # what an output cannot encode is escaped: a name's undecodable bytes as records show them, others
+    # as Python does (U+1F3A8 was written \u1f3a8, which reads as U+1F3A and an 8)
+    assert ("Zo\u00eb\U0001f3a8 " + b"a\xffb".decode("utf-8", "surrogateescape")).encode("ascii", SHOWN) \
+        == b"Zo\\xeb\\U0001f3a8 a\\xffb"
     alice = icons("alice", 2, (230, 180, 40))
     monkeypatch.chdir(alice)
     for args in (("index", "add", "--artist", "zed", ""), ("score", ""), ("scan", "", "--out", str(tmp_path / "o.jsonl"))):
