@@ -166,9 +166,11 @@ class Canvas:
         return cls(g, s, half)
 
     def on_page(self, box: tuple[float, float, float, float]) -> None:
-        """Take as detail only windows wholly inside `box` (canvas pixels): the picture of a query
-        pasted on a uniform page. The picture's edge against the page is no detail of the picture,
-        and counted, it kept a copy on a page from explaining half of the detail (`footprint`)."""
+        """Take as detail only windows wholly inside `box` (canvas pixels): a picture with a border of its
+        own (an icon's white margin) pasted on a uniform page of another colour. Its edge against the
+        page is no detail of the picture, and counted, it kept a copy on a page from explaining half
+        of the detail (`footprint`). (A shape drawn straight on a page has no such border: its edge is
+        its detail.)"""
         x0, y0, x1, y1 = box
         r = WIN // 2
         inside = np.zeros_like(self.detail)
