@@ -24,9 +24,13 @@ from detector import colour_tables, resample
 HASH_BITS = 64 * 3 + 48  # phash, dhash, whash, colorhash (42 bits, padded to 48)
 
 
+def _rgb(img: Image.Image) -> Image.Image:
+    return img if img.mode in ("RGB", "L") else img.convert("RGB")
+
+
 def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
     """The box inside uniform borders (padding, letterboxing); the whole image if it is mostly border."""
-    return _content_box(np.asarray(img if img.mode in ("RGB", "L") else img.convert("RGB")), tol)
+    return _content_box(np.asarray(_rgb(img)), tol)
 
 
 PAGE = 0.5  # a picture filling at most this share of its image, inside a uniform border, lies on a page
@@ -35,8 +39,7 @@ PAGE = 0.5  # a picture filling at most this share of its image, inside a unifor
 def page_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     """The box of a picture pasted on a uniform page (filling at most PAGE of the image, however little:
     `content_box` takes under a fifth for no border at all), else None."""
-    rgb = img if img.mode in ("RGB", "L") else img.convert("RGB")
-    x0, y0, x1, y1 = _content_box(np.asarray(rgb), least=0.0)
+    x0, y0, x1, y1 = _content_box(np.asarray(_rgb(img)), least=0.0)
     return (x0, y0, x1, y1) if (x1 - x0) * (y1 - y0) <= PAGE * img.width * img.height else None
 
 
@@ -48,11 +51,10 @@ def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     page = page_box(img)
     if page is None:
         return None
-    rgb = img if img.mode in ("RGB", "L") else img.convert("RGB")
     x0, y0, x1, y1 = page
-    u0, v0, u1, v1 = content_box(rgb.crop(page))
+    u0, v0, u1, v1 = content_box(img.crop(page))
     box = (x0 + u0, y0 + v0, x0 + u1, y0 + v1)
-    return None if min(u1 - u0, v1 - v0) < 8 or box == content_box(rgb) else box
+    return None if min(u1 - u0, v1 - v0) < 8 or box == content_box(img) else box
 
 
 def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None,
