@@ -161,7 +161,8 @@ class Scorer:
         (`hits`, from evidence.search) are computed (artist checked)."""
         qc = local.Canvas.of(local.canvas(img.image, local.VERIFY))
         sx, sy = qc.size[0] / img.width, qc.size[1] / img.height  # differ for extreme aspect ratios
-        if hashes.nested_box(img.image) and (page := hashes.page_box(img.image)):  # a picture in its own border, on a page
+        # a picture in a border of its own, on a page: `describe_queries` hashed it there too (rows past the 8 turns)
+        if len(q["hash"]) > 8 and (page := hashes.page_box(img.image)):
             qc.on_page((page[0] * sx, page[1] * sy, page[2] * sx, page[3] * sy))
         q_detail = qc.detail
         x0, y0, x1, y1 = hashes.content_box(img.image)
