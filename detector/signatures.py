@@ -180,6 +180,7 @@ class Candidate:
     ink: np.ndarray  # bool crop of the stroke mask
     features: np.ndarray  # FEATURES, in order
     beyond_body: bool = False  # grouped from the ink beyond the picture's filled shapes (`_body`)
+    carved: bool = False  # carved out of a grouping too large to be a mark (`CARVE`): trusted only when it matches
 
 
 def candidates(rgb: np.ndarray) -> list[Candidate]:
@@ -191,7 +192,9 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     stroke cut by the edge belongs to a shape that goes on beyond it. Groups come from the ink with
     and without its faint stretches, and from its darkest ink alone: faint ink completes a thin name
     but can also join it to nearby artwork, as can lighter artwork the name touches, so every grouping
-    is offered and the likeness model judges. A name touching dark artwork joins it at every level;
+    is offered and the likeness model judges. A name a letter's gap from artwork joins it when letters
+    are joined; the groupings set aside as too large are joined again, tighter (`CARVE`), and what
+    that carves out is offered as `carved`. A name touching dark artwork joins it at every level;
     the ink beyond the picture's filled shapes (`_body`) is offered last, for `find_marks` to use
     where nothing else is. Features: shape
     (wide, short), stroke count, ink density, stroke width, ink path length per box
@@ -205,11 +208,20 @@ def candidates(rgb: np.ndarray) -> list[Candidate]:
     out: list[Candidate] = []
     seen: set[tuple[int, ...]] = set()
     for faint, strong in INK_LEVELS:
-        out += _groups(rgb.shape[:2], gray, _ink(bh, faint, strong), seen)
-    out += _groups(rgb.shape[:2], gray, _ink(bh, FAINT_INK, INK) & ~_body(small), seen, beyond_body=True)
+        found, too_large = _groups(rgb.shape[:2], gray, _ink(bh, faint, strong), seen)
+        out += found
+        if too_large.any():
+            out += _groups(rgb.shape[:2], gray, too_large, seen, join=CARVE)[0]
+    out += _groups(rgb.shape[:2], gray, _ink(bh, FAINT_INK, INK) & ~_body(small), seen, beyond_body=True)[0]
     return out
 
 
+JOIN = (7, 3)  # (width, height) of the dilation that joins the letters of a name
+# ...and of the tighter one that carves a name out of a grouping set aside as too large: a name written
+# close to artwork (a mouth, a robot's teeth, a cloud's outline) joins it at JOIN, a letter's gap away.
+# Carved groupings are fragments of artwork as often as names, so they count only when they match a
+# registered hand clearly (score.CARVED_MATCH)
+CARVE = (4, 3)
 BODY_OPEN = 7  # side (WORK pixels) of the opening that leaves a picture's filled shapes and drops pen strokes
 
 
@@ -225,9 +237,11 @@ def _body(small: np.ndarray) -> np.ndarray:
 
 
 def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set,
-            beyond_body: bool = False) -> list[Candidate]:
+            beyond_body: bool = False, join: tuple[int, int] = JOIN) -> tuple[list[Candidate], np.ndarray]:
     """The candidates of one ink mask (on the WORK canvas, as `gray`) whose (x, y, w, h) is not in `seen`
-    yet; boxes are returned in the pixels of the picture, whose (height, width) is `size`."""
+    yet, and the strokes of the groupings set aside as too large or cut by the picture's edge (for
+    `CARVE`); boxes are returned in the pixels of the picture, whose (height, width) is `size`.
+    Candidates grouped with a join other than JOIN are `carved`."""
     h, w = size
     H, W = ink.shape
     # strokes too large to belong to a mark (outlines, long contours) are left out before letters are
@@ -236,15 +250,17 @@ def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set,
     large = (stats[:, 2] > 0.6 * W) | (stats[:, 3] > 0.3 * H)
     large[0] = False
     strokes_ink = ink & ~large[labels]
-    grouped = cv2.dilate(strokes_ink.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, (7, 3)))
+    grouped = cv2.dilate(strokes_ink.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_RECT, join))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(grouped, connectivity=8)
     out = []
+    rejected = np.zeros(n, bool)
     for i in range(1, n):
         x, y, bw, bh, _ = stats[i]
-        if bw < 0.08 * W or bw > 0.6 * W or bh > 0.3 * H or bh < 3:
+        if bw < 0.08 * W or bh < 3:
             continue
-        if x <= 1 or y <= 1 or x + bw >= W - 1 or y + bh >= H - 1:
-            continue  # cut by the picture's edge
+        if bw > 0.6 * W or bh > 0.3 * H or x <= 1 or y <= 1 or x + bw >= W - 1 or y + bh >= H - 1:
+            rejected[i] = True
+            continue  # too large, or cut by the picture's edge
         if (x, y, bw, bh) in seen:
             continue
         seen.add((x, y, bw, bh))
@@ -260,8 +276,8 @@ def _groups(size: tuple[int, int], gray: np.ndarray, ink: np.ndarray, seen: set,
                  comp.sum() / max(width, 1) / np.hypot(bw, bh), min(cx, 1 - cx, cy, 1 - cy), bw / W, bh / H,
                  1 - gray[y:y + bh, x:x + bw][comp].mean() / 255, ring / max(ring_area, 1)]
         box = (int(x * w / W), int(y * h / H), int(np.ceil((x + bw) * w / W)), int(np.ceil((y + bh) * h / H)))
-        out.append(Candidate(box, comp, np.array(feats, np.float32), beyond_body))
-    return out
+        out.append(Candidate(box, comp, np.array(feats, np.float32), beyond_body, join != JOIN))
+    return out, rejected[labels] & strokes_ink
 
 
 Trees = tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
@@ -300,20 +316,21 @@ def likeness(features: np.ndarray, model: Trees | None = None) -> float:
     return float(1 / (1 + np.exp(-(bias + value[rows, node].sum()))))
 
 
-Mark = tuple[tuple[int, int, int, int], float, np.ndarray]  # (pixel box, signature-likeness, ink mask crop)
+Mark = tuple[tuple[int, int, int, int], float, np.ndarray, bool]  # (pixel box, signature-likeness, ink crop, carved)
 
 
 def find_marks(rgb: np.ndarray, min_likeness: float = 0.0, max_marks: int = 3) -> list[list[Mark]]:
     """Candidate signature regions at least `min_likeness` signature-like, likeliest first, each as
     the groupings its ink was offered in (with its faint ink, without, its darkest ink alone, or
-    joined to artwork it touches), the likeliest first (the larger on a tie). A grouping belongs
-    to the first mark whose likeliest grouping it mostly overlaps. Groupings of the ink beyond the
-    picture's body are offered only where no other grouping at least `min_likeness` lies."""
+    joined to artwork it touches, or carved out of it), the likeliest first (the larger on a tie).
+    A grouping belongs to the first mark whose likeliest grouping it mostly overlaps. Groupings of
+    the ink beyond the picture's body are offered only where no other grouping at least
+    `min_likeness` lies, carved ones aside (they may yet match no hand, see score.CARVED_MATCH)."""
     found = [(c, likeness(c.features)) for c in candidates(rgb)]
     # ink beyond the body only adds marks where the ink masks offered nothing signature-like: cut at
     # the body's edge, a name partly over artwork would also be offered as its loose fragments
-    plain = [c.box for c, p in found if not c.beyond_body and p >= min_likeness]
-    offered = sorted(((c.box, p, c.ink) for c, p in found
+    plain = [c.box for c, p in found if not c.beyond_body and not c.carved and p >= min_likeness]
+    offered = sorted(((c.box, p, c.ink, c.carved) for c, p in found
                       if not c.beyond_body or all(_overlap(c.box, b) < 0.5 for b in plain)),
                      key=lambda m: (-m[1], -_area(m[0])))
     marks: list[list[Mark]] = []

@@ -925,6 +925,38 @@ def test_a_mark_touching_the_artwork_is_still_found(tmp_path):
     assert found >= 10
 
 
+def test_a_name_written_a_letters_gap_from_artwork_is_carved_out_and_matched(world):
+    """A name two pixels from a mouth-like arc joins it when letters are joined, too wide for a mark
+    together: only the tighter join (`signatures.CARVE`) finds it, and then only as a registered hand."""
+    from PIL import ImageDraw
+
+    from detector import signatures
+    sig = Image.open(world["root"] / "data" / "artist_00" / "signatures" / "sig_1.png")
+    found = 0
+    for seed in (0, 2, 5, 6, 7):
+        img, box = augment.paste_signature(Image.new("RGB", (64, 64), "white"), sig, random.Random(seed), corner="br")
+        mid = (box[1] + box[3]) // 2
+        ImageDraw.Draw(img).arc((box[0] - 22, mid - 12, box[0] - 2, mid + 4), 0, 180, fill=(40, 40, 40), width=2)
+        offered = [c for c in signatures.candidates(np.asarray(img)) if evaluate.iou(c.box, box) >= 0.3]
+        assert not [c for c in offered if not c.carved and signatures.likeness(c.features) >= 0.6]
+        marks = score(world, img)["signatures"]
+        found += any(evaluate.iou(m["box"], box) >= 0.3 and m["artist"] == "artist_00" for m in marks)
+    assert found >= 4
+    # carved groupings are fragments of artwork as often as names, so one that matches no registered hand
+    # is not reported: here the name of a hand nobody registered, carved out as cleanly as the names above
+    from generator.hands import Hand
+    from generator.parts import render_signature
+    stranger = render_signature(Hand.from_seed(903), 160, jitter_seed=1)
+    for seed in (0, 5):
+        img, box = augment.paste_signature(Image.new("RGB", (64, 64), "white"), stranger, random.Random(seed),
+                                           corner="br")
+        mid = (box[1] + box[3]) // 2
+        ImageDraw.Draw(img).arc((box[0] - 22, mid - 12, box[0] - 2, mid + 4), 0, 180, fill=(40, 40, 40), width=2)
+        assert any(c.carved and evaluate.iou(c.box, box) >= 0.5 and signatures.likeness(c.features) >= 0.9
+                   for c in signatures.candidates(np.asarray(img)))
+        assert not [m for m in score(world, img)["signatures"] if evaluate.iou(m["box"], box) >= 0.3]
+
+
 def test_exported_mark_model_scores_as_scikit_learn_does():
     from detector import signatures, train_marks
     rng = np.random.default_rng(0)
