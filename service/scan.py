@@ -31,7 +31,7 @@ from typing import Any, Collection, Iterator, NamedTuple
 from tqdm import tqdm
 
 from detector.embedders import Embedders
-from detector.images import ImageError, LoadedImage, decode, iter_image_paths, read_bytes, shown
+from detector.images import ImageError, LoadedImage, decode, iter_image_paths, read_bytes, shown, unshown
 from detector.score import SPARE, Scorer, error_result
 from index.store import Store
 from service.report import CSV_FIELDS, csv_row, csv_text, is_flagged, write_html
@@ -104,15 +104,21 @@ def _newest(records: Path) -> dict[str, tuple[int, str]]:
 def _mended(path: str, error: str) -> bool:
     """Whether an error record of `path` (absolute) no longer holds: the path is gone, or the folder it
     names can be listed now."""
-    if not os.path.lexists(path):
+    if not _exists(path):
         return True
     if error.startswith("cannot list this folder"):
         try:
-            os.scandir(path).close()
+            os.scandir(path if os.path.lexists(path) else unshown(path)).close()
             return True
         except OSError:
             return False
     return False
+
+
+def _exists(path: str) -> bool:
+    """Whether the file a record's (`shown`) path names is there: as written, or with its \\xNN back
+    to the bytes of a name that is not UTF-8."""
+    return os.path.lexists(path) or os.path.lexists(unshown(path))
 
 
 def _flagged(records: Path, keep: set[int] | None) -> Iterator[dict[str, Any]]:
@@ -171,7 +177,7 @@ def _done(out: Path) -> Done:
         where = os.path.abspath(r["path"])
         if not os.path.isabs(r["path"]) and not found:
             relative = relative or r["path"]
-            found = os.path.lexists(where) or os.path.isdir(os.path.dirname(where))  # a file since moved away
+            found = _exists(where) or os.path.isdir(os.path.dirname(where))  # a file since moved away
         done.latest[where] = r.get("sha256") or None
         if done.against is None and not r.get("error"):
             done = done._replace(against=_against(r))

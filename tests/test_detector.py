@@ -407,6 +407,20 @@ def test_a_resumed_scan_no_longer_counts_errors_since_mended(world, tmp_path):
     assert counts["error"] == 0 and len(out.read_text().splitlines()) == 4
 
 
+def test_a_resumed_scan_still_counts_the_error_of_a_file_whose_name_is_not_utf8(world, tmp_path):
+    """Records name such a file with its bytes as \\xNN; resume took that path for a file since gone and
+    dropped its error from the summary, the report and the exit status."""
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(world["corpus"][0].refs[0].read_bytes())
+    (folder / os.fsdecode(b"bad\xff.png")).write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "scan.jsonl"
+    assert scan(world["store"], world["emb"], folder, out).endswith("1 error")
+    summary = scan(world["store"], world["emb"], folder, out, resume=True)
+    assert summary.endswith("now holds records of 2 files: 1 copy, 0 derivative, 0 style_match, 0 unrelated, 1 error")
+
+
 def test_a_linked_folder_is_reported_not_silently_skipped(world, tmp_path):
     """A link to a folder is not followed (it may lead out of the tree, or round in a loop), and says
     so in a record of its own: scanning a folder of day-links found nothing and exited 0."""
