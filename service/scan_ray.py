@@ -9,9 +9,11 @@ dataset is built from a listing, so the driver holds one chunk's paths, never th
      while it is among the last `scan.REMEMBERED`, as in the local engine);
   3. read tasks read those files, and an actor pool decodes and scores them in batches:
      each actor holds the models and a read-only store for its whole life, so they load
-     once per actor and chunk, not per file;
+     once per actor and chunk, not per file; the files of a batch whose actor died are
+     scored again one at a time (`_scored`);
   4. the driver streams the records back to `scan`, which writes them as they arrive,
-     each followed by its byte-identical copies' (under their own paths).
+     each followed by its byte-identical copies' (under their own paths) when the bytes
+     scored are still those hashed (`_with_copies`).
 Step 2 reads every file once more than a scan that scored every copy would; scoring an
 image costs thousands of times what reading it does.
 On a cluster (`--ray-address`), every node needs this package installed and the
@@ -23,7 +25,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
+import threading
+import warnings
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
 from itertools import islice
@@ -34,10 +39,10 @@ import numpy as np
 
 from detector.embedders import Embedders
 from detector.images import iter_image_paths, shown
-from detector.score import Scorer
+from detector.score import Scorer, error_result
 from index.store import Store
 from service.ray_reads import digest, read
-from service.scan import BATCH, Done, Job, limit_threads, remember, score_jobs
+from service.scan import BATCH, STOPPED, Done, Job, limit_threads, remember, score_jobs
 
 READ_BATCH = 64  # files per read task
 # files per Ray dataset: the driver holds their paths and hashes (a few hundred bytes a file, where a
@@ -100,18 +105,27 @@ def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
         cpus = None if address else max(os.cpu_count() or 1, (workers or 0) + 1)
         if address:
             _check_reachable(address)
+        # ray.init puts in a SIGTERM handler of its own (exit status 15, no word of what stopped the scan):
+        # the command's is put back, which raises in the scan and shuts Ray down on the way out
+        on_term = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=address, num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                      logging_level="ERROR")
         except Exception as e:  # noqa: BLE001 - Ray raises several kinds; the user needs the first line
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise RuntimeError(f"cannot start or reach {where}: {str(e).splitlines()[0]}") from None
+        finally:
+            if on_term is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, on_term)
     try:
         yield None
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # the scan shows its own bar
         ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        # a batch whose actor died is dropped, not retried for ever (`_scored` scores its files again);
+        # Ray Data would log each such block with a traceback: the scan's records say what happened
+        ctx.max_errored_blocks = -1
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
         if not workers:
             workers = max(1, int(ray.cluster_resources().get("CPU", 2)) - 1)
         recent: OrderedDict[str, dict[str, Any]] = OrderedDict()  # sha256 -> record, of the last files scored
@@ -129,17 +143,23 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
                    held: Done, counts: Counter, workers: int, clip: dict[str, Any] | None,
                    recent: OrderedDict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """The records of one chunk of the listing (steps 2-4 of the module's pipeline); `recent` holds the
-    records of files scored in earlier chunks, for their copies in this one, and gains this chunk's."""
+    records of files scored in earlier chunks, for their copies in this one, and gains this chunk's.
+
+    A file is read twice (hashed, then scored), so it may change in between: its copies take its record
+    only when the bytes scored are the bytes hashed, and are scored themselves otherwise. A batch whose
+    actor died (a file that kills the process decoding it, the OOM killer) is not retried as it was,
+    which would kill actor after actor for ever: its files are scored again one at a time, and a file
+    that stops an actor on its own gets an error record, as in the local engine."""
     items = [{"path": str(p), "file": os.path.abspath(p), "problem": problem or ""} for p, problem in chunk]
-    # read tasks for n files: at most READ_BATCH files each, and enough for every actor to start on one
-    blocks = lambda n: min(n, max(4 * workers, -(-n // READ_BATCH)))  # noqa: E731
-    todo: list[dict[str, str]] = []  # the files to score
+    todo: dict[str, dict[str, str]] = {}  # shown path -> a file to score
+    hashed: dict[str, str] = {}  # shown path -> the sha256 its bytes had when hashed
     first: dict[str, str] = {}  # sha256 -> the (shown) path of the first file with those bytes
-    copies: dict[str, list[str]] = {}  # that path -> the paths of the others (by path: a record names it)
-    for row in (ray.data.from_items(items, override_num_blocks=blocks(len(items)))
+    copies: dict[str, list[dict[str, str]]] = {}  # that path -> the other files with its bytes
+    for row in (ray.data.from_items(items, override_num_blocks=_blocks(len(items), workers))
                 .map_batches(digest, batch_size=READ_BATCH, num_cpus=0.25)
                 .iter_rows()):
         sha = row["sha256"]  # "" for a file that could not be read: scored (its error recorded) on its own
+        item = {"path": row["path"], "file": row["file"], "problem": row["problem"]}
         if held.holds(Path(row["path"]), sha or None):
             counts["resumed"] += 1
         elif sha in recent:  # a copy of a file scored in an earlier chunk
@@ -147,26 +167,75 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
             counts["copies"] += 1
             yield {**recent[sha], "path": shown(row["path"])}
         elif sha in first:
-            copies.setdefault(first[sha], []).append(shown(row["path"]))
+            copies.setdefault(first[sha], []).append(item)
         else:
             if sha:
+                hashed[shown(row["path"])] = sha
                 first[sha] = shown(row["path"])
-            todo.append({"path": row["path"], "file": row["file"], "problem": row["problem"]})
-    if not todo:
-        return
-    ds = (ray.data.from_items(todo, override_num_blocks=blocks(len(todo)))
-          # a block a task (batch_size=None): a batch larger than the blocks merged them into one bundle, and
-          # a scan of fewer than READ_BATCH x workers files went to a single actor, its records all at the end
-          .map_batches(read, batch_size=None, num_cpus=0.25)
-          .map_batches(_ScoreActor, batch_size=BATCH, num_cpus=1,
-                       compute=ray.data.ActorPoolStrategy(size=workers),
-                       fn_constructor_kwargs={"store": str(store_root), "artist": artist,
-                                              "clip": clip or {"use_clip": False}}))
-    for row in ds.iter_rows():
-        record = json.loads(row["record"])
+            todo[shown(row["path"])] = item
+    changed: list[dict[str, str]] = []  # copies of a file whose bytes changed after it was hashed
+    for record in _scored(ray, todo, hashed, store_root, artist, workers, clip):
+        yield from _with_copies(record, hashed, copies, changed, recent, counts)
+    for record in _scored(ray, {shown(c["path"]): c for c in changed}, {}, store_root, artist, workers, clip):
         yield record
         if record.get("sha256"):
             remember(recent, record["sha256"], record)
-        for path in copies.pop(record["path"], []):
-            counts["copies"] += 1
-            yield {**record, "path": path}
+
+
+def _blocks(n: int, workers: int) -> int:
+    """Read tasks for n files: at most READ_BATCH files each, and enough for every actor to start on one."""
+    return min(n, max(4 * workers, -(-n // READ_BATCH)))
+
+
+def _scored(ray: Any, todo: dict[str, dict[str, str]], hashed: dict[str, str], store_root: Path,
+            artist: str | None, workers: int, clip: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+    """A record of each file of `todo` (by shown path), in completion order: scored in batches, and the
+    files of a batch whose actor died scored again one at a time; a file that stops an actor on its own
+    gets an error record (with the sha256 `hashed` holds for it, if any)."""
+    todo = dict(todo)
+    for batch in (BATCH, 1):
+        for record in _actor_pool(ray, list(todo.values()), store_root, artist, workers, clip, batch):
+            todo.pop(record["path"], None)
+            yield record
+    for path in todo:
+        yield error_result(path, STOPPED, hashed.get(path))
+
+
+def _actor_pool(ray: Any, todo: list[dict[str, str]], store_root: Path, artist: str | None, workers: int,
+                clip: dict[str, Any] | None, batch: int) -> Iterator[dict[str, Any]]:
+    """Records of the files `todo`, read by read tasks and scored by an actor pool, `batch` files a call,
+    in completion order. A call whose actor died yields nothing for its files (`ray_records` lets Ray
+    Data drop such blocks) and is not retried; the actor is replaced."""
+    if not todo:
+        return
+    ds = (ray.data.from_items(todo, override_num_blocks=len(todo) if batch == 1 else _blocks(len(todo), workers))
+          # a block a task (batch_size=None): a batch larger than the blocks merged them into one bundle, and
+          # a scan of fewer than READ_BATCH x workers files went to a single actor, its records all at the end
+          .map_batches(read, batch_size=None, num_cpus=0.25))
+    with warnings.catch_warnings():
+        # max_task_retries has no named parameter (Ray 2.60 deprecates the others' keyword form, for 2.64:
+        # pyproject keeps Ray below that); Ray Data's default, retrying for ever, never ends a poisoned batch
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ds = ds.map_batches(_ScoreActor, batch_size=batch, num_cpus=1, max_task_retries=0,
+                            compute=ray.data.ActorPoolStrategy(size=workers),
+                            fn_constructor_kwargs={"store": str(store_root), "artist": artist,
+                                                   "clip": clip or {"use_clip": False}})
+    for row in ds.iter_rows():
+        yield json.loads(row["record"])
+
+
+def _with_copies(record: dict[str, Any], hashed: dict[str, str], copies: dict[str, list[dict[str, str]]],
+                 changed: list[dict[str, str]], recent: OrderedDict[str, dict[str, Any]],
+                 counts: Counter) -> Iterator[dict[str, Any]]:
+    """`record`, then its byte-identical copies' (the same record under their own paths), when the bytes
+    it scored are those its file had when hashed; otherwise the copies go to `changed`, to be scored."""
+    yield record
+    if record.get("sha256"):
+        remember(recent, record["sha256"], record)
+    twins = copies.pop(record["path"], [])
+    if record.get("sha256") != hashed.get(record["path"]):
+        changed += twins
+        return
+    for item in twins:
+        counts["copies"] += 1
+        yield {**record, "path": shown(item["path"])}

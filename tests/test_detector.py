@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from conftest import hostile_tiff
 from detector import augment, evaluate, evidence, hashes
@@ -318,8 +318,8 @@ def test_a_scan_stopped_by_a_signal_leaves_no_worker_behind(world, tmp_path):
         proc.send_signal(sig)
         assert proc.wait(timeout=60) == rc
         assert _gone(workers, within=10), f"workers left behind after {sig.name}"
-    if sig == signal.SIGTERM:
-        assert "stopped by SIGTERM" in (tmp_path / "err.txt").read_text()
+        if sig == signal.SIGTERM:
+            assert "stopped by SIGTERM" in (tmp_path / "err.txt").read_text()
     subprocess.run(cmd + ["--resume"], check=False, capture_output=True, cwd=Path(__file__).parents[1])
     paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
     assert sorted(set(paths)) == sorted(str(f) for f in folder.iterdir())
@@ -631,6 +631,83 @@ def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store
     assert summary.startswith("scanned 7 files") and "(2 already done, skipped)" in summary
     assert sorted(records(out)) == sorted(records(tmp_path / "local.jsonl"))
     assert hashlib.sha256(catalogue.read_bytes()).hexdigest() == before
+
+
+@pytest.mark.timeout(400)
+def test_ray_scan_gives_a_file_that_kills_its_worker_an_error_record_and_ends(world, tmp_path, monkeypatch):
+    """A file that kills the process decoding it (a crash in a native decoder, the OOM killer) made Ray
+    retry its batch on actor after actor for ever, with no record written, not even of the batch's good
+    files. The batch is now scored again one file at a time and the killer gets the local engine's record.
+    The crash is a hook Ray's worker processes load (sitecustomize): decoding the marked bytes kills them."""
+    from service.scan import STOPPED, scan
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "from PIL import Image\n"
+        "_open = Image.open\n"
+        "def _open_or_die(fp, *args, **kwargs):\n"
+        "    if hasattr(fp, 'getvalue') and b'KILL-THE-DECODER' in fp.getvalue():\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return _open(fp, *args, **kwargs)\n"
+        "Image.open = _open_or_die\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(world["corpus"][0].refs[:5]):
+        (folder / f"{i}.png").write_bytes(p.read_bytes())
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "KILL-THE-DECODER")
+    load(world["corpus"][1].refs[0]).image.save(folder / "poison.png", pnginfo=info)
+    (folder / "poison-again.png").write_bytes((folder / "poison.png").read_bytes())
+    out = tmp_path / "scan.jsonl"
+    summary = scan(world["store"], world["emb"], folder, out, engine="ray", workers=1)
+    assert summary.startswith("scanned 7 files: 5 copy, 0 derivative, 0 style_match, 0 unrelated, 2 error")
+    rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["poison.png"]["error"] == rows["poison-again.png"]["error"] == STOPPED
+    assert all(rows[f"{i}.png"]["verdict"]["label"] == "copy" for i in range(5))
+
+
+def test_ray_scan_scores_the_copies_of_a_file_that_changed_after_it_was_hashed():
+    """Ray reads a file twice, to hash it and to score it: a copy took the record of whatever the
+    original held by then (another image's verdict, or 'cannot read' if it was deleted). A copy takes
+    the original's record only when the bytes scored are those hashed; otherwise it is scored itself."""
+    from collections import OrderedDict
+
+    from service.scan_ray import _with_copies
+    hashed = {"a.png": "sha-then"}
+    copies = {"a.png": [{"path": "b.png", "file": "/in/b.png", "problem": ""}]}
+    counts: Counter = Counter()
+    changed: list = []
+    now = {"path": "a.png", "sha256": "sha-now", "error": None}
+    assert list(_with_copies(now, hashed, copies, changed, OrderedDict(), counts)) == [now]
+    assert [c["path"] for c in changed] == ["b.png"] and not counts["copies"]
+    copies = {"a.png": [{"path": "b.png", "file": "/in/b.png", "problem": ""}]}
+    same = {"path": "a.png", "sha256": "sha-then", "error": None}
+    assert [r["path"] for r in _with_copies(same, hashed, copies, [], OrderedDict(), counts)] == ["a.png", "b.png"]
+    assert counts["copies"] == 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_ray_scan_stopped_by_sigterm_says_so_and_exits_143(world, tmp_path):
+    """ray.init put in its own SIGTERM handler: the scan exited 15 without a word (with a dump of Ray's
+    stack), where the local engine says what stopped it and exits 143."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(world["corpus"][0].refs + world["corpus"][1].refs):
+        (folder / f"{i:03d}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "scan.jsonl"
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--store", str(world["root"] / "store"),
+                                 "--no-clip", "scan", str(folder), "--out", str(out), "--engine", "ray",
+                                 "--workers", "1"], stdout=subprocess.DEVNULL, stderr=err, cwd=Path(__file__).parents[1])
+    end = time.monotonic() + 180
+    while not (out.exists() and out.read_text().count("\n") >= 1) and time.monotonic() < end and proc.poll() is None:
+        time.sleep(0.2)
+    assert out.read_text().count("\n") < 80, "finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=90) == 143
+    assert "chimera: stopped by SIGTERM" in (tmp_path / "err.txt").read_text()
 
 
 def test_ray_engine_says_plainly_when_the_cluster_is_unreachable(world, tmp_path):
