@@ -13,8 +13,9 @@ CPU" is the share of the machine that lower-priority (niced) processes took mean
   imagededup PHash.encode_images     what users pick today: one 64-bit pHash per file (listing the
                                      folder and starting its process pool included)
   imagededup ..., warm pool          its per-file hashing alone, on a pool started and warmed untimed
-  hash stage                         ours: read, sha256, defensive decode, 240-bit hashes of all 8 turns,
-                                     on a pool started and warmed untimed: compared with the row above
+  hash stage                         ours: read, sha256, defensive decode, 240-bit hashes of all 8 turns
+                                     (and of a picture inside a second border: as a scan hashes), on a
+                                     pool started and warmed untimed: compared with the row above
                                      (these two rows take turns, --rounds times each; medians shown)
   paired (the line after the table)  the same two on one warm pool, both in each worker, taking turns
                                      batch by batch (8 files), the order alternating: the machine's
@@ -42,11 +43,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from detect_eval import machine
 from PIL import Image, PngImagePlugin
 
-from detector import augment, background, hashes
-from detector.embedders import Embedders
+from detector import augment, background
+from detector.embedders import Embedders, query_hashes
 from detector.images import decode, iter_image_paths, load
 from detector.score import Scorer
 from generator.chimeras import make_chimeras
@@ -92,7 +94,9 @@ def make_folder(world: Path, out: Path, n: int, seed: int = 0) -> None:
 
 
 def _hash_files(paths: list[str]) -> int:
-    """The hash stage as a scan runs it: read and decode, then trim and hash each batch of BATCH together."""
+    """The hash stage as a scan runs it: read and decode, then hash each batch of BATCH together, as
+    `Embedders.describe_queries` does (`embedders.query_hashes`: the trimmed image's 8 turns, and the
+    picture's inside a second border of its own)."""
     for i in range(0, len(paths), BATCH):
         images = []
         for p in paths[i:i + BATCH]:
@@ -100,7 +104,7 @@ def _hash_files(paths: list[str]) -> int:
                 images.append(decode(Path(p).read_bytes(), p).image)
             except Exception:  # noqa: BLE001 - corrupt files cost what it takes to find out
                 pass
-        hashes.dihedral_bits_many(images, trim=True)
+        query_hashes(images)
     return len(paths)
 
 
@@ -109,7 +113,7 @@ def _warm_ours() -> None:
     resampling kernels built before the clock starts, in every worker (a warm-up map may not
     reach them all) and its colour tables read from the cache (built there by the first)."""
     limit_threads(1)
-    hashes.dihedral_bits_many([Image.new("RGB", (40, 40))], trim=True)
+    query_hashes([Image.new("RGB", (40, 40))])
 
 
 def _hash_worker(ready) -> None:
@@ -151,12 +155,15 @@ def _limit(paths: list[str]) -> tuple[int, float]:
 
 
 def _warm_dedup() -> None:
-    """imagededup's PHash made and its logging quietened in this worker, before the clock, as ours are."""
+    """imagededup's PHash made, its logging quietened and a first image encoded in this worker, before the
+    clock, as ours are."""
     from imagededup.methods import PHash
     limit_threads(1)
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("imagededup")]:
         logging.getLogger(name).setLevel(logging.ERROR)  # as in the main process: a warning per corrupt file
     _limiter["phash"] = PHash(verbose=False)
+    # and its first encoding done untimed, as ours are warmed (`_warm_ours`)
+    _limiter["phash"].encode_image(image_array=np.zeros((40, 40, 3), np.uint8))
 
 
 def _dedup_init(ready) -> None:

@@ -86,15 +86,10 @@ class Embedders:
         are the image's own, moved by `local.mirrored`, not a second SIFT run).
         CLIP, when loaded, embeds the whole list in one forward pass."""
         out: list[Vectors] = []
-        turns = hashes.dihedral_bits_many(images, trim=True)
-        # a picture inside a second border (`hashes.nested_box`) is hashed there too, its rows' box saying where
-        nests = [hashes.nested_box(img) for img in images]
-        inner = iter(hashes.dihedral_bits_many([img.crop(b) for img, b in zip(images, nests) if b]))
-        for img, bits, nest in zip(images, turns, nests):
+        for img, rows in zip(images, query_hashes(images)):
             can = local.canvas(img)
             pts, desc = local.keypoints(can)
-            box = nest and (nest[0] / img.width, nest[1] / img.height, nest[2] / img.width, nest[3] / img.height)
-            out.append({"hash": [(FULL, b) for b in bits] + ([(box, b) for b in next(inner)] if nest else []),
+            out.append({"hash": rows,
                         "style": [(FULL, style.style_vector(img))],
                         "patch": regions.describe(img, regions.QUERY_WINDOWS),
                         "kp": _points(pts, desc, can.shape),
@@ -111,6 +106,17 @@ class Embedders:
         for vecs, emb in zip(out, self.clip.embed(images)):
             vecs["clip"] = [(FULL, emb)]
 
+
+
+def query_hashes(images: list[Image.Image]) -> list[list[tuple[tuple[float, float, float, float], np.ndarray]]]:
+    """The hash rows of images to score: the border-trimmed image's 8 flips and rotations, and those of
+    the picture inside a second border of its own (`hashes.nested_box`), boxed where it lies.
+    (Also what benchmarks/scan_bench.py times as a scan's hash stage.)"""
+    out = []
+    for img, (bits, nest, inner) in zip(images, hashes.query_bits(images)):
+        box = nest and (nest[0] / img.width, nest[1] / img.height, nest[2] / img.width, nest[3] / img.height)
+        out.append([(FULL, b) for b in bits] + [(box, b) for b in inner])
+    return out
 
 
 THUMB = 256

@@ -47,14 +47,24 @@ def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     """The picture on a page (`page_box`) inside a second border of its own (an icon drawn on white,
     pasted on a coloured page), when that is not `content_box`'s: hashed as `content_box` trims it,
     such a copy is the whole page (the icon fills under a fifth of it) or the icon with its white
-    margin, while its registered source was hashed without. None otherwise."""
-    page = page_box(img)
-    if page is None:
+    margin, while its registered source was hashed without. None otherwise.
+
+    Every scored image asks (`query_bits`), so all three boxes come from one copy of its pixels:
+    `content_box` is the page's box unless that is under a fifth of the image."""
+    return _nested(_rgbx(img))
+
+
+def _nested(raw: np.ndarray) -> tuple[int, int, int, int] | None:
+    """`nested_box` of an `_rgbx` copy."""
+    height, width = raw.shape[:2]
+    x0, y0, x1, y1 = _content_box(raw, channels=3, least=0.0)
+    area, whole = (x1 - x0) * (y1 - y0), width * height
+    if area > PAGE * whole:
         return None
-    x0, y0, x1, y1 = page
-    u0, v0, u1, v1 = content_box(img.crop(page))
+    u0, v0, u1, v1 = _content_box(raw[y0:y1, x0:x1], channels=3)
     box = (x0 + u0, y0 + v0, x0 + u1, y0 + v1)
-    return None if min(u1 - u0, v1 - v0) < 8 or box == content_box(img) else box
+    trimmed = (x0, y0, x1, y1) if area >= 0.2 * whole else (0, 0, width, height)
+    return None if min(u1 - u0, v1 - v0) < 8 or box == trimmed else box
 
 
 def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None,
@@ -131,13 +141,17 @@ def _median(rows: np.ndarray) -> np.ndarray:
 _LEVEL_BITS = np.array([[v // 2 ** (2 - i) % 2 ** (3 - i) > 0 for i in range(3)] for v in range(8)])
 
 
-def _colours(img: Image.Image, trim: bool) -> np.ndarray:
-    """(h, w) array of intp (numpy's index type, so the two lookups convert nothing): each pixel's
-    colour as `colour_tables` indexes it, inside the image's `content_box` when `trim`. Pillow
-    keeps RGB pixels as 4 bytes, so RGBX is its raw layout: one copy serves the border search,
-    the grey levels and the colour counts."""
+def _rgbx(img: Image.Image) -> np.ndarray:
+    """(h, w, 4) uint8 copy of the image's pixels as RGB and a padding byte, Pillow's raw layout for RGB."""
     rgb = img if img.mode == "RGB" else img.convert("RGB")
-    raw = np.frombuffer(rgb.tobytes("raw", "RGBX"), np.uint8).reshape(rgb.height, rgb.width, 4)
+    return np.frombuffer(rgb.tobytes("raw", "RGBX"), np.uint8).reshape(rgb.height, rgb.width, 4)
+
+
+def _colours(raw: np.ndarray, trim: bool) -> np.ndarray:
+    """(h, w) array of intp (numpy's index type, so the two lookups convert nothing): each pixel's
+    colour as `colour_tables` indexes it, of an `_rgbx` copy, inside its `content_box` when `trim`.
+    Pillow keeps RGB pixels as 4 bytes, so RGBX is its raw layout: one copy serves the border
+    search, the grey levels and the colour counts."""
     if trim:
         x0, y0, x1, y1 = _content_box(raw, channels=3)
         raw = raw[y0:y1, x0:x1]
@@ -201,11 +215,29 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8, trim: bool 
     numpy's per-call overhead, not arithmetic, is the cost (the batched DCT is bit-identical to
     one image at a time).
     """
-    n = len(images)
+    return _bits([_colours(_rgbx(img), trim) for img in images], variants)
+
+
+def query_bits(images: list[Image.Image]) -> list[tuple[list[np.ndarray], tuple[int, int, int, int] | None,
+                                                          list[np.ndarray]]]:
+    """For each image to score: `dihedral_bits_many(..., trim=True)`'s 8 hashes, its `nested_box` and
+    that picture's 8 hashes (none without one). One copy of each image's pixels serves all the boxes
+    and both hashes, and both are one batch: a scan asks this of every file."""
+    raws = [_rgbx(img) for img in images]
+    nests = [_nested(raw) for raw in raws]
+    inner = [(raw, box) for raw, box in zip(raws, nests) if box]
+    bits = _bits([_colours(raw, True) for raw in raws] +
+                 [_colours(raw[y0:y1, x0:x1], False) for raw, (x0, y0, x1, y1) in inner], 8)
+    found = iter(bits[len(raws):])
+    return [(b, box, next(found) if box else []) for b, box in zip(bits, nests)]
+
+
+def _bits(colours: list[np.ndarray], variants: int) -> list[list[np.ndarray]]:
+    """`dihedral_bits_many` of images given as `_colours` arrays."""
+    n = len(colours)
     if n == 0:
         return []
     classes, grey_of = colour_tables.tables()
-    colours = [_colours(img, trim) for img in images]
     greys = [grey_of.take(c) for c in colours]
     reduced = resample.resize_batch(greys, [(32, 32), (9, 8), (8, 9)])
     small = np.stack([r[0] for r in reduced])
