@@ -56,15 +56,20 @@ def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
 
 def _nested(raw: np.ndarray) -> tuple[int, int, int, int] | None:
     """`nested_box` of an `_rgbx` copy."""
+    return _boxes(raw)[1]
+
+
+def _boxes(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
+    """(`content_box`, `nested_box`) of an `_rgbx` copy, from one border search of the whole image."""
     height, width = raw.shape[:2]
     x0, y0, x1, y1 = _content_box(raw, channels=3, least=0.0)
     area, whole = (x1 - x0) * (y1 - y0), width * height
+    trimmed = (x0, y0, x1, y1) if area >= 0.2 * whole else (0, 0, width, height)
     if area > PAGE * whole:
-        return None
+        return trimmed, None
     u0, v0, u1, v1 = _content_box(raw[y0:y1, x0:x1], channels=3)
     box = (x0 + u0, y0 + v0, x0 + u1, y0 + v1)
-    trimmed = (x0, y0, x1, y1) if area >= 0.2 * whole else (0, 0, width, height)
-    return None if min(u1 - u0, v1 - v0) < 8 or box == trimmed else box
+    return trimmed, None if min(u1 - u0, v1 - v0) < 8 or box == trimmed else box
 
 
 def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None,
@@ -224,10 +229,11 @@ def query_bits(images: list[Image.Image]) -> list[tuple[list[np.ndarray], tuple[
     that picture's 8 hashes (none without one). One copy of each image's pixels serves all the boxes
     and both hashes, and both are one batch: a scan asks this of every file."""
     raws = [_rgbx(img) for img in images]
-    nests = [_nested(raw) for raw in raws]
-    inner = [(raw, box) for raw, box in zip(raws, nests) if box]
-    bits = _bits([_colours(raw, True) for raw in raws] +
-                 [_colours(raw[y0:y1, x0:x1], False) for raw, (x0, y0, x1, y1) in inner], 8)
+    boxes = [_boxes(raw) for raw in raws]
+    nests = [nest for _, nest in boxes]
+    pictures = [raw[y0:y1, x0:x1] for raw, ((x0, y0, x1, y1), _) in zip(raws, boxes)]
+    pictures += [raw[y0:y1, x0:x1] for raw, (_, nest) in zip(raws, boxes) if nest for x0, y0, x1, y1 in [nest]]
+    bits = _bits([_colours(p, False) for p in pictures], 8)
     found = iter(bits[len(raws):])
     return [(b, box, next(found) if box else []) for b, box in zip(bits, nests)]
 

@@ -301,6 +301,9 @@ def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int =
     return a
 
 
+ONTO_QUERY = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # warp flags taking a work onto the query by its matrix
+
+
 def _as_smooth_as_query(w: Canvas, matrix: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A work's smoothed canvas, warped onto the query, blurred to the query's own smoothing. The work was
     smoothed at SMOOTH on its canvas: shrunk by s onto the query (a copy padded or pasted small) that blur
@@ -310,17 +313,15 @@ def _as_smooth_as_query(w: Canvas, matrix: np.ndarray, size: tuple[int, int]) ->
     where the work is not shrunk past 2% (an enlarged work stays blurrier, which resemblance survives)."""
     shrink = math.sqrt(abs(np.linalg.det(matrix[:, :2])))  # work pixels per query pixel
     extra = SMOOTH * math.sqrt(max(0.0, 1 - 1 / shrink ** 2)) if shrink > 0 else 0.0
-    inv = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     if extra <= 0.3:
-        return cv2.warpAffine(w.smooth, matrix, size, flags=inv, borderValue=0)
-    return cv2.GaussianBlur(cv2.warpAffine(w.smooth, matrix, size, flags=inv, borderMode=cv2.BORDER_REPLICATE),
+        return cv2.warpAffine(w.smooth, matrix, size, flags=ONTO_QUERY, borderValue=0)
+    return cv2.GaussianBlur(cv2.warpAffine(w.smooth, matrix, size, flags=ONTO_QUERY, borderMode=cv2.BORDER_REPLICATE),
                             (0, 0), extra)
 
 
 def _measure(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int) -> Alignment:
     size = q.size
-    inv = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    warped = cv2.warpAffine(w.gray, matrix, size, flags=inv, borderValue=0)
+    warped = cv2.warpAffine(w.gray, matrix, size, flags=ONTO_QUERY, borderValue=0)
     warped_s = _as_smooth_as_query(w, matrix, size)
     inside = cv2.warpAffine(np.ones(w.gray.shape, np.uint8), matrix, size,
                             flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)

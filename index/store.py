@@ -214,7 +214,7 @@ class Store:
         sample of another version removed: `Writer.register` records this run's), or that a run cannot make
         (CLIP without weights), are not a mismatch."""
         known, out = self.specs(), {}
-        for spec in self.replaced(specs):
+        for spec in self.replaced(specs, known):
             have = known[spec.kind]
             if self.conn.execute("SELECT 1 FROM vectors WHERE kind=? LIMIT 1", (spec.kind,)).fetchone():
                 out[spec.kind] = (f"embedder mismatch for '{spec.kind}': the store holds vectors from "
@@ -223,9 +223,10 @@ class Store:
                                   "mixed")
         return out
 
-    def replaced(self, specs: Sequence[KindSpec]) -> list[KindSpec]:
-        """Those of `specs` that the store records differently (descriptor or size)."""
-        known = self.specs()
+    def replaced(self, specs: Sequence[KindSpec], known: dict[str, KindSpec] | None = None) -> list[KindSpec]:
+        """Those of `specs` that the store records differently (descriptor or size); `known`: `specs()`,
+        when the caller has just read it."""
+        known = self.specs() if known is None else known
         return [sp for sp in specs if (have := known.get(sp.kind)) is not None and
                 (cat.canonical(have.descriptor) != cat.canonical(sp.descriptor) or have.dim != sp.dim)]
 
