@@ -579,11 +579,21 @@ def main(argv: list[str] | None = None) -> int:
               "backup", file=sys.stderr)
         return 2
     except Terminated as e:
-        print(f"chimera: stopped by {signal.Signals(e.signum).name}", file=sys.stderr)
+        print(f"chimera: stopped by {signal.Signals(e.signum).name}{_after_stop(args)}", file=sys.stderr)
         return 128 + e.signum  # as a program the signal killed
     except KeyboardInterrupt:
-        print("chimera: interrupted", file=sys.stderr)
+        print(f"chimera: interrupted{_after_stop(args)}", file=sys.stderr)
         return 130
+
+
+def _after_stop(args: argparse.Namespace) -> str:
+    """What a stopped command kept, and how to finish its work, for the commands that keep part of it."""
+    if getattr(args, "fn", None) is cmd_index_add:
+        return ("; what was added before is kept: the same command adds the rest (skipping the files "
+                "already in the store)")
+    if getattr(args, "fn", None) is cmd_scan:
+        return "; the records written are kept: add --resume to the same command to score the rest"
+    return ""
 
 
 if __name__ == "__main__":

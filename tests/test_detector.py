@@ -319,7 +319,8 @@ def test_a_scan_stopped_by_a_signal_leaves_no_worker_behind(world, tmp_path):
         assert proc.wait(timeout=60) == rc
         assert _gone(workers, within=10), f"workers left behind after {sig.name}"
         if sig == signal.SIGTERM:
-            assert "stopped by SIGTERM" in (tmp_path / "err.txt").read_text()
+            assert "stopped by SIGTERM; the records written are kept: add --resume to the same command" in \
+                (tmp_path / "err.txt").read_text()
     subprocess.run(cmd + ["--resume"], check=False, capture_output=True, cwd=Path(__file__).parents[1])
     paths = [json.loads(line)["path"] for line in out.read_text().splitlines()]
     assert sorted(set(paths)) == sorted(str(f) for f in folder.iterdir())

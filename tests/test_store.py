@@ -516,6 +516,30 @@ def test_demo_reruns_over_its_own_output_but_never_over_a_users_files_beside_it(
     assert (mine / "data" / "manifest.jsonl").read_text() == "mine\n"
 
 
+def test_an_interrupted_add_says_what_it_kept_and_the_same_command_adds_the_rest(chimera, icons, store_dir,
+                                                                                 monkeypatch):
+    """Ctrl-C in `index add` keeps the works committed before it (each is committed on its own); it said
+    only "interrupted", leaving the user to guess whether to start over in a new store."""
+    from detector.embedders import Embedders
+    folder = icons("alice", 40, (230, 180, 40))
+    describe, calls = Embedders.describe_works, []
+
+    def stopped_on_the_second_batch(self, images):
+        calls.append(len(images))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return describe(self, images)
+    monkeypatch.setattr(Embedders, "describe_works", stopped_on_the_second_batch)
+    code, _, err = chimera("index", "add", "--artist", "alice", str(folder))
+    assert code == 130 and "what was added before is kept: the same command adds the rest" in err
+    monkeypatch.undo()
+    with Store.open(store_dir) as s:
+        kept = s.conn.execute("SELECT COUNT(*) FROM works").fetchone()[0]
+    assert kept == calls[0] < 40
+    code, out, _ = chimera("index", "add", "--artist", "alice", str(folder))
+    assert code == 0 and f"added {40 - kept}, skipped {kept}" in out
+
+
 def test_a_demo_stopped_part_way_can_be_run_again_in_its_folder(tmp_path, capsys, monkeypatch):
     """Ctrl-C during `make demo` leaves part of a demo's output (its data, no results yet); running it
     again replaces that, as the README says, instead of refusing the folder as foreign."""
