@@ -228,13 +228,16 @@ def query_bits(images: list[Image.Image]) -> list[tuple[list[np.ndarray], tuple[
     """For each image to score: `dihedral_bits_many(..., trim=True)`'s 8 hashes, its `nested_box` and
     that picture's 8 hashes (none without one). One copy of each image's pixels serves all the boxes
     and both hashes, and both are one batch: a scan asks this of every file."""
-    raws = [_rgbx(img) for img in images]
-    boxes = [_boxes(raw) for raw in raws]
-    nests = [nest for _, nest in boxes]
-    pictures = [raw[y0:y1, x0:x1] for raw, ((x0, y0, x1, y1), _) in zip(raws, boxes)]
-    pictures += [raw[y0:y1, x0:x1] for raw, (_, nest) in zip(raws, boxes) if nest for x0, y0, x1, y1 in [nest]]
-    bits = _bits([_colours(p, False) for p in pictures], 8)
-    found = iter(bits[len(raws):])
+    outer, inner, nests = [], [], []
+    for img in images:  # one image's copy at a time: at 64 Mpx a batch of copies is gigabytes
+        raw = _rgbx(img)
+        (x0, y0, x1, y1), nest = _boxes(raw)
+        outer.append(_colours(raw[y0:y1, x0:x1], False))
+        if nest:
+            inner.append(_colours(raw[nest[1]:nest[3], nest[0]:nest[2]], False))
+        nests.append(nest)
+    bits = _bits(outer + inner, 8)
+    found = iter(bits[len(images):])
     return [(b, box, next(found) if box else []) for b, box in zip(bits, nests)]
 
 

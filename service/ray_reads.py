@@ -28,10 +28,12 @@ def digest(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def read(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Each file's bytes: b"" with the reason in `problem` when it cannot be read."""
+    """Each file's bytes: b"" with the reason in `problem` when it cannot be read (`n`, the file's number
+    in the scan's chunk, passed on: two files' paths may be shown alike)."""
     data, problems = [], []
     for file, problem in zip(batch["file"], batch["problem"]):
         blob, why = (None, problem) if problem else read_bytes(Path(file))
         data.append(blob or b"")
         problems.append(why or "")
-    return {"path": batch["path"], "problem": np.array(problems, dtype=object), "data": np.array(data, dtype=object)}
+    return {"n": batch["n"], "path": batch["path"], "problem": np.array(problems, dtype=object),
+            "data": np.array(data, dtype=object)}

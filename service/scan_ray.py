@@ -13,7 +13,7 @@ dataset is built from a listing, so the driver holds one chunk's paths, never th
      scored again one at a time (`_scored`);
   4. the driver streams the records back to `scan`, which writes them as they arrive,
      each followed by its byte-identical copies' (under their own paths) when the bytes
-     scored are still those hashed (`_with_copies`).
+     scored are still those hashed.
 Step 2 reads every file once more than a scan that scored every copy would; scoring an
 image costs thousands of times what reading it does.
 On a cluster (`--ray-address`), every node needs this package installed and the
@@ -87,7 +87,8 @@ class _ScoreActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         jobs = [Job(shown(path), None if problem else data, problem or None)
                 for path, problem, data in zip(batch["path"], batch["problem"], batch["data"])]
-        return {"record": np.array([json.dumps(r) for r in score_jobs(self.scorer, jobs, self.artist)], dtype=object)}
+        return {"n": batch["n"],
+                "record": np.array([json.dumps(r) for r in score_jobs(self.scorer, jobs, self.artist)], dtype=object)}
 
 
 def ray_records(store_root: Path, root: Path, artist: str | None, held: Done,
@@ -144,22 +145,23 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
                    recent: OrderedDict[str, dict[str, Any]]) -> Iterator[dict[str, Any]]:
     """The records of one chunk of the listing (steps 2-4 of the module's pipeline); `recent` holds the
     records of files scored in earlier chunks, for their copies in this one, and gains this chunk's.
+    Files are known by their number in the chunk (`n`): two paths may be shown alike (`shown`).
 
     A file is read twice (hashed, then scored), so it may change in between: its copies take its record
     only when the bytes scored are the bytes hashed, and are scored themselves otherwise. A batch whose
     actor died (a file that kills the process decoding it, the OOM killer) is not retried as it was,
     which would kill actor after actor for ever: its files are scored again one at a time, and a file
     that stops an actor on its own gets an error record, as in the local engine."""
-    items = [{"path": str(p), "file": os.path.abspath(p), "problem": problem or ""} for p, problem in chunk]
-    todo: dict[str, dict[str, str]] = {}  # shown path -> a file to score
-    hashed: dict[str, str] = {}  # shown path -> the sha256 its bytes had when hashed
-    first: dict[str, str] = {}  # sha256 -> the (shown) path of the first file with those bytes
-    copies: dict[str, list[dict[str, str]]] = {}  # that path -> the other files with its bytes
+    items = [{"n": n, "path": str(p), "file": os.path.abspath(p), "problem": problem or ""}
+             for n, (p, problem) in enumerate(chunk)]
+    todo: dict[int, dict[str, Any]] = {}  # the files to score
+    hashed: dict[int, str] = {}  # file -> the sha256 its bytes had when hashed
+    first: dict[str, int] = {}  # sha256 -> the first file with those bytes
+    copies: dict[int, list[dict[str, Any]]] = {}  # that file -> the other files with its bytes
     for row in (ray.data.from_items(items, override_num_blocks=_blocks(len(items), workers))
                 .map_batches(digest, batch_size=READ_BATCH, num_cpus=0.25)
                 .iter_rows()):
-        sha = row["sha256"]  # "" for a file that could not be read: scored (its error recorded) on its own
-        item = {"path": row["path"], "file": row["file"], "problem": row["problem"]}
+        sha, n = row["sha256"], int(row["n"])  # sha "" for a file that could not be read: scored on its own
         if held.holds(Path(row["path"]), sha or None):
             counts["resumed"] += 1
         elif sha in recent:  # a copy of a file scored in an earlier chunk
@@ -167,16 +169,25 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
             counts["copies"] += 1
             yield {**recent[sha], "path": shown(row["path"])}
         elif sha in first:
-            copies.setdefault(first[sha], []).append(item)
+            copies.setdefault(first[sha], []).append(items[n])
         else:
             if sha:
-                hashed[shown(row["path"])] = sha
-                first[sha] = shown(row["path"])
-            todo[shown(row["path"])] = item
-    changed: list[dict[str, str]] = []  # copies of a file whose bytes changed after it was hashed
-    for record in _scored(ray, todo, hashed, store_root, artist, workers, clip):
-        yield from _with_copies(record, hashed, copies, changed, recent, counts)
-    for record in _scored(ray, {shown(c["path"]): c for c in changed}, {}, store_root, artist, workers, clip):
+                hashed[n] = sha
+                first[sha] = n
+            todo[n] = items[n]
+    changed: list[dict[str, Any]] = []  # copies of a file whose bytes changed after it was hashed
+    for n, record in _scored(ray, todo, hashed, store_root, artist, workers, clip):
+        yield record
+        if record.get("sha256"):
+            remember(recent, record["sha256"], record)
+        twins = copies.pop(n, [])
+        if record.get("sha256") != hashed.get(n):
+            changed += twins
+            continue
+        for item in twins:
+            counts["copies"] += 1
+            yield {**record, "path": shown(item["path"])}
+    for _, record in _scored(ray, {item["n"]: item for item in changed}, {}, store_root, artist, workers, clip):
         yield record
         if record.get("sha256"):
             remember(recent, record["sha256"], record)
@@ -187,55 +198,39 @@ def _blocks(n: int, workers: int) -> int:
     return min(n, max(4 * workers, -(-n // READ_BATCH)))
 
 
-def _scored(ray: Any, todo: dict[str, dict[str, str]], hashed: dict[str, str], store_root: Path,
-            artist: str | None, workers: int, clip: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
-    """A record of each file of `todo` (by shown path), in completion order: scored in batches, and the
-    files of a batch whose actor died scored again one at a time; a file that stops an actor on its own
-    gets an error record (with the sha256 `hashed` holds for it, if any)."""
+def _scored(ray: Any, todo: dict[int, dict[str, Any]], hashed: dict[int, str], store_root: Path,
+            artist: str | None, workers: int, clip: dict[str, Any] | None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(file, its record) for each file of `todo`, in completion order: scored in batches, and the files
+    of a batch whose actor died scored again one at a time, one call at a time on each actor (a call
+    waiting on an actor dies with it); a file that stops an actor on its own gets an error record
+    (with the sha256 `hashed` holds for it, if any)."""
     todo = dict(todo)
     for batch in (BATCH, 1):
-        for record in _actor_pool(ray, list(todo.values()), store_root, artist, workers, clip, batch):
-            todo.pop(record["path"], None)
-            yield record
-    for path in todo:
-        yield error_result(path, STOPPED, hashed.get(path))
+        for n, record in _actor_pool(ray, list(todo.values()), store_root, artist, workers, clip, batch):
+            del todo[n]
+            yield n, record
+    for n, item in todo.items():
+        yield n, error_result(shown(item["path"]), STOPPED, hashed.get(n))
 
 
-def _actor_pool(ray: Any, todo: list[dict[str, str]], store_root: Path, artist: str | None, workers: int,
-                clip: dict[str, Any] | None, batch: int) -> Iterator[dict[str, Any]]:
-    """Records of the files `todo`, read by read tasks and scored by an actor pool, `batch` files a call,
-    in completion order. A call whose actor died yields nothing for its files (`ray_records` lets Ray
-    Data drop such blocks) and is not retried; the actor is replaced."""
+def _actor_pool(ray: Any, todo: list[dict[str, Any]], store_root: Path, artist: str | None, workers: int,
+                clip: dict[str, Any] | None, batch: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(file, record) of the files `todo`, read by read tasks and scored by an actor pool, `batch` files a
+    call, in completion order. A call whose actor died yields nothing for its files (`ray_records` lets
+    Ray Data drop such blocks) and is not retried; the actor is replaced."""
     if not todo:
         return
     ds = (ray.data.from_items(todo, override_num_blocks=len(todo) if batch == 1 else _blocks(len(todo), workers))
           # a block a task (batch_size=None): a batch larger than the blocks merged them into one bundle, and
           # a scan of fewer than READ_BATCH x workers files went to a single actor, its records all at the end
           .map_batches(read, batch_size=None, num_cpus=0.25))
+    pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=None if batch > 1 else 1)
     with warnings.catch_warnings():
         # max_task_retries has no named parameter (Ray 2.60 deprecates the others' keyword form, for 2.64:
         # pyproject keeps Ray below that); Ray Data's default, retrying for ever, never ends a poisoned batch
         warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(_ScoreActor, batch_size=batch, num_cpus=1, max_task_retries=0,
-                            compute=ray.data.ActorPoolStrategy(size=workers),
+        ds = ds.map_batches(_ScoreActor, batch_size=batch, num_cpus=1, max_task_retries=0, compute=pool,
                             fn_constructor_kwargs={"store": str(store_root), "artist": artist,
                                                    "clip": clip or {"use_clip": False}})
     for row in ds.iter_rows():
-        yield json.loads(row["record"])
-
-
-def _with_copies(record: dict[str, Any], hashed: dict[str, str], copies: dict[str, list[dict[str, str]]],
-                 changed: list[dict[str, str]], recent: OrderedDict[str, dict[str, Any]],
-                 counts: Counter) -> Iterator[dict[str, Any]]:
-    """`record`, then its byte-identical copies' (the same record under their own paths), when the bytes
-    it scored are those its file had when hashed; otherwise the copies go to `changed`, to be scored."""
-    yield record
-    if record.get("sha256"):
-        remember(recent, record["sha256"], record)
-    twins = copies.pop(record["path"], [])
-    if record.get("sha256") != hashed.get(record["path"]):
-        changed += twins
-        return
-    for item in twins:
-        counts["copies"] += 1
-        yield {**record, "path": shown(item["path"])}
+        yield int(row["n"]), json.loads(row["record"])

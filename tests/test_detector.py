@@ -616,6 +616,9 @@ def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store
     (folder / "sub" / "zero.png").write_bytes(b"")
     for name, same_as in (("again.png", "0.png"), ("sub/again.png", "0.png"), ("sub/broken2.jpg", "sub/broken.jpg")):
         (folder / name).write_bytes((folder / same_as).read_bytes())  # reposts: scored once by either engine
+    # two files whose names are shown alike (a byte that is not UTF-8, and its \xNN written out): Ray lost one
+    (folder / os.fsdecode(b"9\xff.png")).write_bytes(world["corpus"][0].refs[2].read_bytes())
+    (folder / "9\\xff.png").write_bytes(world["corpus"][1].refs[2].read_bytes())  # (beside it: one chunk)
     catalogue = world["store"].root / "catalogue.sqlite"
     before = hashlib.sha256(catalogue.read_bytes()).hexdigest()
     emb = Embedders.load(use_clip=False)  # what scan workers load, so `embedders` agree too
@@ -624,13 +627,14 @@ def test_ray_engine_scores_like_the_local_one_resumes_and_never_writes_the_store
     assert "(3 byte-identical to a file scored before them, scored once)" in local
     assert scan(world["store"], world["emb"], folder, out, engine="ray", workers=1) == local
     records = lambda f: {json.loads(x)["path"]: json.loads(x) for x in f.read_text().splitlines()}
-    assert records(out) == records(tmp_path / "local.jsonl")  # the same records, whatever the engine
+    every = lambda f: sorted(json.dumps(json.loads(x), sort_keys=True) for x in f.read_text().splitlines())  # noqa: E731
+    assert len(every(out)) == 11 and every(out) == every(tmp_path / "local.jsonl")  # the same, whatever the engine
     assert records(out)[str(folder / "sub" / "broken.jpg")]["error"].startswith("corrupt or truncated")
     assert records(out)[str(folder / "sub" / "zero.png")]["error"] == "empty file"
     out.write_text("".join(out.read_text().splitlines(keepends=True)[:2]))  # interrupted after two
     summary = scan(world["store"], world["emb"], folder, out, resume=True, engine="ray", workers=1)
-    assert summary.startswith("scanned 7 files") and "(2 already done, skipped)" in summary
-    assert sorted(records(out)) == sorted(records(tmp_path / "local.jsonl"))
+    assert summary.startswith("scanned 9 files") and "(2 already done, skipped)" in summary
+    assert every(out) == every(tmp_path / "local.jsonl")
     assert hashlib.sha256(catalogue.read_bytes()).hexdigest() == before
 
 
@@ -669,24 +673,39 @@ def test_ray_scan_gives_a_file_that_kills_its_worker_an_error_record_and_ends(wo
     assert all(rows[f"{i}.png"]["verdict"]["label"] == "copy" for i in range(5))
 
 
-def test_ray_scan_scores_the_copies_of_a_file_that_changed_after_it_was_hashed():
-    """Ray reads a file twice, to hash it and to score it: a copy took the record of whatever the
-    original held by then (another image's verdict, or 'cannot read' if it was deleted). A copy takes
-    the original's record only when the bytes scored are those hashed; otherwise it is scored itself."""
-    from collections import OrderedDict
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="watches the file with inotify")
+def test_ray_scan_scores_the_copies_of_a_file_that_changed_after_it_was_hashed(world, tmp_path):
+    """Ray reads a file twice, to hash it and to score it: a byte-identical copy took the record of whatever
+    the original held by the second read (another image's verdict). The original is rewritten here as
+    soon as the hashing pass has read it (inotify), long before the scoring pass starts its actors."""
+    import ctypes
+    import threading
 
-    from service.scan_ray import _with_copies
-    hashed = {"a.png": "sha-then"}
-    copies = {"a.png": [{"path": "b.png", "file": "/in/b.png", "problem": ""}]}
-    counts: Counter = Counter()
-    changed: list = []
-    now = {"path": "a.png", "sha256": "sha-now", "error": None}
-    assert list(_with_copies(now, hashed, copies, changed, OrderedDict(), counts)) == [now]
-    assert [c["path"] for c in changed] == ["b.png"] and not counts["copies"]
-    copies = {"a.png": [{"path": "b.png", "file": "/in/b.png", "problem": ""}]}
-    same = {"path": "a.png", "sha256": "sha-then", "error": None}
-    assert [r["path"] for r in _with_copies(same, hashed, copies, [], OrderedDict(), counts)] == ["a.png", "b.png"]
-    assert counts["copies"] == 1
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    before, after = world["corpus"][0].refs[0], world["corpus"][1].refs[0]
+    (folder / "1.png").write_bytes(before.read_bytes())  # listed first: the copy's original
+    (folder / "2-copy.png").write_bytes(before.read_bytes())
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    watch = libc.inotify_init()
+    assert libc.inotify_add_watch(watch, str(folder / "1.png").encode(), 0x10) >= 0  # IN_CLOSE_NOWRITE
+
+    def rewrite_once_hashed() -> None:
+        os.read(watch, 4096)
+        (tmp_path / "new.png").write_bytes(after.read_bytes())
+        os.replace(tmp_path / "new.png", folder / "1.png")
+    threading.Thread(target=rewrite_once_hashed, daemon=True).start()
+    out = tmp_path / "scan.jsonl"
+    try:
+        scan(world["store"], world["emb"], folder, out, engine="ray", workers=1)
+    finally:
+        os.close(watch)
+    rows = {r["path"]: r for r in map(json.loads, out.read_text().splitlines())}
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert rows[str(folder / "1.png")]["sha256"] == digest(after)  # the rewrite happened before scoring
+    copy = rows[str(folder / "2-copy.png")]
+    assert copy["sha256"] == digest(before) and copy["matches"][0]["source"] == str(before)
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
