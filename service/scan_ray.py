@@ -158,10 +158,11 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
     hashed: dict[int, str] = {}  # file -> the sha256 its bytes had when hashed
     first: dict[str, int] = {}  # sha256 -> the first file with those bytes
     copies: dict[int, list[dict[str, Any]]] = {}  # that file -> the other files with its bytes
-    for row in (ray.data.from_items(items, override_num_blocks=_blocks(len(items), workers))
-                .map_batches(digest, batch_size=READ_BATCH, num_cpus=0.25)
-                .iter_rows()):
+    unhashed = dict(enumerate(items))  # a read task that died (killed for memory) drops its block: scored anyway
+    for row in _map_once(ray.data.from_items(items, override_num_blocks=_blocks(len(items), workers)),
+                         digest, batch_size=READ_BATCH, num_cpus=0.25).iter_rows():
         sha, n = row["sha256"], int(row["n"])  # sha "" for a file that could not be read: scored on its own
+        del unhashed[n]
         if held.holds(Path(row["path"]), sha or None):
             counts["resumed"] += 1
         elif sha in recent:  # a copy of a file scored in an earlier chunk
@@ -175,6 +176,7 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
                 hashed[n] = sha
                 first[sha] = n
             todo[n] = items[n]
+    todo.update(unhashed)
     changed: list[dict[str, Any]] = []  # copies of a file whose bytes changed after it was hashed
     for n, record in _scored(ray, todo, hashed, store_root, artist, workers, clip):
         yield record
@@ -220,17 +222,23 @@ def _actor_pool(ray: Any, todo: list[dict[str, Any]], store_root: Path, artist: 
     Ray Data drop such blocks) and is not retried; the actor is replaced."""
     if not todo:
         return
-    ds = (ray.data.from_items(todo, override_num_blocks=len(todo) if batch == 1 else _blocks(len(todo), workers))
-          # a block a task (batch_size=None): a batch larger than the blocks merged them into one bundle, and
-          # a scan of fewer than READ_BATCH x workers files went to a single actor, its records all at the end
-          .map_batches(read, batch_size=None, num_cpus=0.25))
+    ds = ray.data.from_items(todo, override_num_blocks=len(todo) if batch == 1 else _blocks(len(todo), workers))
+    # a block a task (batch_size=None): a batch larger than the blocks merged them into one bundle, and
+    # a scan of fewer than READ_BATCH x workers files went to a single actor, its records all at the end
+    ds = _map_once(ds, read, batch_size=None, num_cpus=0.25)
     pool = ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=None if batch > 1 else 1)
-    with warnings.catch_warnings():
-        # max_task_retries has no named parameter (Ray 2.60 deprecates the others' keyword form, for 2.64:
-        # pyproject keeps Ray below that); Ray Data's default, retrying for ever, never ends a poisoned batch
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ds = ds.map_batches(_ScoreActor, batch_size=batch, num_cpus=1, max_task_retries=0, compute=pool,
-                            fn_constructor_kwargs={"store": str(store_root), "artist": artist,
-                                                   "clip": clip or {"use_clip": False}})
+    ds = _map_once(ds, _ScoreActor, batch_size=batch, num_cpus=1, compute=pool,
+                   fn_constructor_kwargs={"store": str(store_root), "artist": artist, "clip": clip or {"use_clip": False}})
     for row in ds.iter_rows():
         yield int(row["n"]), json.loads(row["record"])
+
+
+def _map_once(ds: Any, fn: Any, **options: Any) -> Any:
+    """`ds.map_batches(fn, **options)` whose calls are not run again when their process dies: Ray Data
+    retries tasks and actor calls for ever by default, so a file that kills the process reading or
+    scoring it would stop the scan for good. (Neither setting has a named parameter; Ray 2.60 deprecates
+    their keyword form, for 2.64: pyproject keeps Ray below that.)"""
+    again = {"max_task_retries": 0} if "compute" in options else {"max_retries": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return ds.map_batches(fn, **options, **again)

@@ -643,7 +643,8 @@ def test_ray_scan_gives_a_file_that_kills_its_worker_an_error_record_and_ends(wo
     """A file that kills the process decoding it (a crash in a native decoder, the OOM killer) made Ray
     retry its batch on actor after actor for ever, with no record written, not even of the batch's good
     files. The batch is now scored again one file at a time and the killer gets the local engine's record.
-    The crash is a hook Ray's worker processes load (sitecustomize): decoding the marked bytes kills them."""
+    The crash is a hook Ray's worker processes load (sitecustomize): decoding the marked bytes kills them,
+    and hashing the other marked file kills the read task hashing it, whose files were then lost unrecorded."""
     from service.scan import STOPPED, scan
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -655,7 +656,14 @@ def test_ray_scan_gives_a_file_that_kills_its_worker_an_error_record_and_ends(wo
         "    if hasattr(fp, 'getvalue') and b'KILL-THE-DECODER' in fp.getvalue():\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return _open(fp, *args, **kwargs)\n"
-        "Image.open = _open_or_die\n")
+        "Image.open = _open_or_die\n"
+        "import hashlib\n"
+        "_sha256 = hashlib.sha256\n"
+        "def _sha256_or_die(data=b'', **kwargs):\n"
+        "    if b'KILL-THE-HASHER' in bytes(data):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return _sha256(data, **kwargs)\n"
+        "hashlib.sha256 = _sha256_or_die\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])))
     folder = tmp_path / "incoming"
     folder.mkdir()
@@ -665,11 +673,15 @@ def test_ray_scan_gives_a_file_that_kills_its_worker_an_error_record_and_ends(wo
     info.add_text("comment", "KILL-THE-DECODER")
     load(world["corpus"][1].refs[0]).image.save(folder / "poison.png", pnginfo=info)
     (folder / "poison-again.png").write_bytes((folder / "poison.png").read_bytes())
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "KILL-THE-HASHER")  # kills the read task hashing it, and its block's other files' record
+    load(world["corpus"][1].refs[1]).image.save(folder / "hasher-poison.png", pnginfo=info)
     out = tmp_path / "scan.jsonl"
     summary = scan(world["store"], world["emb"], folder, out, engine="ray", workers=1)
-    assert summary.startswith("scanned 7 files: 5 copy, 0 derivative, 0 style_match, 0 unrelated, 2 error")
+    assert summary.startswith("scanned 8 files: 5 copy, 0 derivative, 0 style_match, 0 unrelated, 3 error")
     rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
-    assert rows["poison.png"]["error"] == rows["poison-again.png"]["error"] == STOPPED
+    assert rows["poison.png"]["error"] == rows["poison-again.png"]["error"] == rows["hasher-poison.png"]["error"] \
+        == STOPPED
     assert all(rows[f"{i}.png"]["verdict"]["label"] == "copy" for i in range(5))
 
 
