@@ -51,12 +51,7 @@ def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
 
     Every scored image asks (`query_bits`), so all three boxes come from one copy of its pixels:
     `content_box` is the page's box unless that is under a fifth of the image."""
-    return _nested(_rgbx(img))
-
-
-def _nested(raw: np.ndarray) -> tuple[int, int, int, int] | None:
-    """`nested_box` of an `_rgbx` copy."""
-    return _boxes(raw)[1]
+    return _boxes(_rgbx(img))[1]
 
 
 def _boxes(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
