@@ -158,25 +158,37 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
     hashed: dict[int, str] = {}  # file -> the sha256 its bytes had when hashed
     first: dict[str, int] = {}  # sha256 -> the first file with those bytes
     copies: dict[int, list[dict[str, Any]]] = {}  # that file -> the other files with its bytes
-    unhashed = dict(enumerate(items))  # a read task that died (killed for memory) drops its block: scored anyway
-    for row in _map_once(ray.data.from_items(items, override_num_blocks=_blocks(len(items), workers)),
-                         digest, batch_size=READ_BATCH, num_cpus=0.25).iter_rows():
-        sha, n = row["sha256"], int(row["n"])  # sha "" for a file that could not be read: scored on its own
-        del unhashed[n]
-        if held.holds(Path(row["path"]), sha or None):
+    # a read task that died (a file that kills the process hashing it, the OOM killer) dropped its files'
+    # hashes: they are hashed again one file a task, and a file whose hashing dies again is scored unhashed
+    unhashed = dict(enumerate(items))
+    for again in (False, True):
+        if not unhashed:
+            break
+        batch = list(unhashed.values())
+        rows = _map_once(ray.data.from_items(batch, override_num_blocks=len(batch) if again else
+                                             _blocks(len(batch), workers)),
+                         digest, batch_size=None if again else READ_BATCH, num_cpus=0.25).iter_rows()
+        for row in rows:
+            sha, n = row["sha256"], int(row["n"])  # sha "" for a file that could not be read: scored on its own
+            del unhashed[n]
+            if held.holds(Path(row["path"]), sha or None):
+                counts["resumed"] += 1
+            elif sha in recent:  # a copy of a file scored in an earlier chunk
+                recent.move_to_end(sha)
+                counts["copies"] += 1
+                yield {**recent[sha], "path": shown(row["path"])}
+            elif sha in first:
+                copies.setdefault(first[sha], []).append(items[n])
+            else:
+                if sha:
+                    hashed[n] = sha
+                    first[sha] = n
+                todo[n] = items[n]
+    for n, item in unhashed.items():  # resumed when its newest record is an error without a sha256 (STOPPED)
+        if held.holds(Path(item["path"]), None):
             counts["resumed"] += 1
-        elif sha in recent:  # a copy of a file scored in an earlier chunk
-            recent.move_to_end(sha)
-            counts["copies"] += 1
-            yield {**recent[sha], "path": shown(row["path"])}
-        elif sha in first:
-            copies.setdefault(first[sha], []).append(items[n])
         else:
-            if sha:
-                hashed[n] = sha
-                first[sha] = n
-            todo[n] = items[n]
-    todo.update(unhashed)
+            todo[n] = item
     changed: list[dict[str, Any]] = []  # copies of a file whose bytes changed after it was hashed
     for n, record in _scored(ray, todo, hashed, store_root, artist, workers, clip):
         yield record

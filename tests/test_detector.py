@@ -682,6 +682,11 @@ def test_ray_scan_gives_a_file_that_kills_its_worker_an_error_record_and_ends(wo
     rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert rows["poison.png"]["error"] == rows["poison-again.png"]["error"] == rows["hasher-poison.png"]["error"] \
         == STOPPED
+    # the files hashed in the same read task as hasher-poison.png were hashed again one by one: a resume knows
+    # every file as done (it scored them all again, each time, while they had no hash)
+    assert "(8 already done, skipped)" in scan(world["store"], world["emb"], folder, out, engine="ray", workers=1,
+                                                resume=True)
+    assert len(out.read_text().splitlines()) == 8
     assert all(rows[f"{i}.png"]["verdict"]["label"] == "copy" for i in range(5))
 
 
