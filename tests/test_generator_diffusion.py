@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +128,8 @@ def test_a_run_folder_is_never_taken_over_and_resumes_from_its_checkpoints(data:
 
 
 def test_ctrl_c_while_training_keeps_every_step_and_resumes_exactly(run: Path, data: Path, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  request: pytest.FixtureRequest) -> None:
     """A Ctrl-C (SIGINT) during training saves after the step under way and stops; the same command then
     resumes and ends with the weights of a run that never stopped (the `run` fixture). A run started with
     SIGINT ignored (a background job) is not stopped by one. SIGTERM saves alike, then stops the CLI."""
@@ -136,6 +138,8 @@ def test_ctrl_c_while_training_keeps_every_step_and_resumes_exactly(run: Path, d
 
     from generator import train as training
     real, calls = training.Session.step, []
+    # Ctrl-C as from a terminal, whatever the tests were started from (a background job ignores SIGINT)
+    request.addfinalizer(partial(signal.signal, signal.SIGINT, signal.signal(signal.SIGINT, signal.default_int_handler)))
 
     def step(self) -> None:  # the user presses Ctrl-C during the 20th step
         calls.append(1)

@@ -417,10 +417,13 @@ def test_the_server_stopped_by_a_signal_says_so_and_keeps_a_signal_it_was_told_t
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+
+        def signals() -> None:  # as from a terminal, whatever the tests were started from (a background job
+            signal.signal(signal.SIGINT, signal.SIG_DFL)  # ignores SIGINT, and so would the server)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_hup else signal.SIG_DFL)
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--store", str(tmp_path / "store"), "--no-clip",
                                  "serve", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hup
-                                else None)
+                                text=True, preexec_fn=signals)
         for _ in range(300):
             try:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
