@@ -36,15 +36,15 @@ def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
 PAGE = 0.5  # a picture filling at most this share of its image, inside a uniform border, lies on a page
 
 
-def page_box(img: Image.Image) -> tuple[int, int, int, int] | None:
-    """The box of a picture pasted on a uniform page (filling at most PAGE of the image, however little:
-    `content_box` takes under a fifth for no border at all), else None."""
-    x0, y0, x1, y1 = _content_box(np.asarray(_rgb(img)), least=0.0)
-    return (x0, y0, x1, y1) if (x1 - x0) * (y1 - y0) <= PAGE * img.width * img.height else None
+def framing(img: Image.Image) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
+    """(`content_box`, the box of a picture pasted on a uniform page) of an image, from one border search.
+    A picture lies on a page when it fills at most PAGE of the image, however little (`content_box`
+    takes under a fifth for no border at all); None otherwise."""
+    return _outer(_rgbx(img))
 
 
 def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
-    """The picture on a page (`page_box`) inside a second border of its own (an icon drawn on white,
+    """The picture on a page (`framing`) inside a second border of its own (an icon drawn on white,
     pasted on a coloured page), when that is not `content_box`'s: hashed as `content_box` trims it,
     such a copy is the whole page (the icon fills under a fifth of it) or the icon with its white
     margin, while its registered source was hashed without. None otherwise.
@@ -54,14 +54,21 @@ def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     return _boxes(_rgbx(img))[1]
 
 
-def _boxes(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
-    """(`content_box`, `nested_box`) of an `_rgbx` copy, from one border search of the whole image."""
+def _outer(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
+    """`framing` of an `_rgbx` copy."""
     height, width = raw.shape[:2]
     x0, y0, x1, y1 = _content_box(raw, channels=3, least=0.0)
     area, whole = (x1 - x0) * (y1 - y0), width * height
     trimmed = (x0, y0, x1, y1) if area >= 0.2 * whole else (0, 0, width, height)
-    if area > PAGE * whole:
+    return trimmed, (x0, y0, x1, y1) if area <= PAGE * whole else None
+
+
+def _boxes(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
+    """(`content_box`, `nested_box`) of an `_rgbx` copy, from one border search of the whole image."""
+    trimmed, page = _outer(raw)
+    if page is None:
         return trimmed, None
+    x0, y0, x1, y1 = page
     u0, v0, u1, v1 = _content_box(raw[y0:y1, x0:x1], channels=3)
     box = (x0 + u0, y0 + v0, x0 + u1, y0 + v1)
     return trimmed, None if min(u1 - u0, v1 - v0) < 8 or box == trimmed else box

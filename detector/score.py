@@ -165,11 +165,11 @@ class Scorer:
         (`hits`, from evidence.search) are computed (artist checked)."""
         qc = local.Canvas.of(local.canvas(img.image, local.VERIFY))
         sx, sy = qc.size[0] / img.width, qc.size[1] / img.height  # differ for extreme aspect ratios
+        (x0, y0, x1, y1), page = hashes.framing(img.image)
         # a picture in a border of its own, on a page: `describe_queries` hashed it there too (rows past the 8 turns)
-        if len(q["hash"]) > 8 and (page := hashes.page_box(img.image)):
+        if len(q["hash"]) > 8 and page:
             qc.on_page((page[0] * sx, page[1] * sy, page[2] * sx, page[3] * sy))
         q_detail = qc.detail
-        x0, y0, x1, y1 = hashes.content_box(img.image)
         q_content = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
         aligned = evidence.verify(self.works, evidence.propose(self.works, q, hits, qc.size, q_content), qc)
         placed = list(aligned.values())  # every verified placement: a work may sit in a query twice
