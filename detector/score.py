@@ -320,21 +320,20 @@ class Scorer:
             (name, sim), (_, runner_up) = ranked[0], ranked[1]
             return (name if sim >= SIG_MATCH and sim - runner_up >= SIG_MARGIN else None), sim
 
-        def trusted(i: int) -> bool:
-            """Whether grouping i may be reported: a carved one only when it clearly matches a hand."""
-            who, sim = signer(i)
-            return not marks[i][3] or (who is not None and sim >= CARVED_MATCH)
+        signers = [signer(i) for i in range(len(marks))]
+        # a grouping carved out of artwork may be reported only when it clearly matches a hand
+        trusted = [not m[3] or (who is not None and sim >= CARVED_MATCH) for m, (who, sim) in zip(marks, signers)]
 
         out, first = [], 0
         for groupings in found:
-            offered = [i for i in range(first, first + len(groupings)) if trusted(i)]
+            offered = [i for i in range(first, first + len(groupings)) if trusted[i]]
             first += len(groupings)
             if not offered:
                 continue
-            at, (who, sim) = offered[0], signer(offered[0])
+            at, (who, sim) = offered[0], signers[offered[0]]
             if sim < SIG_MATCH:  # the likeliest grouping resembles no signature: does another?
                 for i in offered[1:]:
-                    if (clear := signer(i))[0]:
+                    if (clear := signers[i])[0]:
                         at, (who, sim) = i, clear
                         break
             box, likeness, _, _ = marks[at]
