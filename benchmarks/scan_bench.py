@@ -13,14 +13,15 @@ CPU" is the share of the machine that lower-priority (niced) processes took mean
   imagededup PHash.encode_images     what users pick today: one 64-bit pHash per file (listing the
                                      folder and starting its process pool included)
   imagededup ..., warm pool          its per-file hashing alone, on a pool started and warmed untimed
-  hash stage                         ours: read, sha256, defensive decode, 240-bit hashes of all 8 turns
-                                     (and of a picture inside a second border: as a scan hashes), on a
+  hash stage                         ours: read, sha256, defensive decode, the part scored (a picture small
+                                     on a page), 240-bit hashes of all 8 turns (and of a picture inside a
+                                     second border: as a scan hashes), on a
                                      pool started and warmed untimed: compared with the row above
                                      (these two rows take turns, --rounds times each; medians shown)
   paired (the line after the table)  the same two on one warm pool, both in each worker, taking turns
                                      batch by batch (8 files), the order alternating: the machine's
                                      drift, which moves separate runs by 15-25% here, falls on both
-  limit: embedders on preloaded      describe_queries only (hashes, style, windows, keypoints): the
+  limit: embedders on preloaded      the part scored and describe_queries (hashes, style, windows, keypoints): the
                                      issue's limit, with no I/O, decoding, search or verification
   limit: scoring on preloaded        the whole Scorer (embedders, search, verification) with no I/O
   scan --engine local / ray          end to end: list, read, decode, score, write JSON Lines
@@ -50,7 +51,7 @@ from PIL import Image, PngImagePlugin
 from detector import augment, background
 from detector.embedders import Embedders, query_hashes
 from detector.images import decode, iter_image_paths, load
-from detector.score import Scorer
+from detector.score import Scorer, picture
 from generator.chimeras import make_chimeras
 from generator.dataset import make_dataset
 from index.store import Store
@@ -94,7 +95,8 @@ def make_folder(world: Path, out: Path, n: int, seed: int = 0) -> None:
 
 
 def _hash_files(paths: list[str]) -> int:
-    """The hash stage as a scan runs it: read and decode, then hash each batch of BATCH together, as
+    """The hash stage as a scan runs it: read and decode, find the part of each image that is scored
+    (`score.picture`: a picture small on a page, cut out), then hash each batch of BATCH together, as
     `Embedders.describe_queries` does (`embedders.query_hashes`: the trimmed image's 8 turns, and the
     picture's inside a second border of its own)."""
     for i in range(0, len(paths), BATCH):
@@ -104,7 +106,7 @@ def _hash_files(paths: list[str]) -> int:
                 images.append(decode(Path(p).read_bytes(), p).image)
             except Exception:  # noqa: BLE001 - corrupt files cost what it takes to find out
                 pass
-        query_hashes(images)
+        query_hashes([picture(im)[0] for im in images])
     return len(paths)
 
 
@@ -150,7 +152,7 @@ def _limit(paths: list[str]) -> tuple[int, float]:
     if _limiter["whole"]:
         scorer.score_many(imgs)
     else:
-        scorer.embedders.describe_queries([im.image for im in imgs])
+        scorer.embedders.describe_queries([picture(im.image)[0] for im in imgs])
     return len(imgs), time.perf_counter() - t
 
 

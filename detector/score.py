@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from detector import background, calibrate, evidence, hashes, local, signatures, style
 from detector.calibrate import StyleCalibration
@@ -51,12 +52,39 @@ def derivative_probability(coverage: float, pieces: int) -> float:
     return _sigmoid((coverage - DERIVATIVE_AT) / 0.04) if pieces >= 2 else 0.0
 
 
-def _to_image(xs: np.ndarray, ys: np.ndarray, canvas: tuple[int, ...], size: tuple[int, int]) -> list[int]:
-    """The image-pixel box [x0, y0, x1, y1] (exclusive end) of canvas pixels (xs, ys), by integer
-    arithmetic: a float scale rounded up could put the end one pixel past the image (30 * 87/87 ...)."""
-    (h, w), (width, height) = canvas[:2], size
-    return [int(xs.min()) * width // w, int(ys.min()) * height // h,
-            -(-(int(xs.max()) + 1) * width // w), -(-(int(ys.max()) + 1) * height // h)]
+def _to_image(xs: np.ndarray, ys: np.ndarray, canvas: tuple[int, ...], frame: tuple[int, int, int, int]) -> list[int]:
+    """The image-pixel box [x0, y0, x1, y1] (exclusive end) of canvas pixels (xs, ys), the canvas being
+    the image's box `frame`, by integer arithmetic: a float scale rounded up could put the end one pixel
+    past the image (30 * 87/87 ...)."""
+    (h, w), (left, top, right, bottom) = canvas[:2], frame
+    width, height = right - left, bottom - top
+    return [left + int(xs.min()) * width // w, top + int(ys.min()) * height // h,
+            left - (-(int(xs.max()) + 1) * width // w), top - (-(int(ys.max()) + 1) * height // h)]
+
+
+MIN_PICTURE = 16  # pixels on a side a picture on a page needs to be scored on its own...
+PAGE_SCALE = 2.0  # ...and how many times longer the page's longer side must be than the picture's
+
+
+def picture(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """(what of an image is scored, the box of the image it is): a picture small on a uniform page
+    (`hashes.framing`, its longer side at most 1 / PAGE_SCALE of the page's) on its own, else the
+    whole image.
+
+    Every comparison runs on a canvas of fixed size (`local.VERIFY`, `local.CANVAS`). Scored with its
+    page, a 64 px icon on a 512 px page had an eighth of that canvas: too few pixels of detail to tell
+    one face from another (an unregistered face on a page was called a copy of any registered one at
+    0.99), and on larger pages none at all (a registered work pasted on a 1024 px page was missed).
+    A picture nearly filling its image is not cut out: an icon's drawing inside its own white margin
+    would then be compared at another scale than its registered siblings, drawn with that margin, and
+    the pieces of a collage of them would no longer match exactly."""
+    _, page = hashes.framing(img)
+    if page is None:
+        return img, (0, 0, img.width, img.height)
+    x0, y0, x1, y1 = page
+    if min(x1 - x0, y1 - y0) < MIN_PICTURE or max(img.size) < PAGE_SCALE * max(x1 - x0, y1 - y0):
+        return img, (0, 0, img.width, img.height)
+    return img.crop(page), page
 
 
 def error_result(path: str, message: str, sha256: str | None = None) -> dict[str, Any]:
@@ -148,8 +176,10 @@ class Scorer:
         self._check_store()
         self._check_artist(artist)
         self.works.sync()
-        qs = self.embedders.describe_queries([im.image for im in imgs])
-        return [self._score(im, artist, q, hits) for im, q, hits in zip(imgs, qs, evidence.search(self.store, qs))]
+        views = [picture(im.image) for im in imgs]
+        qs = self.embedders.describe_queries([view for view, _ in views])
+        return [self._score(im, view, frame, artist, q, hits)
+                for im, (view, frame), q, hits in zip(imgs, views, qs, evidence.search(self.store, qs))]
 
     def score(self, img: LoadedImage, artist: str | None = None) -> dict[str, Any]:
         """The result object for one decoded image (restricted to `artist` when given)."""
@@ -159,13 +189,14 @@ class Scorer:
         if artist is not None and not self.store.has_artist(artist):
             raise ValueError(f"no artist named {artist!r} in the store")
 
-    def _score(self, img: LoadedImage, artist: str | None, q: Vectors,
-               hits: dict[str, list[list[Hit]]]) -> dict[str, Any]:
-        """The result object of an image whose query vectors `q` and their nearest stored vectors
-        (`hits`, from evidence.search) are computed (artist checked)."""
-        qc = local.Canvas.of(local.canvas(img.image, local.VERIFY))
-        sx, sy = qc.size[0] / img.width, qc.size[1] / img.height  # differ for extreme aspect ratios
-        (x0, y0, x1, y1), page = hashes.framing(img.image)
+    def _score(self, img: LoadedImage, view: Image.Image, frame: tuple[int, int, int, int], artist: str | None,
+               q: Vectors, hits: dict[str, list[list[Hit]]]) -> dict[str, Any]:
+        """The result object of an image whose scored part (`picture`: `view`, the image's box `frame`) has
+        its query vectors `q` and their nearest stored vectors (`hits`, from evidence.search) computed
+        (artist checked). Signatures are looked for on the whole image: a name may be on the page."""
+        qc = local.Canvas.of(local.canvas(view, local.VERIFY))
+        sx, sy = qc.size[0] / view.width, qc.size[1] / view.height  # differ for extreme aspect ratios
+        (x0, y0, x1, y1), page = hashes.framing(view)
         # a picture in a border of its own, on a page: `describe_queries` hashed it there too (rows past the 8 turns)
         if len(q["hash"]) > 8 and page:
             qc.on_page((page[0] * sx, page[1] * sy, page[2] * sx, page[3] * sy))
@@ -201,7 +232,7 @@ class Scorer:
                 self._check_artist(artist)
                 artists = [{"artist": artist, "style": 0.0, "derivative": 0.0, "copy": 0.0}]
 
-        matches = self._matches(aligned, placed, info, pieces_all, q_detail, (img.width, img.height), artist)
+        matches = self._matches(aligned, placed, info, pieces_all, q_detail, frame, artist)
         verdict = self._verdict(artists)
         return {"version": RESULT_VERSION, "path": img.source, "sha256": img.sha256, "width": img.width,
                 "height": img.height, "artists": artists, "matches": matches,
@@ -222,7 +253,7 @@ class Scorer:
         return (derivative_probability(coverage, len(pieces)), hands) if len(hands) >= 2 else (0.0, set())
 
     def _matches(self, aligned: dict[int, local.Alignment], placed: list[local.Alignment], info: dict, pieces: list,
-                 q_detail: np.ndarray, image_size: tuple[int, int], artist: str | None) -> list[dict[str, Any]]:
+                 q_detail: np.ndarray, frame: tuple[int, int, int, int], artist: str | None) -> list[dict[str, Any]]:
         """Registered works in evidence: copies, the pieces a collage is made of, and works that
         reproduce a piece just as exactly (icons sharing a part are equally likely sources), alone or
         together: a sibling that reproduces two quadrants of a collage hides the two works each
@@ -264,7 +295,7 @@ class Scorer:
             if copy < 0.2 and share == 0.0:
                 continue
             ys, xs = np.nonzero(a.explained if copy >= 0.5 or piece is None else piece)
-            box = _to_image(xs, ys, q_detail.shape, image_size) if len(xs) else [0, 0, 0, 0]
+            box = _to_image(xs, ys, q_detail.shape, frame) if len(xs) else [0, 0, 0, 0]
             entry = {"artist": info[wid]["artist"], "work": wid, "source": info[wid]["source"],
                      "similarity": round(max(copy, share), 4), "box": box}
             if info[wid]["kind"] == "generated":
@@ -343,6 +374,7 @@ class Scorer:
             if who is not None:  # A's mark on what is not A's registered work: made by A's hand?
                 a = by_name.get(who, {"copy": 0.0, "derivative": 0.0})
                 forged = a["copy"] < 0.5 and (style_top != who or a["derivative"] >= 0.5)
+            # a cosine of mean-centred shapes: below 0 is no resemblance at all, which the contract's [0, 1] says as 0
             out.append({"box": list(box), "score": round(likeness, 4), "artist": who,
-                        "similarity": round(float(sim), 4), "forged": forged})
+                        "similarity": round(max(float(sim), 0.0), 4), "forged": forged})
         return out

@@ -35,7 +35,7 @@ SCHEMAS: dict[str, Any] = {
             "signatures": {"type": "array", "items": {
                 "type": "object", "required": ["box", "score", "artist", "similarity", "forged"],
                 "properties": {"box": BOX, "score": UNIT, "artist": NULLABLE_STR,
-                               "similarity": {"type": "number"}, "forged": {"type": "boolean"}}}},
+                               "similarity": UNIT, "forged": {"type": "boolean"}}}},
             "verdict": {"oneOf": [{"type": "null"}, {
                 "type": "object", "required": ["label", "artist", "confidence"],
                 "properties": {"label": {"enum": ["copy", "derivative", "style_match", "unrelated"]},
