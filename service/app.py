@@ -14,6 +14,7 @@ import hmac
 import math
 import os
 import re
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -406,6 +407,7 @@ def serve(host: str, port: int, store: Path | str | None, threads: int = 8,
     import waitress.server
     if threads < 1:
         raise ValueError(f"--threads must be at least 1 (got {threads})")
+    new = not ((Path(store) if store is not None else default_store_path()) / "catalogue.sqlite").exists()
     app = create_app(store, embedders=embedders)
     # waitress's own body limit is 1 GiB, spooled to disk before the app's JSON 413: at twice the app's
     # limit, an upload a little too large still gets the JSON answer, and a huge one a plain 413 after its headers
@@ -413,6 +415,9 @@ def serve(host: str, port: int, store: Path | str | None, threads: int = 8,
                                            max_request_body_size=2 * app.config["MAX_CONTENT_LENGTH"])
     # said once the port is bound: a port in use or a foreign host is an error, not this line then one
     print(f"chimera: serving {app.extensions['chimera'].store_path} on http://{host}:{port}/", flush=True)
+    if new:  # the API can register works, so a missing store is made; but a mistyped path should not pass unseen
+        print(f"chimera: note: there was no store at {app.extensions['chimera'].store_path}: this is a new, empty "
+              "one (add works with `chimera index add` or the API)", file=sys.stderr, flush=True)
     try:
         server.run()
     finally:

@@ -70,7 +70,7 @@ def _holds_artist(args: argparse.Namespace, name: str) -> bool:
 def cmd_index_add(args: argparse.Namespace) -> int:
     from itertools import chain
 
-    from detector.images import ImageError, iter_image_paths
+    from detector.images import IMAGE_SUFFIXES, ImageError, iter_image_paths
     from index.names import addable_name
     from service.ingest import AddReport, add_images, load_paths
     if not addable_name(args.artist, partial(_holds_artist, args)):  # a new name must not pass for another
@@ -78,6 +78,9 @@ def cmd_index_add(args: argparse.Namespace) -> int:
     missing: list[tuple[str, str]] = []
     paths = [Path(p) for p in args.paths]
     total = sum(1 for _ in iter_image_paths(paths))
+    if total == 0:
+        print(for_terminal(f"chimera: note: no image files in {', '.join(map(shown, paths))} (looked for "
+                           f"{', '.join(sorted(IMAGE_SUFFIXES))})"), file=sys.stderr)
     embedders = _embedders(args)
     items = iter(load_paths(paths, missing))
     first: list = []  # up to the first usable image: a new store is made only when there is one to add
@@ -113,6 +116,8 @@ def cmd_index_list(args: argparse.Namespace) -> int:
     except NoStore:  # (a store there but unreadable, or a file, is an error: never "no artists")
         if args.artist is not None:
             raise UserError(f"no artist named {args.artist!r}: no store at {args.store}") from None
+        # nothing registered yet, which is no error; but a mistyped --store must not read as an empty store
+        print(for_terminal(f"chimera: note: no store at {args.store} (`chimera index add` makes one)"), file=sys.stderr)
         data: dict[str, Any] = {"artists": [], "generated": 0}
     else:
         with store:

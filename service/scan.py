@@ -138,11 +138,52 @@ def _label(record: dict[str, Any]) -> str:
 
 
 def _read_records(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    """The records of a scan output, streamed. A file that is not one (another CSV's columns, a line
+    that is not a record) is refused with a ValueError naming the file and the line: resumed, its
+    records would be taken for a scan's, or a scan's appended to someone else's file. A spreadsheet
+    that saved the CSV again may have put a byte-order mark before its header: that is read past."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
         if path.suffix.lower() == ".csv":
-            yield from ({k: csv_text(v) for k, v in row.items()} for row in csv.DictReader(f))
+            rows = csv.DictReader(f)
+            _check_header(path, rows.fieldnames)
+            for row in rows:
+                if not row.get("path"):
+                    raise ValueError(f"{shown(path)}, line {rows.line_num}: not a scan record (no path)")
+                yield {k: csv_text(v) for k, v in row.items()}
         else:
-            yield from (json.loads(line) for line in f if line.strip())
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield _record(path, n, line)
+
+
+def _check_header(path: Path, columns: list[str] | None) -> None:
+    if columns is not None and "path" not in columns:
+        raise ValueError(f"{shown(path)}: not the output of a scan (its first line is not a scan's CSV header: "
+                         f"{', '.join(columns[:4])}...)")
+
+
+def _record(path: Path, n: int, line: str) -> dict[str, Any]:
+    """Line n of a JSON Lines output as a record, or a ValueError saying where it is not one."""
+    try:
+        r = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{shown(path)}, line {n}: not a scan record ({e})") from None
+    if not isinstance(r, dict) or not isinstance(r.get("path"), str):
+        raise ValueError(f"{shown(path)}, line {n}: not a scan record (no path)")
+    return r
+
+
+def _check_resumable(path: Path) -> None:
+    """Refuse an output that is not a scan's before anything in it is cut (`_drop_torn_tail`) or added:
+    its first whole line must be a scan's CSV header or record. (A file holding one torn line only is
+    a scan's first record, cut off.)"""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        first = f.readline()
+    if first.endswith("\n"):
+        if path.suffix.lower() == ".csv":
+            _check_header(path, next(csv.reader([first])))
+        else:
+            _record(path, 1, first)
 
 
 class Done(NamedTuple):
@@ -171,6 +212,7 @@ def _done(out: Path) -> Done:
     path = _records_path(out)
     if not path.exists():
         return done
+    _check_resumable(path)
     _drop_torn_tail(path)
     relative, found = None, False  # a relative path written from another working folder names nothing here
     for r in _read_records(path):
@@ -190,7 +232,7 @@ def _done(out: Path) -> Done:
 def _csv_header(path: Path) -> list[str]:
     """The columns of a CSV being resumed: rows appended to one written before a column was added
     leave that column out, rather than run one field past the header."""
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         return next(csv.reader(f), None) or CSV_FIELDS
 
 
@@ -377,7 +419,15 @@ class _Pool:
         return records
 
     def close(self) -> None:
+        """Stop the workers now. Batches already handed to them (one a worker and one more) were scored
+        to the end before a stopped scan could exit, Ctrl-C or SIGTERM taking 12-15 s, longer than
+        the grace a job runner gives before SIGKILL (docker's 10 s); their files have no record
+        yet, so a resumed scan scores them. (The executor has no public way to stop its processes
+        before Python 3.14.)"""
+        processes = list((self.pool._processes or {}).values())
         self.pool.shutdown(wait=False, cancel_futures=True)
+        for p in processes:
+            p.terminate()
 
 
 def _jobs(root: Path, done: Done, counts: Counter) -> Iterator[Job]:

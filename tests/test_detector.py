@@ -619,6 +619,73 @@ def test_resuming_a_csv_written_before_its_last_column_keeps_its_columns(world, 
     assert len(rows) == 3 and {len(r) for r in rows} == {len(rows[0])} and "artists_scored" not in rows[0]
 
 
+def test_resume_reads_a_csv_a_spreadsheet_saved_and_refuses_what_no_scan_wrote(world, tmp_path):
+    """--resume onto a CSV saved again by a spreadsheet (a byte-order mark before its header) stopped with
+    a KeyError traceback; onto another CSV it scored everything, appended empty rows, then crashed; a
+    JSON Lines output with a damaged line said only "Expecting value: line 1 column 1". A spreadsheet's
+    CSV now resumes; anything else is refused, naming the file and line, before a byte of it changes;
+    and the command says so in one line, exit 2."""
+    from service.scan import scan
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(world["corpus"][0].refs[:2]):
+        (folder / f"{i}.png").write_bytes(p.read_bytes())
+    out = tmp_path / "scan.csv"
+    scan(world["store"], world["emb"], folder, out)
+    out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())
+    summary = scan(world["store"], world["emb"], folder, out, resume=True)
+    assert summary.startswith("scanned 0 files") and "(2 already done, skipped)" in summary
+    assert len(out.read_text(encoding="utf-8-sig").splitlines()) == 3
+    records = (tmp_path / "scan.jsonl")
+    scan(world["store"], world["emb"], folder, records)
+    lines = records.read_text().splitlines(keepends=True)
+    foreign = {"other.csv": "a,b\n1,2\n", "damaged.jsonl": "garbage\n" + "".join(lines),
+               "middle.jsonl": lines[0] + "{not json\n" + lines[1], "list.jsonl": "[1, 2]\n",
+               "torn-foreign.jsonl": "garbage\n" + lines[0] + lines[1][:20]}
+    for name, text in foreign.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=r"not (a scan record|the output of a scan)"):
+            scan(world["store"], world["emb"], folder, tmp_path / name, resume=True)
+        assert (tmp_path / name).read_text() == text, name  # not cut, not added to
+    with pytest.raises(ValueError, match=r"middle\.jsonl, line 2: not a scan record"):
+        scan(world["store"], world["emb"], folder, tmp_path / "middle.jsonl", resume=True)
+    done = subprocess.run([sys.executable, "-m", "service.cli", "--store", str(world["root"] / "store"), "--no-clip",
+                           "scan", str(folder), "--out", str(tmp_path / "other.csv"), "--resume"],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines() == [f"chimera: error: {tmp_path / 'other.csv'}: not the output of a scan "
+                                                "(its first line is not a scan's CSV header: a, b...)"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists() or (os.cpu_count() or 1) < 2, reason="needs /proc, 2 cores")
+def test_a_stopped_parallel_scan_ends_without_finishing_the_batches_out(world, tmp_path):
+    """SIGTERM to `scan --workers 2` took 12-15 s to end: the batches already handed to the workers
+    (one a worker and one more) were scored to the end first, past the grace a job runner gives before
+    SIGKILL. Here a batch of these large images takes several seconds; the scan ends within two."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    for i, p in enumerate(world["corpus"][0].refs[:24]):
+        load(p).image.resize((2048, 1536), Image.Resampling.BICUBIC).save(folder / f"{i:02d}.jpg", quality=90)
+    cmd = [sys.executable, "-m", "service.cli", "--store", str(world["root"] / "store"), "--no-clip", "scan",
+           str(folder), "--out", str(tmp_path / "scan.jsonl"), "--workers", "2"]
+    with open(tmp_path / "err.txt", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=Path(__file__).parents[1])
+    busy = lambda pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[11])  # noqa: E731 - utime
+    end = time.monotonic() + 120
+    workers: set[int] = set()
+    while time.monotonic() < end:  # both workers started and scoring (a second of CPU each past their start)
+        workers = {k for k in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{k}/cmdline").read_bytes()}
+        if len(workers) == 2 and all(busy(k) >= 2 * os.sysconf("SC_CLK_TCK") for k in workers):
+            break
+        time.sleep(0.2)
+    assert len(workers) == 2, (tmp_path / "err.txt").read_text()
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert time.monotonic() - sent < 2.0 and _gone(workers, within=2)
+    assert "stopped by SIGTERM" in (tmp_path / "err.txt").read_text()
+
+
 def test_scan_refuses_a_folder_as_report_and_too_many_workers_before_scanning(world, tmp_path):
     """An HTML report whose path is a folder is found before the scan, not after it; its records go to
     a file named after it, never to a .jsonl scan of the same name; error rows fill every column."""

@@ -96,6 +96,18 @@ def test_bad_files_are_named_and_good_files_still_added(chimera, icons, store_di
     assert chimera("index", "check")[0] == 0
 
 
+def test_a_mistyped_store_or_an_empty_folder_is_said_not_passed_over(chimera, tmp_path):
+    """`index list` on a store path that holds none printed "no artists" like an empty store, exit 0;
+    adding a folder with no image files said "added 0" and nothing else."""
+    code, out, err = chimera("--store", str(tmp_path / "typo"), "index", "list")
+    assert code == 0 and f"chimera: note: no store at {tmp_path / 'typo'}" in err
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no pictures here")
+    code, out, err = chimera("index", "add", "--artist", "alice", str(tmp_path / "notes"))
+    assert code == 0 and "added 0" in out and f"chimera: note: no image files in {tmp_path / 'notes'}" in err
+
+
 def test_signature_samples_are_counted(chimera, icons):
     sig = icons("sigs", 2, (0, 0, 0))
     assert chimera("index", "add", "--artist", "alice", "--signature", str(sig))[0] == 0
