@@ -576,13 +576,19 @@ def test_resume_after_a_fix_counts_each_file_once_and_says_what_it_cannot_resume
         scan(world["store"], world["emb"], folder, tmp_path / "report.html", resume=True)
 
 
-@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
-def test_resume_refuses_an_output_scored_with_another_artist_filter(world, tmp_path, suffix):
-    from service.scan import scan
+def _incoming(world, tmp_path: Path) -> Path:
+    """A folder to scan holding copies of two of artist_00's registered works."""
     folder = tmp_path / "incoming"
     folder.mkdir()
     for i, p in enumerate(world["corpus"][0].refs[:2]):
         (folder / f"{i}.png").write_bytes(p.read_bytes())
+    return folder
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resume_refuses_an_output_scored_with_another_artist_filter(world, tmp_path, suffix):
+    from service.scan import scan
+    folder = _incoming(world, tmp_path)
     out = tmp_path / f"scan{suffix}"
     scan(world["store"], world["emb"], folder, out, artist="artist_00")
     keep = 2 if suffix == ".csv" else 1  # (a CSV's header, then its first row)
@@ -604,10 +610,7 @@ def test_resuming_a_csv_written_before_its_last_column_keeps_its_columns(world, 
     import csv
 
     from service.scan import scan
-    folder = tmp_path / "incoming"
-    folder.mkdir()
-    for i, p in enumerate(world["corpus"][0].refs[:2]):
-        (folder / f"{i}.png").write_bytes(p.read_bytes())
+    folder = _incoming(world, tmp_path)
     out = tmp_path / "scan.csv"
     scan(world["store"], world["emb"], folder, out)
     rows = list(csv.reader(out.open(newline="")))
@@ -626,10 +629,7 @@ def test_resume_reads_a_csv_a_spreadsheet_saved_and_refuses_what_no_scan_wrote(w
     CSV now resumes; anything else is refused, naming the file and line, before a byte of it changes;
     and the command says so in one line, exit 2."""
     from service.scan import scan
-    folder = tmp_path / "incoming"
-    folder.mkdir()
-    for i, p in enumerate(world["corpus"][0].refs[:2]):
-        (folder / f"{i}.png").write_bytes(p.read_bytes())
+    folder = _incoming(world, tmp_path)
     out = tmp_path / "scan.csv"
     scan(world["store"], world["emb"], folder, out)
     out.write_bytes(b"\xef\xbb\xbf" + out.read_bytes())
