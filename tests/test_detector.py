@@ -1115,7 +1115,7 @@ def test_scoring_for_an_artist_with_no_works_or_one_just_removed(tmp_path, icons
         with store.writer() as w:
             w.remove_artist("dave")
         with pytest.raises(ValueError, match="no artist named 'dave'"):
-            scorer._score(works[4], "dave", q, hits)
+            scorer._score(works[4], works[4].image, (0, 0, works[4].width, works[4].height), "dave", q, hits)
 
 
 def test_images_in_nobodys_hand_are_unrelated(world):
