@@ -50,8 +50,9 @@ from PIL import Image, PngImagePlugin
 
 from detector import augment, background
 from detector.embedders import Embedders, query_hashes
+from detector.hashes import picture
 from detector.images import decode, iter_image_paths, load
-from detector.score import Scorer, picture
+from detector.score import Scorer
 from generator.chimeras import make_chimeras
 from generator.dataset import make_dataset
 from index.store import Store
@@ -96,7 +97,7 @@ def make_folder(world: Path, out: Path, n: int, seed: int = 0) -> None:
 
 def _hash_files(paths: list[str]) -> int:
     """The hash stage as a scan runs it: read and decode, find the part of each image that is scored
-    (`score.picture`: a picture small on a page, cut out), then hash each batch of BATCH together, as
+    (`hashes.picture`: a picture small on a page, cut out), then hash each batch of BATCH together, as
     `Embedders.describe_queries` does (`embedders.query_hashes`: the trimmed image's 8 turns, and the
     picture's inside a second border of its own)."""
     for i in range(0, len(paths), BATCH):

@@ -43,6 +43,30 @@ def framing(img: Image.Image) -> tuple[tuple[int, int, int, int], tuple[int, int
     return _outer(_rgbx(img))
 
 
+MIN_PICTURE = 16  # pixels on a side a picture on a page needs to be compared on its own...
+PAGE_SCALE = 2.0  # ...and how many times longer the page's longer side must be than the picture's
+
+
+def picture(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """(what of an image is compared, the box of the image it is): a picture small on a uniform page
+    (`framing`, its longer side at most 1 / PAGE_SCALE of the page's) on its own, else the whole image.
+
+    Every comparison runs on a canvas of fixed size (`local.VERIFY`, `local.CANVAS`). Scored with its
+    page, a 64 px icon on a 512 px page had an eighth of that canvas: too few pixels of detail to tell
+    one face from another (an unregistered face on a page was called a copy of any registered one at
+    0.99), and on larger pages none at all (a registered work pasted on a 1024 px page was missed). A
+    picture nearly filling its image is not cut out: an icon's
+    drawing inside its own white margin would then be compared at another scale than its registered
+    siblings, drawn with that margin, and the pieces of a collage of them would no longer match exactly."""
+    _, page = framing(img)
+    if page is None:
+        return img, (0, 0, img.width, img.height)
+    x0, y0, x1, y1 = page
+    if min(x1 - x0, y1 - y0) < MIN_PICTURE or max(img.size) < PAGE_SCALE * max(x1 - x0, y1 - y0):
+        return img, (0, 0, img.width, img.height)
+    return img.crop(page), page
+
+
 def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
     """The picture on a page (`framing`) inside a second border of its own (an icon drawn on white,
     pasted on a coloured page), when that is not `content_box`'s: hashed as `content_box` trims it,

@@ -294,7 +294,7 @@ def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int =
 
     A placement focused on matching windows (a piece of the work) that already reproduces IN_PLACE of
     the query's detail under it exactly is kept unregistered, unless it looks like a whole copy
-    (COPY_LIKE), whose score is worth registration's sub-pixel precision: pieces of registered works
+    (COPY_LIKE, PIECE_MAX), whose score is worth registration's sub-pixel precision: pieces of registered works
     are pasted on their pixel grid, registration (pulled by the rest of the work) left 54% of window
     placements worse and 2% clearly better, and skipping it saves about a tenth of scoring's time
     (docs/benchmarks.md, "Pieces in place are not registered").
@@ -303,7 +303,9 @@ def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int =
     if focus is not None:
         unmoved = _measure(work_id, q, w, matrix, support)
         under = int((q.detail & unmoved.inside).sum())
-        if under and unmoved.exact.sum() >= IN_PLACE * under and unmoved.forward * unmoved.backward < COPY_LIKE:
+        exact = int(unmoved.exact.sum())
+        if under and IN_PLACE * under <= exact < PIECE_MAX * q.detail.sum() and \
+                unmoved.forward * unmoved.backward < COPY_LIKE:
             return unmoved
     refined = refine(q, w, matrix, focus)
     if refined is matrix:
@@ -315,6 +317,8 @@ def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int =
 
 IN_PLACE = 0.2  # share of the query's detail under a piece that it reproduces exactly, unregistered, to stay so...
 COPY_LIKE = 0.6  # ...unless it agrees this well both ways (forward x backward): a copy's score needs sub-pixel precision
+PIECE_MAX = 0.7  # ...or reproduces this much of all the query's detail: a piece, not the whole (a JPEG copy on a page
+# was exact over 99% of the query at forward x backward 0.52 unregistered; registered, a copy at 0.999)
 ONTO_QUERY = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP  # warp flags taking a work onto the query by its matrix
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from detector import background, calibrate, evidence, hashes, local, signatures, style
 from detector.calibrate import StyleCalibration
-from detector.embedders import Embedders, Vectors
+from detector.embedders import Embedders, Vectors, query_hashes
 from detector.images import ImageError, LoadedImage, file_sha256, load
 from index import catalogue as cat
 from index.store import Hit, Store
@@ -31,6 +31,9 @@ MARK_MIN = 0.9  # ...and when it matches nobody (still reported: garbled signatu
 # match: the names it carved out on the benchmarks matched their hands at 0.90 to 0.96, fragments of artwork
 # at 0.73 at most (a cloud's outline taken with a name: the wrong hand). 0.8 to 0.9 gave the same results.
 CARVED_MATCH = 0.8
+# hash similarity at which a whole image is a registered work as registered (`Scorer._pictures`): mostly blank
+# sheets look alike, and other drawings on a registered drawing's sheet came within 0.96 of it, its JPEG (q40) 0.975
+AS_REGISTERED = 0.97
 SPARE = ("sig",)  # kinds whose mismatched vectors are left out of scoring rather than refusing the store
 # registered views searched per mark: every view of about 7 signers' 3 samples (signatures.sample_descriptors
 # makes 30 a sample), so the runner-up signer's margin is measured on its best view in all but huge stores
@@ -62,29 +65,6 @@ def _to_image(xs: np.ndarray, ys: np.ndarray, canvas: tuple[int, ...], frame: tu
             left - (-(int(xs.max()) + 1) * width // w), top - (-(int(ys.max()) + 1) * height // h)]
 
 
-MIN_PICTURE = 16  # pixels on a side a picture on a page needs to be scored on its own...
-PAGE_SCALE = 2.0  # ...and how many times longer the page's longer side must be than the picture's
-
-
-def picture(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """(what of an image is scored, the box of the image it is): a picture small on a uniform page
-    (`hashes.framing`, its longer side at most 1 / PAGE_SCALE of the page's) on its own, else the
-    whole image.
-
-    Every comparison runs on a canvas of fixed size (`local.VERIFY`, `local.CANVAS`). Scored with its
-    page, a 64 px icon on a 512 px page had an eighth of that canvas: too few pixels of detail to tell
-    one face from another (an unregistered face on a page was called a copy of any registered one at
-    0.99), and on larger pages none at all (a registered work pasted on a 1024 px page was missed).
-    A picture nearly filling its image is not cut out: an icon's drawing inside its own white margin
-    would then be compared at another scale than its registered siblings, drawn with that margin, and
-    the pieces of a collage of them would no longer match exactly."""
-    _, page = hashes.framing(img)
-    if page is None:
-        return img, (0, 0, img.width, img.height)
-    x0, y0, x1, y1 = page
-    if min(x1 - x0, y1 - y0) < MIN_PICTURE or max(img.size) < PAGE_SCALE * max(x1 - x0, y1 - y0):
-        return img, (0, 0, img.width, img.height)
-    return img.crop(page), page
 
 
 def error_result(path: str, message: str, sha256: str | None = None) -> dict[str, Any]:
@@ -176,10 +156,26 @@ class Scorer:
         self._check_store()
         self._check_artist(artist)
         self.works.sync()
-        views = [picture(im.image) for im in imgs]
+        views = self._pictures([im.image for im in imgs])
         qs = self.embedders.describe_queries([view for view, _ in views])
         return [self._score(im, view, frame, artist, q, hits)
                 for im, (view, frame), q, hits in zip(imgs, views, qs, evidence.search(self.store, qs))]
+
+    def _pictures(self, images: list[Image.Image]) -> list[tuple[Image.Image, tuple[int, int, int, int]]]:
+        """`hashes.picture` of each image, unless the image as a whole is a registered work as it was
+        registered (a hash within AS_REGISTERED of one: that file, recompressed at most). Works are
+        described as registered, so a drawing registered small on its sheet is its whole sheet, and its
+        very file, cut out, was compared with that at another scale: found by nothing."""
+        views = [hashes.picture(img) for img in images]
+        cut = [i for i, (view, _) in enumerate(views) if view is not images[i]]
+        if cut:
+            rows = [row for i in cut for _, row in query_hashes([images[i]])[0][:8]]  # its 8 turns, whole
+            hits = self.store.search("hash", np.stack(rows), 1)
+            for n, i in enumerate(cut):
+                near = [1 - h.score / (8 * len(rows[0])) for turn in hits[8 * n:8 * n + 8] for h in turn]
+                if max(near, default=0.0) >= AS_REGISTERED:
+                    views[i] = (images[i], (0, 0, images[i].width, images[i].height))
+        return views
 
     def score(self, img: LoadedImage, artist: str | None = None) -> dict[str, Any]:
         """The result object for one decoded image (restricted to `artist` when given)."""
@@ -191,7 +187,7 @@ class Scorer:
 
     def _score(self, img: LoadedImage, view: Image.Image, frame: tuple[int, int, int, int], artist: str | None,
                q: Vectors, hits: dict[str, list[list[Hit]]]) -> dict[str, Any]:
-        """The result object of an image whose scored part (`picture`: `view`, the image's box `frame`) has
+        """The result object of an image whose scored part (`hashes.picture`: `view`, the image's box `frame`) has
         its query vectors `q` and their nearest stored vectors (`hits`, from evidence.search) computed
         (artist checked). Signatures are looked for on the whole image: a name may be on the page."""
         qc = local.Canvas.of(local.canvas(view, local.VERIFY))

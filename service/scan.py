@@ -142,22 +142,26 @@ def _read_records(path: Path) -> Iterator[dict[str, Any]]:
     that is not a record) is refused with a ValueError naming the file and the line: resumed, its
     records would be taken for a scan's, or a scan's appended to someone else's file. A spreadsheet
     that saved the CSV again may have put a byte-order mark before its header: that is read past."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        if path.suffix.lower() == ".csv":
-            rows = csv.DictReader(f)
-            _check_header(path, rows.fieldnames)
-            for row in rows:
-                if not row.get("path"):
-                    raise ValueError(f"{shown(path)}, line {rows.line_num}: not a scan record (no path)")
-                yield {k: csv_text(v) for k, v in row.items()}
-        else:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    yield _record(path, n, line)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            if path.suffix.lower() == ".csv":
+                rows = csv.DictReader(f)
+                _check_header(path, rows.fieldnames)
+                for row in rows:
+                    if not row.get("path"):
+                        raise ValueError(f"{shown(path)}, line {rows.line_num}: not a scan record (no path)")
+                    yield {k: csv_text(v) for k, v in row.items()}
+            else:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        yield _record(path, n, line)
+    except UnicodeDecodeError:
+        raise ValueError(f"{shown(path)}: not the output of a scan (not UTF-8 text)") from None
 
 
 def _check_header(path: Path, columns: list[str] | None) -> None:
-    if columns is not None and "path" not in columns:
+    """A scan's CSV header is CSV_FIELDS, or the first of them (older versions wrote fewer columns)."""
+    if columns is not None and (len(columns) < 3 or columns != CSV_FIELDS[:len(columns)]):
         raise ValueError(f"{shown(path)}: not the output of a scan (its first line is not a scan's CSV header: "
                          f"{', '.join(columns[:4])}...)")
 
@@ -175,15 +179,22 @@ def _record(path: Path, n: int, line: str) -> dict[str, Any]:
 
 def _check_resumable(path: Path) -> None:
     """Refuse an output that is not a scan's before anything in it is cut (`_drop_torn_tail`) or added:
-    its first whole line must be a scan's CSV header or record. (A file holding one torn line only is
-    a scan's first record, cut off.)"""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        first = f.readline()
+    its first whole line must be a scan's CSV header or record, and a file of one line cut short (a scan
+    killed while writing its first) the start of one."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+    except UnicodeDecodeError:
+        raise ValueError(f"{shown(path)}: not the output of a scan (not UTF-8 text)") from None
+    csv_out = path.suffix.lower() == ".csv"
     if first.endswith("\n"):
-        if path.suffix.lower() == ".csv":
+        if csv_out:
             _check_header(path, next(csv.reader([first])))
         else:
             _record(path, 1, first)
+    elif first and not (",".join(CSV_FIELDS).startswith(first.rstrip("\r")) if csv_out else first.startswith(('{"version"', '{"path"'))):
+        raise ValueError(f"{shown(path)}: not the output of a scan (its one line, with no end, is no scan's "
+                         "record cut off)")
 
 
 class Done(NamedTuple):

@@ -144,6 +144,27 @@ def test_pictures_small_on_a_large_page_are_judged_at_full_size(world):
     assert r["verdict"]["label"] == "derivative" and {a, b} <= {Path(m["source"]) for m in r["matches"]}
 
 
+def test_a_work_registered_small_on_its_sheet_is_a_copy_of_itself(tmp_path, icons):
+    """A drawing registered as it was drawn, small on a sheet, is described with its sheet; cut out of a
+    copy of that very file, it was compared with the whole sheet at another scale and found by nothing
+    (1 of 12 exact copies, by review). A file that is, as a whole, a registered work is scored whole."""
+    emb = Embedders(None, "off")
+    drawings = [Image.open(p).convert("RGB") for p in sorted(icons("sheets", 6, (200, 120, 40)).iterdir())]
+    sheets = []
+    for i, icon in enumerate(drawings):
+        side = (256, 400, 512)[i % 3]
+        sheet = Image.new("RGB", (side, side), "white" if i % 2 else (240, 240, 225))
+        sheet.paste(icon, ((i * 37) % (side - 64), (i * 53) % (side - 64)))
+        sheets.append(tmp_path / f"sheet_{i}.png")
+        sheet.save(sheets[-1])
+    with Store.open(tmp_path / "store", create=True) as store:
+        add_images(store, emb, "sheets", [load(p) for p in sheets])
+        scorer = Scorer(store, emb)
+        for p in sheets:
+            r = scorer.score(load(p))
+            assert r["verdict"]["label"] == "copy" and Path(r["matches"][0]["source"]) == p, (p.name, r["verdict"])
+
+
 def test_signature_similarity_stays_in_the_unit_interval(world):
     """A registered sample flattened onto black (dark ink on a dark label) in a corner was reported with
     similarity -0.17: the shapes' cosine, which the contract's [0, 1] says as 0."""
@@ -624,10 +645,11 @@ def test_resuming_a_csv_written_before_its_last_column_keeps_its_columns(world, 
 
 def test_resume_reads_a_csv_a_spreadsheet_saved_and_refuses_what_no_scan_wrote(world, tmp_path):
     """--resume onto a CSV saved again by a spreadsheet (a byte-order mark before its header) stopped with
-    a KeyError traceback; onto another CSV it scored everything, appended empty rows, then crashed; a
-    JSON Lines output with a damaged line said only "Expecting value: line 1 column 1". A spreadsheet's
-    CSV now resumes; anything else is refused, naming the file and line, before a byte of it changes;
-    and the command says so in one line, exit 2."""
+    a KeyError traceback; onto another CSV it scored everything, appended empty rows, then crashed (one
+    with a path column lost the verdicts); a file of one line with no end was emptied; a JSON Lines
+    output with a damaged line said only "Expecting value: line 1 column 1". A spreadsheet's CSV now
+    resumes, and so does a scan's own first line cut off; anything else is refused, naming the file
+    and line, before a byte of it changes; and the command says so in one line, exit 2."""
     from service.scan import scan
     folder = _incoming(world, tmp_path)
     out = tmp_path / "scan.csv"
@@ -641,12 +663,20 @@ def test_resume_reads_a_csv_a_spreadsheet_saved_and_refuses_what_no_scan_wrote(w
     lines = records.read_text().splitlines(keepends=True)
     foreign = {"other.csv": "a,b\n1,2\n", "damaged.jsonl": "garbage\n" + "".join(lines),
                "middle.jsonl": lines[0] + "{not json\n" + lines[1], "list.jsonl": "[1, 2]\n",
-               "torn-foreign.jsonl": "garbage\n" + lines[0] + lines[1][:20]}
+               "torn-foreign.jsonl": "garbage\n" + lines[0] + lines[1][:20],
+               "listing.csv": "path,size\n/data/a.png,100\n", "notes.jsonl": "my notes, no newline",
+               "table.csv": "id,name,score"}
     for name, text in foreign.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=r"not (a scan record|the output of a scan)"):
             scan(world["store"], world["emb"], folder, tmp_path / name, resume=True)
         assert (tmp_path / name).read_text() == text, name  # not cut, not added to
+    (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ValueError, match=r"binary\.jsonl: not the output of a scan \(not UTF-8 text\)"):
+        scan(world["store"], world["emb"], folder, tmp_path / "binary.jsonl", resume=True)
+    for name, text in (("torn.jsonl", lines[0][:30]), ("torn.csv", "path,sha256,ver")):  # a scan killed writing its first
+        (tmp_path / name).write_text(text)
+        assert scan(world["store"], world["emb"], folder, tmp_path / name, resume=True).startswith("scanned 2 files")
     with pytest.raises(ValueError, match=r"middle\.jsonl, line 2: not a scan record"):
         scan(world["store"], world["emb"], folder, tmp_path / "middle.jsonl", resume=True)
     done = subprocess.run([sys.executable, "-m", "service.cli", "--store", str(world["root"] / "store"), "--no-clip",
