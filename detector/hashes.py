@@ -55,9 +55,9 @@ def picture(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
     page, a 64 px icon on a 512 px page had an eighth of that canvas: too few pixels of detail to tell
     one face from another (an unregistered face on a page was called a copy of any registered one at
     0.99), and on larger pages none at all (a registered work pasted on a 1024 px page was missed). A
-    picture nearly filling its image is not cut out: an icon's
-    drawing inside its own white margin would then be compared at another scale than its registered
-    siblings, drawn with that margin, and the pieces of a collage of them would no longer match exactly."""
+    picture nearly filling its image is not cut out: an icon's drawing inside its own white margin
+    would then be compared at another scale than its registered siblings, drawn with that margin, and
+    the pieces of a collage of them would no longer match exactly."""
     _, page = framing(img)
     if page is None:
         return img, (0, 0, img.width, img.height)

@@ -294,25 +294,22 @@ def align(work_id: int, q: Canvas, w: Canvas, matrix: np.ndarray, support: int =
 
     A placement focused on matching windows (a piece of the work) that already reproduces IN_PLACE of
     the query's detail under it exactly is kept unregistered, unless it looks like a whole copy
-    (COPY_LIKE, PIECE_MAX), whose score is worth registration's sub-pixel precision: pieces of registered works
-    are pasted on their pixel grid, registration (pulled by the rest of the work) left 54% of window
-    placements worse and 2% clearly better, and skipping it saves about a tenth of scoring's time
-    (docs/benchmarks.md, "Pieces in place are not registered").
+    (COPY_LIKE, PIECE_MAX), whose score is worth registration's sub-pixel precision: pieces of
+    registered works are pasted on their pixel grid, registration (pulled by the rest of the work) left
+    54% of window placements worse and 2% clearly better, and skipping it takes 7-8% off scoring's
+    time (docs/benchmarks.md, "Pieces in place are not registered").
     """
-    unmoved = None
+    unmoved = _measure(work_id, q, w, matrix, support)
     if focus is not None:
-        unmoved = _measure(work_id, q, w, matrix, support)
-        under = int((q.detail & unmoved.inside).sum())
-        exact = int(unmoved.exact.sum())
+        under, exact = int((q.detail & unmoved.inside).sum()), int(unmoved.exact.sum())
         if under and IN_PLACE * under <= exact < PIECE_MAX * q.detail.sum() and \
                 unmoved.forward * unmoved.backward < COPY_LIKE:
             return unmoved
     refined = refine(q, w, matrix, focus)
     if refined is matrix:
-        return unmoved or _measure(work_id, q, w, matrix, support)
+        return unmoved
     a = _measure(work_id, q, w, refined, support)
-    b = unmoved or _measure(work_id, q, w, matrix, support)
-    return b if b.strength(q) > a.strength(q) else a
+    return unmoved if unmoved.strength(q) > a.strength(q) else a
 
 
 IN_PLACE = 0.2  # share of the query's detail under a piece that it reproduces exactly, unregistered, to stay so...

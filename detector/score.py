@@ -65,8 +65,6 @@ def _to_image(xs: np.ndarray, ys: np.ndarray, canvas: tuple[int, ...], frame: tu
             left - (-(int(xs.max()) + 1) * width // w), top - (-(int(ys.max()) + 1) * height // h)]
 
 
-
-
 def error_result(path: str, message: str, sha256: str | None = None) -> dict[str, Any]:
     """The record of a file that could not be scored (`sha256` of its bytes when they could be read)."""
     return {"version": RESULT_VERSION, "path": path, "sha256": sha256, "width": None, "height": None,
