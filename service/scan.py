@@ -192,9 +192,12 @@ def _check_resumable(path: Path) -> None:
             _check_header(path, next(csv.reader([first])))
         else:
             _record(path, 1, first)
-    elif first and not (",".join(CSV_FIELDS).startswith(first.rstrip("\r")) if csv_out else first.startswith(('{"version"', '{"path"'))):
-        raise ValueError(f"{shown(path)}: not the output of a scan (its one line, with no end, is no scan's "
-                         "record cut off)")
+    elif first:  # one line with no end: the start of a scan's header or record, or no scan's
+        torn = ",".join(CSV_FIELDS).startswith(first.rstrip("\r")) if csv_out else \
+            first.startswith(('{"version"', '{"path"'))
+        if not torn:
+            raise ValueError(f"{shown(path)}: not the output of a scan (its one line, with no end, is no "
+                             "scan's record cut off)")
 
 
 class Done(NamedTuple):
