@@ -14,7 +14,7 @@ from PIL import Image
 
 from detector import background, calibrate, evidence, hashes, local, signatures, style
 from detector.calibrate import StyleCalibration
-from detector.embedders import Embedders, Vectors, query_hashes
+from detector.embedders import Embedders, Vectors
 from detector.images import ImageError, LoadedImage, file_sha256, load
 from index import catalogue as cat
 from index.store import Hit, Store
@@ -31,9 +31,6 @@ MARK_MIN = 0.9  # ...and when it matches nobody (still reported: garbled signatu
 # match: the names it carved out on the benchmarks matched their hands at 0.90 to 0.96, fragments of artwork
 # at 0.73 at most (a cloud's outline taken with a name: the wrong hand). 0.8 to 0.9 gave the same results.
 CARVED_MATCH = 0.8
-# hash similarity at which a whole image is a registered work as registered (`Scorer._pictures`): mostly blank
-# sheets look alike, and other drawings on a registered drawing's sheet came within 0.96 of it, its JPEG (q40) 0.975
-AS_REGISTERED = 0.97
 SPARE = ("sig",)  # kinds whose mismatched vectors are left out of scoring rather than refusing the store
 # registered views searched per mark: every view of about 7 signers' 3 samples (signatures.sample_descriptors
 # makes 30 a sample), so the runner-up signer's margin is measured on its best view in all but huge stores
@@ -154,26 +151,24 @@ class Scorer:
         self._check_store()
         self._check_artist(artist)
         self.works.sync()
-        views = self._pictures([im.image for im in imgs])
+        views = self._pictures(imgs)
         qs = self.embedders.describe_queries([view for view, _ in views])
         return [self._score(im, view, frame, artist, q, hits)
                 for im, (view, frame), q, hits in zip(imgs, views, qs, evidence.search(self.store, qs))]
 
-    def _pictures(self, images: list[Image.Image]) -> list[tuple[Image.Image, tuple[int, int, int, int]]]:
-        """`hashes.picture` of each image, unless the image as a whole is a registered work as it was
-        registered (a hash within AS_REGISTERED of one: that file, recompressed at most). Works are
-        described as registered, so a drawing registered small on its sheet is its whole sheet, and its
-        very file, cut out, was compared with that at another scale: found by nothing."""
-        views = [hashes.picture(img) for img in images]
-        cut = [i for i, (view, _) in enumerate(views) if view is not images[i]]
-        if cut:
-            rows = [row for i in cut for _, row in query_hashes([images[i]])[0][:8]]  # its 8 turns, whole
-            hits = self.store.search("hash", np.stack(rows), 1)
-            for n, i in enumerate(cut):
-                near = [1 - h.score / (8 * len(rows[0])) for turn in hits[8 * n:8 * n + 8] for h in turn]
-                if max(near, default=0.0) >= AS_REGISTERED:
-                    views[i] = (images[i], (0, 0, images[i].width, images[i].height))
-        return views
+    def _pictures(self, imgs: list[LoadedImage]) -> list[tuple[Image.Image, tuple[int, int, int, int]]]:
+        """`hashes.picture` of each image, unless its bytes are a registered work's (`Store.holder`).
+        Works are described as registered: a drawing registered small on its sheet is the whole sheet,
+        and its very file, cut out, was compared with that at another scale and found by nothing. (A
+        hash near a registered sheet proves nothing: mostly blank sheets hash alike, and another drawing
+        pasted on one came within 0.97-1.0 of it and was called its copy.)"""
+        out = []
+        for im in imgs:
+            view, frame = hashes.picture(im.image)
+            if view is not im.image and self.store.holder(im.sha256) is not None:
+                view, frame = im.image, (0, 0, im.width, im.height)
+            out.append((view, frame))
+        return out
 
     def score(self, img: LoadedImage, artist: str | None = None) -> dict[str, Any]:
         """The result object for one decoded image (restricted to `artist` when given)."""

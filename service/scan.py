@@ -194,7 +194,7 @@ def _check_resumable(path: Path) -> None:
             _record(path, 1, first)
     elif first:  # one line with no end: the start of a scan's header or record, or no scan's
         torn = ",".join(CSV_FIELDS).startswith(first.rstrip("\r")) if csv_out else \
-            first.startswith(('{"version"', '{"path"'))
+            any(first.startswith(key) or key.startswith(first) for key in ('{"version"', '{"path"'))
         if not torn:
             raise ValueError(f"{shown(path)}: not the output of a scan (its one line, with no end, is no "
                              "scan's record cut off)")

@@ -147,7 +147,9 @@ def test_pictures_small_on_a_large_page_are_judged_at_full_size(world):
 def test_a_work_registered_small_on_its_sheet_is_a_copy_of_itself(tmp_path, icons):
     """A drawing registered as it was drawn, small on a sheet, is described with its sheet; cut out of a
     copy of that very file, it was compared with the whole sheet at another scale and found by nothing
-    (1 of 12 exact copies, by review). A file that is, as a whole, a registered work is scored whole."""
+    (1 of 12 exact copies, by review). A file holding a registered work's bytes is scored whole. Another
+    drawing pasted on such a sheet, which hashes as the registered sheet does, is cut out: scored whole,
+    it was called a copy of the sheet's drawing."""
     emb = Embedders(None, "off")
     drawings = [Image.open(p).convert("RGB") for p in sorted(icons("sheets", 6, (200, 120, 40)).iterdir())]
     sheets = []
@@ -163,6 +165,14 @@ def test_a_work_registered_small_on_its_sheet_is_a_copy_of_itself(tmp_path, icon
         for p in sheets:
             r = scorer.score(load(p))
             assert r["verdict"]["label"] == "copy" and Path(r["matches"][0]["source"]) == p, (p.name, r["verdict"])
+        other = Image.open(sorted(icons("other", 1, (60, 120, 220)).iterdir())[0]).convert("RGB")
+        for i in (1, 2):  # on the same sheet, at the same place, as a registered drawing
+            side = (256, 400, 512)[i % 3]
+            sheet = Image.new("RGB", (side, side), "white" if i % 2 else (240, 240, 225))
+            sheet.paste(other, ((i * 37) % (side - 64), (i * 53) % (side - 64)))
+            sheet.save(tmp_path / "other.png")
+            r = scorer.score(load(tmp_path / "other.png"))
+            assert r["verdict"]["label"] != "copy" and all(m["similarity"] < 0.5 for m in r["matches"]), r["matches"]
 
 
 def test_signature_similarity_stays_in_the_unit_interval(world):
@@ -674,7 +684,7 @@ def test_resume_reads_a_csv_a_spreadsheet_saved_and_refuses_what_no_scan_wrote(w
     (tmp_path / "binary.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     with pytest.raises(ValueError, match=r"binary\.jsonl: not the output of a scan \(not UTF-8 text\)"):
         scan(world["store"], world["emb"], folder, tmp_path / "binary.jsonl", resume=True)
-    for name, text in (("torn.jsonl", lines[0][:30]), ("torn.csv", "path,sha256,ver")):  # a scan killed writing its first
+    for name, text in (("torn.jsonl", lines[0][:30]), ("torn.csv", "path,sha256,ver"), ("short.jsonl", '{"ver')):
         (tmp_path / name).write_text(text)
         assert scan(world["store"], world["emb"], folder, tmp_path / name, resume=True).startswith("scanned 2 files")
     with pytest.raises(ValueError, match=r"middle\.jsonl, line 2: not a scan record"):
