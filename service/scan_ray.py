@@ -190,10 +190,8 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
         else:
             todo[n] = item
     changed: list[dict[str, Any]] = []  # copies of a file whose bytes changed after it was hashed
-    for n, record in _scored(ray, todo, hashed, store_root, artist, workers, clip):
+    for n, record in _remembered(_scored(ray, todo, hashed, store_root, artist, workers, clip), recent):
         yield record
-        if record.get("sha256"):
-            remember(recent, record["sha256"], record)
         twins = copies.pop(n, [])
         if record.get("sha256") != hashed.get(n):
             changed += twins
@@ -201,10 +199,18 @@ def _chunk_records(ray: Any, chunk: list[tuple[Path, str | None]], store_root: P
         for item in twins:
             counts["copies"] += 1
             yield {**record, "path": shown(item["path"])}
-    for _, record in _scored(ray, {item["n"]: item for item in changed}, {}, store_root, artist, workers, clip):
+    for _, record in _remembered(_scored(ray, {item["n"]: item for item in changed}, {}, store_root, artist,
+                                         workers, clip), recent):
         yield record
+
+
+def _remembered(scored: Iterator[tuple[int, dict[str, Any]]], recent: OrderedDict[str, dict[str, Any]]
+                ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`scored` as it comes, each record with a sha256 kept in `recent` for copies in later chunks."""
+    for n, record in scored:
         if record.get("sha256"):
             remember(recent, record["sha256"], record)
+        yield n, record
 
 
 def _blocks(n: int, workers: int) -> int:
