@@ -209,6 +209,10 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         code = {413: "too_large", 404: "not_found", 405: "method_not_allowed", 500: "internal"}.get(
             e.code or 400, "bad_request")
         limit = app.config["MAX_CONTENT_LENGTH"] or 0
+        if e.code == 413 and request.content_length is not None and request.content_length <= limit:
+            # under the size limit, refused for its count of form parts (Flask's MAX_FORM_PARTS)
+            return jsonify(error="batch_too_large", message=f"too many form parts: at most "
+                           f"{app.config['CHIMERA_MAX_BATCH']} images per request"), 400
         size = f"{limit // 2**20} MiB" if limit >= 2**20 else f"{limit} bytes"
         message = f"the upload is over this server's limit of {size}" if e.code == 413 else e.description
         response = jsonify(error=code, message=message)
@@ -265,11 +269,15 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         name = body.get("name") if isinstance(body, dict) else None
         if not valid_name(name):
             raise ApiError(400, "invalid_name", f"send JSON {{\"name\": \"...\"}}: {NAME_RULE}")
-        with store_for_writes() as store, store.writer(write_wait()) as w:
-            if store.has_artist(name):  # checked under the write lock: of two requests, one creates
-                raise ApiError(409, "exists", f"artist {name!r} already exists")
-            w.ensure_artist(name)
-        return jsonify(name=name, works=0, signatures=0), 201
+        body: dict[str, Any] = {"name": name, "works": 0, "signatures": 0}
+        try:
+            with store_for_writes() as store, store.writer(write_wait()) as w:
+                if store.has_artist(name):  # checked under the write lock: of two requests, one creates
+                    raise ApiError(409, "exists", f"artist {name!r} already exists")
+                w.ensure_artist(name)
+        except IndexesNotSaved as e:  # created: a retry would only get "exists"
+            body["warning"] = public(str(e))
+        return jsonify(body), 201
 
     def add(name: str, signature: bool):
         require_token()
@@ -358,9 +366,12 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         except ImageError as e:  # the record a scan writes for the same bytes
             return error_result(fname, e.reason, hashlib.sha256(data).hexdigest())
         try:
-            return svc.scorer().score(img, artist)
+            result = svc.scorer().score(img, artist)
         except ValueError as e:  # the artist was removed while the request waited
             raise ApiError(404, "unknown_artist", str(e)) from None
+        for m in result["matches"]:  # a work added from the server's disk keeps its path there: not for scorers
+            m["source"] = upload_name(m["source"])
+        return result
 
     def check_score_request() -> str | None:
         if app.config["CHIMERA_SCORE_AUTH"] and not app.config["CHIMERA_API_TOKENS"]:

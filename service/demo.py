@@ -68,7 +68,10 @@ def _clear_previous(out: Path) -> None:
     if not out.exists() or not any(out.iterdir()):
         return
     foreign = sorted(p.name for p in out.iterdir() if p.name not in MADE)
-    finished = (out / "results.jsonl").is_file() and (out / "store").is_dir()  # (as demos before MARK left it)
+    # a finished demo from before MARK: all it wrote, not only a store and results (a user's own working
+    # folder after `--store store` and `scan --out results.jsonl`)
+    finished = all((out / d).is_dir() for d in ("data", "chimeras", "queries", "store")) and \
+        (out / "results.jsonl").is_file() and (out / "data" / "manifest.jsonl").is_file()
     if foreign or not ((out / MARK).is_file() or finished):
         raise ValueError(f"{out} exists and is not a previous demo's folder"
                          f"{' (it holds ' + ', '.join(foreign[:3]) + ')' if foreign else ''}: choose another --out")

@@ -28,7 +28,8 @@ SCHEMAS: dict[str, Any] = {
                 "properties": {"artist": {"type": "string"}, "style": UNIT, "derivative": UNIT, "copy": UNIT}}},
             "matches": {"type": "array", "items": {
                 "type": "object", "required": ["artist", "work", "source", "similarity", "box"],
-                "properties": {"artist": NULLABLE_STR, "work": {"type": "integer"}, "source": {"type": "string"},
+                "properties": {"artist": NULLABLE_STR, "work": {"type": "integer"}, "source": {"type": "string", "description": "the name of the file the work was added from (its "
+                                                   "last path part: the server's folders are not shown)"},
                                "similarity": UNIT, "box": BOX, "run": {"type": "string"},
                                "checkpoint": NULLABLE_STR, "seed": {"type": ["integer", "null"]},
                                "index": {"type": ["integer", "null"]}}}},
@@ -44,7 +45,8 @@ SCHEMAS: dict[str, Any] = {
             "error": NULLABLE_STR}},
     "Artist": {"type": "object", "required": ["name", "works", "signatures"],
                "properties": {"name": {"type": "string"}, "works": {"type": "integer"},
-                              "signatures": {"type": "integer"}}},
+                              "signatures": {"type": "integer"},
+                              "warning": WARNING}},
     "ArtistList": {"type": "object", "required": ["artists", "generated"],
                    "properties": {"artists": {"type": "array", "items": {"$ref": "#/components/schemas/Artist"}},
                                   "generated": {"type": "integer"}}},

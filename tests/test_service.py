@@ -181,10 +181,27 @@ def test_bad_uploads_get_clear_4xx(client, alice, app):
     r = client.post("/v1/score/batch", data={"images": [(png(Image.new("RGB", (9, 9))), f"{i}.png")
                                                         for i in range(3)]})
     assert r.status_code == 400 and r.json["error"] == "batch_too_large"
+    # more form parts than Flask parses (1000), far under the size limit: the count, not the size, is at fault
+    r = client.post("/v1/score/batch", data={"images": [(png(Image.new("RGB", (9, 9))), f"{i}.png")
+                                                        for i in range(1001)]})
+    assert r.status_code == 400 and r.json["error"] == "batch_too_large" and "at most 2 images" in r.json["message"]
     app.config["MAX_CONTENT_LENGTH"] = 2000
     r = client.post("/v1/score", data={"image": (io.BytesIO(bytes(5000)), "huge.png")})
     assert r.status_code == 413 and r.json["error"] == "too_large"
     assert r.json["message"] == "the upload is over this server's limit of 2000 bytes"  # (Werkzeug's named none)
+
+
+def test_scorers_see_the_file_name_of_a_work_added_from_the_servers_disk_not_its_folders(client, icons, chimera):
+    """`chimera index add` keeps a work's path on the server's disk as its source (the CLI's results and
+    scan reports show it); every scorer of the HTTP API was shown it too: user names, private folders."""
+    folder = icons("maria-unreleased", 2, (200, 60, 90))
+    assert chimera("index", "add", "--artist", "alice", str(folder))[0] == 0
+    first = sorted(folder.iterdir())[0]
+    r = client.post("/v1/score", data={"image": (open(first, "rb"), "q.png")})
+    assert r.json["matches"][0]["source"] == first.name
+    valid(r.json, "Result")
+    r = client.post("/v1/score/batch", data={"images": [(open(first, "rb"), "q.png")]})
+    assert r.json[0]["matches"][0]["source"] == first.name
 
 
 def test_request_time_limit_answers_503(client, alice, app):
@@ -547,6 +564,10 @@ def test_writes_committed_but_not_indexed_answer_success_with_a_warning(client, 
     r = client.delete(f"/v1/artists/alice/works/{gone}", headers=AUTH)
     assert r.status_code == 200 and r.json["removed"] == {"work": gone} and "search indexes" in r.json["warning"]
     valid(r.json, "Removed")
+    r = client.post("/v1/artists", headers=AUTH, json={"name": "bob"})  # indexes missing since: not saved again
+    assert r.status_code == 201 and r.json["name"] == "bob" and "search indexes" in r.json["warning"], r.json
+    valid(r.json, "Artist")
+    assert client.post("/v1/artists", headers=AUTH, json={"name": "bob"}).json["error"] == "exists"
     monkeypatch.setattr(faiss, "write_index", real)
     assert client.get("/v1/artists").json["artists"][0]["works"] == 7
     r = client.post("/v1/score", data={"image": (open(new[1], "rb"), "q.png")})  # indexes rebuilt from the catalogue

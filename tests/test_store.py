@@ -526,6 +526,12 @@ def test_demo_reruns_over_its_own_output_but_never_over_a_users_files_beside_it(
     (mine / "data" / "manifest.jsonl").write_text("mine\n")
     assert main(["demo", "--out", str(mine)]) == 2
     assert (mine / "data" / "manifest.jsonl").read_text() == "mine\n"
+    work = tmp_path / "W"  # a user's working folder after `--store store` and `scan --out results.jsonl`
+    (work / "store").mkdir(parents=True)
+    (work / "store" / "catalogue.sqlite").write_text("works")
+    (work / "results.jsonl").write_text("{}\n")
+    assert main(["demo", "--out", str(work)]) == 2
+    assert (work / "store" / "catalogue.sqlite").read_text() == "works" and (work / "results.jsonl").is_file()
 
 
 def test_an_interrupted_add_says_what_it_kept_and_the_same_command_adds_the_rest(chimera, icons, store_dir,
