@@ -19,14 +19,14 @@ CPU" is the share of the machine that lower-priority (niced) processes took mean
                                      pool started and warmed untimed: compared with the row above
                                      (these two rows take turns, --rounds times each; medians shown)
   paired (the line after the table)  the same two on one warm pool, both in each worker, taking turns
-                                     batch by batch (8 files), the order alternating: the machine's
+                                     batch by batch (32 files), the order alternating: the machine's
                                      drift, which moves separate runs by 15-25% here, falls on both
   limit: embedders on preloaded      the part scored and describe_queries (hashes, style, windows, keypoints): the
                                      issue's limit, with no I/O, decoding, search or verification
   limit: scoring on preloaded        the whole Scorer (embedders, search, verification) with no I/O
   scan --engine local / ray          end to end: list, read, decode, score, write JSON Lines
 End to end is reported as a fraction of both limits. The limits run on a sample, dealt in
-batches of 8 from one queue as a scan deals them; a limit is the sample's decodable images
+batches of 32 from one queue as a local scan deals them; a limit is the sample's decodable images
 over the workers' summed timed seconds divided by the workers (loading untimed), while end
 to end counts every file, corrupt ones included (0.5%).
 """
@@ -57,7 +57,7 @@ from generator.chimeras import make_chimeras
 from generator.dataset import make_dataset
 from index.store import Store
 from service.ingest import add_images
-from service.scan import BATCH, limit_threads, scan
+from service.scan import BIG_BATCH as BATCH, limit_threads, scan
 
 
 def make_folder(world: Path, out: Path, n: int, seed: int = 0) -> None:
@@ -97,7 +97,8 @@ def make_folder(world: Path, out: Path, n: int, seed: int = 0) -> None:
 
 def _hash_files(paths: list[str]) -> int:
     """The hash stage as a scan runs it: read and decode, find the part of each image that is scored
-    (`hashes.picture`: a picture small on a page, cut out), then hash each batch of BATCH together, as
+    (`hashes.picture`: a picture small on a page, cut out), then hash each batch of BATCH (a local
+    scan's jobs once under way) together, as
     `Embedders.describe_queries` does (`embedders.query_hashes`: the trimmed image's 8 turns, and the
     picture's inside a second border of its own)."""
     for i in range(0, len(paths), BATCH):
@@ -107,7 +108,7 @@ def _hash_files(paths: list[str]) -> int:
                 images.append(decode(Path(p).read_bytes(), p).image)
             except Exception:  # noqa: BLE001 - corrupt files cost what it takes to find out
                 pass
-        query_hashes([picture(im)[0] for im in images])
+        query_hashes([picture(im) for im in images])
     return len(paths)
 
 
@@ -116,7 +117,7 @@ def _warm_ours() -> None:
     resampling kernels built before the clock starts, in every worker (a warm-up map may not
     reach them all) and its colour tables read from the cache (built there by the first)."""
     limit_threads(1)
-    query_hashes([Image.new("RGB", (40, 40))])
+    query_hashes([picture(Image.new("RGB", (40, 40)))])
 
 
 def _hash_worker(ready) -> None:
@@ -153,7 +154,7 @@ def _limit(paths: list[str]) -> tuple[int, float]:
     if _limiter["whole"]:
         scorer.score_many(imgs)
     else:
-        scorer.embedders.describe_queries([picture(im.image)[0] for im in imgs])
+        scorer.embedders.describe_queries([picture(im.image) for im in imgs])
     return len(imgs), time.perf_counter() - t
 
 

@@ -9,7 +9,7 @@ One thread, as in a scan worker. Columns, medians over `--rounds` alternating ro
   windows (ours)        regions.describe of the query windows: running sums shared by every window
   windows (Pillow)      the baseline: each informative window cropped and reduced by Pillow's own
                         Image.resize(BOX), then normalised alike; the descriptors must be identical
-  embedders             Embedders.describe_queries (hashes, style, windows, keypoints)
+  embedders             hashes.picture and Embedders.describe_queries (hashes, style, windows, keypoints)
   score                 decode plus Scorer.score: what `chimera score` and a scan spend on the image
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 from detect_eval import machine
 from PIL import Image
 
-from detector import regions
+from detector import hashes, regions
 from detector.embedders import Embedders
 from detector.images import decode, load
 from detector.score import Scorer
@@ -96,7 +96,7 @@ def main() -> int:
                         ("pillow", lambda im: pillow_windows(im, regions.QUERY_WINDOWS))]
                 for name, fn in pair if r % 2 == 0 else pair[::-1]:
                     runs[name].append(timed(fn, imgs))
-                runs["embedders"].append(timed(lambda im: emb.describe_queries([im]), imgs))
+                runs["embedders"].append(timed(lambda im: emb.describe_queries([hashes.picture(im)]), imgs))
                 runs["score"].append(timed(lambda data: scorer.score(decode(data, "query")), files))
             med = {k: statistics.median(v) for k, v in runs.items()}
             print(f"| {size[0]}x{size[1]} | {med['ours']:.1f} | {med['pillow']:.1f} | {med['pillow'] / med['ours']:.1f}x "

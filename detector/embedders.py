@@ -79,14 +79,15 @@ class Embedders:
         self._add_clip(images, out)
         return [(vecs, thumbnail(im)) for vecs, im in zip(out, images)]
 
-    def describe_queries(self, images: list[Image.Image]) -> list[Vectors]:
-        """Vectors of images to score: hashes of all 8 flips/rotations (and of the picture inside a
-        second border, when there is one), denser windows,
+    def describe_queries(self, pictures: list[hashes.Picture]) -> list[Vectors]:
+        """Vectors of pictures to score (`hashes.picture`): hashes of all 8 flips/rotations (and of the
+        picture inside a second border, when there is one), denser windows,
         keypoints of the image and of its mirror (SIFT is not mirror-invariant; the mirror's
         are the image's own, moved by `local.mirrored`, not a second SIFT run).
         CLIP, when loaded, embeds the whole list in one forward pass."""
         out: list[Vectors] = []
-        for img, rows in zip(images, query_hashes(images)):
+        images = [p.image for p in pictures]
+        for img, rows in zip(images, query_hashes(pictures)):
             can = local.canvas(img)
             pts, desc = local.keypoints(can)
             out.append({"hash": rows,
@@ -108,13 +109,14 @@ class Embedders:
 
 
 
-def query_hashes(images: list[Image.Image]) -> list[list[tuple[tuple[float, float, float, float], np.ndarray]]]:
-    """The hash rows of images to score: the border-trimmed image's 8 flips and rotations, and those of
-    the picture inside a second border of its own (`hashes.nested_box`), boxed where it lies.
+def query_hashes(pictures: list[hashes.Picture]) -> list[list[tuple[tuple[float, float, float, float], np.ndarray]]]:
+    """The hash rows of pictures to score: the border-trimmed picture's 8 flips and rotations, and those
+    of the picture inside a second border of its own (`hashes.nested_box`), boxed where it lies.
     (Also what benchmarks/scan_bench.py times as a scan's hash stage.)"""
     out = []
-    for img, (bits, nest, inner) in zip(images, hashes.query_bits(images)):
-        box = nest and (nest[0] / img.width, nest[1] / img.height, nest[2] / img.width, nest[3] / img.height)
+    for p, (bits, nest, inner) in zip(pictures, hashes.query_bits(pictures)):
+        w, h = p.image.size
+        box = nest and (nest[0] / w, nest[1] / h, nest[2] / w, nest[3] / h)
         out.append([(FULL, b) for b in bits] + [(box, b) for b in inner])
     return out
 

@@ -13,6 +13,7 @@ tests/test_hashes.py holds these bits to its functions (and the resizes to Pillo
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -36,20 +37,23 @@ def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
 PAGE = 0.5  # a picture filling at most this share of its image, inside a uniform border, lies on a page
 
 
-def framing(img: Image.Image) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
-    """(`content_box`, the box of a picture pasted on a uniform page) of an image, from one border search.
-    A picture lies on a page when it fills at most PAGE of the image, however little (`content_box`
-    takes under a fifth for no border at all); None otherwise."""
-    return _outer(_rgbx(img))
-
-
 MIN_PICTURE = 16  # pixels on a side a picture on a page needs to be compared on its own...
 PAGE_SCALE = 2.0  # ...and how many times longer the page's longer side must be than the picture's
 
 
-def picture(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """(what of an image is compared, the box of the image it is): a picture small on a uniform page
-    (`framing`, its longer side at most 1 / PAGE_SCALE of the page's) on its own, else the whole image.
+class Picture(NamedTuple):
+    """What of an image is compared (`picture`), with its borders (`_outer`): found in the one border
+    search of the image that picks the picture, which hashing and scoring then reuse."""
+
+    image: Image.Image  # the whole image, or a picture cut out of its page
+    frame: tuple[int, int, int, int]  # where `image` lies in the image
+    trimmed: tuple[int, int, int, int]  # `image`'s `content_box`...
+    page: tuple[int, int, int, int] | None  # ...and the picture it holds on a uniform page, if any
+
+
+def picture(img: Image.Image, cut: bool = True) -> Picture:
+    """What of an image is compared: a picture small on a uniform page (`_outer`, its longer side at
+    most 1 / PAGE_SCALE of the page's) on its own, else (or without `cut`) the whole image.
 
     Every comparison runs on a canvas of fixed size (`local.VERIFY`, `local.CANVAS`). Scored with its
     page, a 64 px icon on a 512 px page had an eighth of that canvas: too few pixels of detail to tell
@@ -58,28 +62,30 @@ def picture(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
     picture nearly filling its image is not cut out: an icon's drawing inside its own white margin
     would then be compared at another scale than its registered siblings, drawn with that margin, and
     the pieces of a collage of them would no longer match exactly."""
-    _, page = framing(img)
-    if page is None:
-        return img, (0, 0, img.width, img.height)
+    raw = _rgbx(img)
+    trimmed, page = _outer(raw)
+    whole = Picture(img, (0, 0, img.width, img.height), trimmed, page)
+    if page is None or not cut:
+        return whole
     x0, y0, x1, y1 = page
     if min(x1 - x0, y1 - y0) < MIN_PICTURE or max(img.size) < PAGE_SCALE * max(x1 - x0, y1 - y0):
-        return img, (0, 0, img.width, img.height)
-    return img.crop(page), page
+        return whole
+    return Picture(img.crop(page), page, *_outer(raw[y0:y1, x0:x1]))  # a crop's RGBX is the slice
 
 
 def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
-    """The picture on a page (`framing`) inside a second border of its own (an icon drawn on white,
+    """The picture on a page (`_outer`) inside a second border of its own (an icon drawn on white,
     pasted on a coloured page), when that is not `content_box`'s: hashed as `content_box` trims it,
     such a copy is the whole page (the icon fills under a fifth of it) or the icon with its white
-    margin, while its registered source was hashed without. None otherwise.
-
-    Every scored image asks (`query_bits`), so all three boxes come from one copy of its pixels:
-    `content_box` is the page's box unless that is under a fifth of the image."""
-    return _boxes(_rgbx(img))[1]
+    margin, while its registered source was hashed without. None otherwise."""
+    raw = _rgbx(img)
+    return _nested(raw, *_outer(raw))
 
 
 def _outer(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
-    """`framing` of an `_rgbx` copy."""
+    """(`content_box`, the box of a picture pasted on a uniform page) of an `_rgbx` copy, from one border
+    search. A picture lies on a page when it fills at most PAGE of the image, however little
+    (`content_box` takes under a fifth for no border at all); None otherwise."""
     height, width = raw.shape[:2]
     x0, y0, x1, y1 = _content_box(raw, channels=3, least=0.0)
     area, whole = (x1 - x0) * (y1 - y0), width * height
@@ -87,15 +93,15 @@ def _outer(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, 
     return trimmed, (x0, y0, x1, y1) if area <= PAGE * whole else None
 
 
-def _boxes(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
-    """(`content_box`, `nested_box`) of an `_rgbx` copy, from one border search of the whole image."""
-    trimmed, page = _outer(raw)
+def _nested(raw: np.ndarray, trimmed: tuple[int, int, int, int],
+            page: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+    """`nested_box` of an `_rgbx` copy whose `framing` is (trimmed, page)."""
     if page is None:
-        return trimmed, None
+        return None
     x0, y0, x1, y1 = page
     u0, v0, u1, v1 = _content_box(raw[y0:y1, x0:x1], channels=3)
     box = (x0 + u0, y0 + v0, x0 + u1, y0 + v1)
-    return trimmed, None if min(u1 - u0, v1 - v0) < 8 or box == trimmed else box
+    return None if min(u1 - u0, v1 - v0) < 8 or box == trimmed else box
 
 
 def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None,
@@ -249,21 +255,22 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8, trim: bool 
     return _bits([_colours(_rgbx(img), trim) for img in images], variants)
 
 
-def query_bits(images: list[Image.Image]) -> list[tuple[list[np.ndarray], tuple[int, int, int, int] | None,
-                                                          list[np.ndarray]]]:
-    """For each image to score: `dihedral_bits_many(..., trim=True)`'s 8 hashes, its `nested_box` and
-    that picture's 8 hashes (none without one). One copy of each image's pixels serves all the boxes
-    and both hashes, and both are one batch: a scan asks this of every file."""
+def query_bits(pictures: list[Picture]) -> list[tuple[list[np.ndarray], tuple[int, int, int, int] | None,
+                                                        list[np.ndarray]]]:
+    """For each picture to score: `dihedral_bits_many(..., trim=True)`'s 8 hashes, its `nested_box` and
+    that picture's 8 hashes (none without one). The borders are the ones `picture` found; one copy of
+    each picture's pixels serves both hashes, and both are one batch: a scan asks this of every file."""
     outer, inner, nests = [], [], []
-    for img in images:  # one image's copy at a time: at 64 Mpx a batch of copies is gigabytes
-        raw = _rgbx(img)
-        (x0, y0, x1, y1), nest = _boxes(raw)
+    for p in pictures:  # one picture's copy at a time: at 64 Mpx a batch of copies is gigabytes
+        raw = _rgbx(p.image)
+        x0, y0, x1, y1 = p.trimmed
+        nest = _nested(raw, p.trimmed, p.page)
         outer.append(_colours(raw[y0:y1, x0:x1], False))
         if nest:
             inner.append(_colours(raw[nest[1]:nest[3], nest[0]:nest[2]], False))
         nests.append(nest)
     bits = _bits(outer + inner, 8)
-    found = iter(bits[len(images):])
+    found = iter(bits[len(pictures):])
     return [(b, box, next(found) if box else []) for b, box in zip(bits, nests)]
 
 

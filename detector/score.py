@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from detector import background, calibrate, evidence, hashes, local, signatures, style
 from detector.calibrate import StyleCalibration
@@ -152,11 +151,11 @@ class Scorer:
         self._check_artist(artist)
         self.works.sync()
         views = self._pictures(imgs)
-        qs = self.embedders.describe_queries([view for view, _ in views])
-        return [self._score(im, view, frame, artist, q, hits)
-                for im, (view, frame), q, hits in zip(imgs, views, qs, evidence.search(self.store, qs))]
+        qs = self.embedders.describe_queries(views)
+        return [self._score(im, view, artist, q, hits)
+                for im, view, q, hits in zip(imgs, views, qs, evidence.search(self.store, qs))]
 
-    def _pictures(self, imgs: list[LoadedImage]) -> list[tuple[Image.Image, tuple[int, int, int, int]]]:
+    def _pictures(self, imgs: list[LoadedImage]) -> list[hashes.Picture]:
         """`hashes.picture` of each image, unless its bytes are a registered work's (`Store.holder`).
         Works are described as registered: a drawing registered small on its sheet is the whole sheet,
         and its very file, cut out, was compared with that at another scale and found by nothing. (A
@@ -164,10 +163,10 @@ class Scorer:
         pasted on one came within 0.97-1.0 of it and was called its copy.)"""
         out = []
         for im in imgs:
-            view, frame = hashes.picture(im.image)
-            if view is not im.image and self.store.holder(im.sha256) is not None:
-                view, frame = im.image, (0, 0, im.width, im.height)
-            out.append((view, frame))
+            view = hashes.picture(im.image)
+            if view.image is not im.image and self.store.holder(im.sha256) is not None:
+                view = hashes.picture(im.image, cut=False)
+            out.append(view)
         return out
 
     def score(self, img: LoadedImage, artist: str | None = None) -> dict[str, Any]:
@@ -178,14 +177,14 @@ class Scorer:
         if artist is not None and not self.store.has_artist(artist):
             raise ValueError(f"no artist named {artist!r} in the store")
 
-    def _score(self, img: LoadedImage, view: Image.Image, frame: tuple[int, int, int, int], artist: str | None,
+    def _score(self, img: LoadedImage, view: hashes.Picture, artist: str | None,
                q: Vectors, hits: dict[str, list[list[Hit]]]) -> dict[str, Any]:
-        """The result object of an image whose scored part (`hashes.picture`: `view`, the image's box `frame`) has
-        its query vectors `q` and their nearest stored vectors (`hits`, from evidence.search) computed
-        (artist checked). Signatures are looked for on the whole image: a name may be on the page."""
-        qc = local.Canvas.of(local.canvas(view, local.VERIFY))
-        sx, sy = qc.size[0] / view.width, qc.size[1] / view.height  # differ for extreme aspect ratios
-        (x0, y0, x1, y1), page = hashes.framing(view)
+        """The result object of an image whose scored part (`view`, from `hashes.picture`) has its query
+        vectors `q` and their nearest stored vectors (`hits`, from evidence.search) computed (artist
+        checked). Signatures are looked for on the whole image: a name may be on the page."""
+        qc = local.Canvas.of(local.canvas(view.image, local.VERIFY))
+        sx, sy = qc.size[0] / view.image.width, qc.size[1] / view.image.height  # differ for extreme aspect ratios
+        (x0, y0, x1, y1), page = view.trimmed, view.page
         # a picture in a border of its own, on a page: `describe_queries` hashed it there too (rows past the 8 turns)
         if len(q["hash"]) > 8 and page:
             qc.on_page((page[0] * sx, page[1] * sy, page[2] * sx, page[3] * sy))
@@ -221,7 +220,7 @@ class Scorer:
                 self._check_artist(artist)
                 artists = [{"artist": artist, "style": 0.0, "derivative": 0.0, "copy": 0.0}]
 
-        matches = self._matches(aligned, placed, info, pieces_all, q_detail, frame, artist)
+        matches = self._matches(aligned, placed, info, pieces_all, q_detail, view.frame, artist)
         verdict = self._verdict(artists)
         return {"version": RESULT_VERSION, "path": img.source, "sha256": img.sha256, "width": img.width,
                 "height": img.height, "artists": artists, "matches": matches,

@@ -1150,12 +1150,13 @@ def test_scoring_for_an_artist_with_no_works_or_one_just_removed(tmp_path, icons
         add_images(store, emb, "alice", works[1:4])
         add_images(store, emb, "dave", works[4:])
         assert [a["artist"] for a in scorer.score(works[4], "dave")["artists"]] == ["dave"]
-        q = scorer.embedders.describe_queries([works[4].image])[0]
+        view = hashes.picture(works[4].image)
+        q = scorer.embedders.describe_queries([view])[0]
         hits = evidence.search(store, [q])[0]
         with store.writer() as w:
             w.remove_artist("dave")
         with pytest.raises(ValueError, match="no artist named 'dave'"):
-            scorer._score(works[4], works[4].image, (0, 0, works[4].width, works[4].height), "dave", q, hits)
+            scorer._score(works[4], view, "dave", q, hits)
 
 
 def test_images_in_nobodys_hand_are_unrelated(world):
@@ -1377,8 +1378,8 @@ def test_a_signers_slanted_marks_are_still_theirs(tmp_path):
 
 
 def test_an_images_result_does_not_depend_on_the_images_scored_with_it(world):
-    """A scan scores batches of 8, Ray blocks of its own, the command line and the API one image at a
-    time: the same image must get the same result object in each (float similarities from BLAS vary in
+    """A scan scores batches of 8 and then of up to 32, Ray batches of 8, the command line and the API one
+    image at a time: the same image must get the same result object in each (float similarities from BLAS vary in
     their last bits with the number of rows searched together, and a last bit can cross a threshold)."""
     rng = random.Random(7)
     corpus = world["corpus"]
@@ -1393,7 +1394,40 @@ def test_an_images_result_does_not_depend_on_the_images_scored_with_it(world):
     imgs = [load(p) for p in paths]
     scorer = world["scorer"]
     batched = [r for i in range(0, len(imgs), 8) for r in scorer.score_many(imgs[i:i + 8])]
-    assert [scorer.score(im) for im in imgs] == batched
+    assert [scorer.score(im) for im in imgs] == batched == scorer.score_many(imgs)
+
+
+def test_a_scan_job_is_scored_in_calls_of_bounded_pixels_with_the_same_records(world, monkeypatch):
+    """A job of a parallel scan holds up to BIG_BATCH files: its images are scored a few at a time
+    once they would pass CALL_PIXELS decoded, so a job of large images never holds them all decoded,
+    and its records are the same, in order, with an error record in place."""
+    from service import scan as scan_mod
+    files = world["corpus"][0].refs[:3] + world["corpus"][1].heldout[:2]
+    jobs = [scan_mod.Job(f"{i}.png", p.read_bytes(), None) for i, p in enumerate(files)]
+    jobs.insert(2, scan_mod.Job("bad.png", b"not an image", None))
+    scorer = world["scorer"]
+    whole = scan_mod.score_jobs(scorer, jobs, None)
+    calls: list[int] = []
+    real = Scorer.score_many
+    monkeypatch.setattr(Scorer, "score_many", lambda self, imgs, artist=None: calls.append(len(imgs)) or
+                        real(self, imgs, artist))
+    monkeypatch.setattr(scan_mod, "CALL_PIXELS", 2 * 64 * 64)  # two of these icons a call
+    assert scan_mod.score_jobs(scorer, jobs, None) == whole
+    assert calls == [2, 2, 1]
+    assert [r["path"] for r in whole] == [j.path for j in jobs] and whole[2]["error"]
+
+
+def test_a_parallel_scan_deals_small_jobs_first_and_caps_each_jobs_bytes():
+    """Every worker of a short parallel scan gets work (small jobs first); then jobs of BIG_BATCH share
+    per-call costs, and a job ends early once its files' bytes reach JOB_BYTES (each worker has
+    several waiting)."""
+    from service.scan import BATCH, BIG_BATCH, Job, _batches
+    jobs = [Job(str(i), b"x" * 10, None) for i in range(3 * BATCH + 2 * BIG_BATCH + 5)]
+    assert [len(b) for b, _ in _batches(iter(jobs), "alice", small=3)] == [BATCH] * 3 + [BIG_BATCH] * 2 + [5]
+    assert {a for _, a in _batches(iter(jobs), "alice")} == {"alice"}
+    assert [len(b) for b, _ in _batches(iter(jobs[:10]), None, most=25)] == [3, 3, 3, 1]
+    unread = [Job(str(i), None, "cannot read") for i in range(40)]  # no bytes: only the count ends a job
+    assert [len(b) for b, _ in _batches(iter(unread), None, most=1)] == [BIG_BATCH, 40 - BIG_BATCH]
 
 
 def test_match_boxes_lie_inside_the_image(world):
