@@ -83,14 +83,70 @@ def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
 
 
 def _outer(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
-    """(`content_box`, the box of a picture pasted on a uniform page) of an `_rgbx` copy, from one border
-    search. A picture lies on a page when it fills at most PAGE of the image, however little
-    (`content_box` takes under a fifth for no border at all); None otherwise."""
+    """(`content_box`, the box of a picture pasted on a uniform page: `_page`) of an `_rgbx` copy."""
     height, width = raw.shape[:2]
-    x0, y0, x1, y1 = _content_box(raw, channels=3, least=0.0)
-    area, whole = (x1 - x0) * (y1 - y0), width * height
-    trimmed = (x0, y0, x1, y1) if area >= 0.2 * whole else (0, 0, width, height)
-    return trimmed, (x0, y0, x1, y1) if area <= PAGE * whole else None
+    far = _far(raw, raw[0, 0].tolist(), 12, 3)
+    x, y, w, h = cv2.boundingRect(far)
+    box = (x // 4, y, -(-(x + w) // 4), y + h)
+    area, whole = (box[2] - box[0]) * h, width * height
+    trimmed = box if w and area >= 0.2 * whole else (0, 0, width, height)
+    return trimmed, _page(raw, far, box if w else None)
+
+
+SPECK = 9  # a mark of at most this many pixels beyond the picture, with at least...
+GAP = 4  # ...this many clean rows or columns between them, does not make the page's picture larger
+
+
+def _page(raw: np.ndarray, far: np.ndarray, box: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+    """The box of a picture pasted on a uniform page, when it fills at most PAGE of the image, however
+    little; None otherwise. `far` is `_far` of the `_rgbx` copy `raw` from its top-left pixel, `box`
+    the bounding box of what is off that colour (None: nothing is).
+
+    The page's colour is the top-left pixel's when another corner shares it, else that of two other
+    corners that agree; and a speck on the page far from the picture (`_span`) is no part of it. Read
+    from one pixel and boxed with every pixel off it, one changed pixel hid the page: a copy pasted on
+    a black page with a grey top-left pixel was scored as the whole page, and found by nothing."""
+    height, width = raw.shape[:2]
+    top_left, *corners = raw[[0, 0, -1, -1], [0, -1, 0, -1], :3].tolist()
+    if not any(_alike(top_left, c) for c in corners):
+        shared = [c for c, d in ((corners[0], corners[1]), (corners[0], corners[2]), (corners[1], corners[2]))
+                  if _alike(c, d)]
+        if not shared:
+            return None
+        far = _far(raw, shared[0] + [0], 12, 3)
+    elif box is None:
+        return None
+    else:  # each edge of the box with more than SPECK pixels off the page within GAP of it is the picture's
+        x0, y0, x1, y1 = box
+        bands = (far[y0:y0 + GAP + 1], far[y1 - GAP - 1:y1], far[:, 4 * x0:4 * (x0 + GAP + 1)], far[:, 4 * (x1 - GAP - 1):4 * x1])
+        if all(cv2.countNonZero(band) > 3 * SPECK for band in bands):  # (bytes: at most 3 a pixel)
+            box = None if (x1 - x0) * (y1 - y0) > PAGE * width * height else box
+            return box
+    off = far.view("<u4") != 0  # (h, w): a pixel past tol in any counted channel
+    rows = np.count_nonzero(off, axis=1)
+    if not rows.any():
+        return None
+    (y0, y1), (x0, x1) = _span(rows), _span(np.count_nonzero(off, axis=0))
+    return (x0, y0, x1, y1) if (x1 - x0) * (y1 - y0) <= PAGE * width * height else None
+
+
+def _alike(c: list[int], d: list[int], tol: int = 12) -> bool:
+    return abs(c[0] - d[0]) <= tol and abs(c[1] - d[1]) <= tol and abs(c[2] - d[2]) <= tol
+
+
+def _span(counts: np.ndarray) -> tuple[int, int]:
+    """[start, end) of the non-zero `counts` (pixels off the page per row or column), less any run at
+    either end holding at most SPECK of them and parted from the rest by more than GAP zeros."""
+    on = np.flatnonzero(counts)
+    cuts = np.flatnonzero(np.diff(on) > GAP)
+    starts, ends = np.concatenate([on[:1], on[cuts + 1]]), np.concatenate([on[cuts], on[-1:]]) + 1
+    mass = np.add.reduceat(counts, starts)
+    i, j = 0, len(starts) - 1
+    while i < j and mass[i] <= SPECK:
+        i += 1
+    while j > i and mass[j] <= SPECK:
+        j -= 1
+    return int(starts[i]), int(ends[j])
 
 
 def _nested(raw: np.ndarray, trimmed: tuple[int, int, int, int],
@@ -117,18 +173,24 @@ def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None,
     per-pixel range test cost 3x as much. Content under `least` of the area is taken for no border."""
     height, width = arr.shape[:2]
     depth = 1 if arr.ndim == 2 else arr.shape[2]
-    corner = np.atleast_1d(arr[0, 0]).tolist()
-    if depth == 1:  # as one row: OpenCV reads a 4x1 image beside a number as two scalars
-        far = cv2.subtract(cv2.absdiff(arr.reshape(1, -1), float(corner[0])), float(tol))
-    else:
-        counted = depth if channels is None else channels
-        far = cv2.subtract(cv2.absdiff(arr, tuple(corner) + (0,) * (4 - depth)),
-                           tuple(tol if c < counted else 255 for c in range(4)))
-    x, y, w, h = cv2.boundingRect(far.reshape(height, -1))
+    x, y, w, h = cv2.boundingRect(_far(arr, np.atleast_1d(arr[0, 0]).tolist(), tol,
+                                       depth if channels is None else channels))
     x0, x1 = x // depth, -(-(x + w) // depth)
     if (x1 - x0) * h < least * width * height or w == 0:
         return (0, 0, width, height)  # mostly border (or all of it): the "border" is the picture
     return (x0, y, x1, y + h)
+
+
+def _far(arr: np.ndarray, corner: list[int], tol: int, counted: int) -> np.ndarray:
+    """(h, w x depth) bytes of `arr`, (h, w) or (h, w, depth <= 4) uint8, non-zero exactly where one
+    of its first `counted` channels is more than `tol` off `corner`'s (`_content_box`)."""
+    height = arr.shape[0]
+    if arr.ndim == 2 or arr.shape[2] == 1:  # as one row: OpenCV reads a 4x1 image beside a number as two scalars
+        return cv2.subtract(cv2.absdiff(arr.reshape(1, -1), float(corner[0])), float(tol)).reshape(height, -1)
+    depth = arr.shape[2]
+    far = cv2.subtract(cv2.absdiff(arr, tuple(corner) + (0,) * (4 - depth)),
+                       tuple(tol if c < counted else 255 for c in range(4)))
+    return far.reshape(height, -1)
 
 
 def hash_bits(img: Image.Image) -> np.ndarray:

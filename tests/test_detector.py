@@ -144,6 +144,26 @@ def test_pictures_small_on_a_large_page_are_judged_at_full_size(world):
     assert r["verdict"]["label"] == "derivative" and {a, b} <= {Path(m["source"]) for m in r["matches"]}
 
 
+def test_a_changed_corner_pixel_or_a_speck_on_the_page_does_not_hide_a_copy_on_it(world):
+    """The page's colour was read at its top-left pixel and its picture boxed with every pixel off it:
+    one changed pixel hid the page, so a registered work pasted on a black page went from found (8 of
+    8, by review) to scored as the whole page and found by nothing (0 of 8). The page's colour is now
+    what two corners agree on, and a speck of a few pixels far from the picture is no part of it."""
+    src = world["corpus"][0].refs[5]
+    for colour, at in (("black", (300, 60)), ((30, 90, 200), (40, 400))):
+        page = Image.new("RGB", (512, 512), colour)
+        page.paste(load(src).image, at)
+        page.putpixel((0, 0), (128, 128, 128))  # the corner the colour was read at
+        for x, y in ((3, 250), (4, 250), (4, 251)):  # and a speck by the left edge, beyond the picture
+            page.putpixel((x, y), (250, 250, 250))
+        assert hashes.picture(page).frame == (at[0], at[1], at[0] + 64, at[1] + 64)
+        r = score(world, page, "copy-on-a-touched-page.png")
+        assert r["verdict"]["label"] == "copy" and Path(r["matches"][0]["source"]) == src, (colour, r["verdict"])
+    icon = load(src).image
+    icon.putpixel((0, 0), (250, 10, 10))  # an icon's own corner: not a page, the picture is not cut
+    assert hashes.picture(icon).frame == (0, 0, 64, 64)
+
+
 def test_a_work_registered_small_on_its_sheet_is_a_copy_of_itself(tmp_path, icons):
     """A drawing registered as it was drawn, small on a sheet, is described with its sheet; cut out of a
     copy of that very file, it was compared with the whole sheet at another scale and found by nothing

@@ -288,3 +288,32 @@ def test_content_box_of_any_mode_is_that_of_its_colours(mode):
     canvas.paste(Image.new("RGB", (22, 18), (0, 0, 0)), (7, 9))
     img = canvas.convert("L").convert(mode) if mode in ("I;16", "1") else canvas.convert(mode)
     assert hashes.content_box(img) == hashes.content_box(img.convert("RGB")) == (7, 9, 29, 27)
+
+
+def test_a_page_is_found_past_a_changed_corner_and_specks_but_not_past_a_second_picture():
+    """The picture on a page (`hashes.picture`) is boxed by what is off the page's colour. That colour
+    is what most corners agree on (the top-left's on a tie; one changed corner pixel had hidden the
+    page), and a speck of a few
+    pixels far from the picture is not part of it; a second picture, or a mark of any size beside the
+    picture, is."""
+    icon = draw_icon(4, (200, 60, 30), size=40)
+    page = Image.new("RGB", (300, 200), (20, 20, 20))
+    page.paste(icon, (150, 50))
+    assert hashes.picture(page).frame == (150, 50, 190, 90)
+    touched = page.copy()
+    for xy in ((0, 0), (10, 120), (11, 120), (11, 121)):  # the top-left pixel, and a speck of 3
+        touched.putpixel(xy, (200, 200, 200))
+    assert hashes.picture(touched).frame == (150, 50, 190, 90)
+    beside = page.copy()
+    beside.putpixel((192, 70), (200, 200, 200))  # a pixel two columns from the picture: beside it
+    assert hashes.picture(beside).frame == (150, 50, 193, 90)
+    second = page.copy()
+    second.paste(icon.resize((20, 20)), (100, 150))  # a second picture, small: both are the picture
+    assert hashes.picture(second).frame == (100, 50, 190, 170)
+    dot = page.copy()
+    dot.paste((200, 200, 200), (120, 150, 124, 154))  # 16 pixels: more than a speck
+    assert hashes.picture(dot).frame == (120, 50, 190, 154)
+    corners = page.copy()  # no two corners agree: no page
+    for xy, c in (((0, 0), (200, 0, 0)), ((299, 0), (0, 200, 0)), ((0, 199), (0, 0, 200))):
+        corners.putpixel(xy, c)
+    assert hashes.picture(corners).frame == (0, 0, 300, 200)
