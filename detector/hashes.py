@@ -102,32 +102,45 @@ def _page(raw: np.ndarray, far: np.ndarray, box: tuple[int, int, int, int] | Non
     little; None otherwise. `far` is `_far` of the `_rgbx` copy `raw` from its top-left pixel, `box`
     the bounding box of what is off that colour (None: nothing is).
 
-    The page's colour is the top-left pixel's when another corner shares it, else that of two other
-    corners that agree; and a speck on the page far from the picture (`_span`) is no part of it. Read
-    from one pixel and boxed with every pixel off it, one changed pixel hid the page: a copy pasted on
-    a black page with a grey top-left pixel was scored as the whole page, and found by nothing."""
+    The page's colour is the top-left pixel's when another corner shares it, else, when that pixel
+    is a speck on the page, that of two other corners that agree; and a speck on the page far from
+    the picture (`_span`) is no part of it. Read from one pixel and boxed with every pixel off it,
+    one changed pixel hid the page: a copy pasted on a black page with a grey top-left pixel was
+    scored as the whole page, and found by nothing. A picture that itself reaches the top-left
+    corner keeps the page its own pixel gives, as registration trims it (`content_box`): a work
+    registered as its whole sheet is still compared whole."""
     height, width = raw.shape[:2]
     top_left, *corners = raw[[0, 0, -1, -1], [0, -1, 0, -1], :3].tolist()
     if not any(_alike(top_left, c) for c in corners):
         shared = [c for c, d in ((corners[0], corners[1]), (corners[0], corners[2]), (corners[1], corners[2]))
                   if _alike(c, d)]
-        if not shared:
-            return None
-        far = _far(raw, shared[0] + [0], 12, 3)
-    elif box is None:
+        page = _spans(_far(raw, shared[0] + [0], 12, 3)) if shared else None
+        if page is None or page[:2] != (0, 0):  # the top-left pixel was a speck: dropped
+            return _on_page(page, width, height)
+    if box is None:
         return None
-    else:  # each edge of the box with more than SPECK pixels off the page within GAP of it is the picture's
-        x0, y0, x1, y1 = box
-        bands = (far[y0:y0 + GAP + 1], far[y1 - GAP - 1:y1], far[:, 4 * x0:4 * (x0 + GAP + 1)], far[:, 4 * (x1 - GAP - 1):4 * x1])
-        if all(cv2.countNonZero(band) > 3 * SPECK for band in bands):  # (bytes: at most 3 a pixel)
-            box = None if (x1 - x0) * (y1 - y0) > PAGE * width * height else box
-            return box
+    x0, y0, x1, y1 = box  # each edge of the box with more than SPECK pixels off the page within GAP of it is
+    bands = (far[y0:y0 + GAP + 1], far[max(0, y1 - GAP - 1):y1],  # the picture's (a box under GAP wide: whole)
+             far[:, 4 * x0:4 * (x0 + GAP + 1)], far[:, 4 * max(0, x1 - GAP - 1):4 * x1])
+    if all(cv2.countNonZero(band) > 3 * SPECK for band in bands):  # (bytes: at most 3 a pixel)
+        return _on_page(box, width, height)
+    return _on_page(_spans(far), width, height)
+
+
+def _on_page(box: tuple[int, int, int, int] | None, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """`box` when it fills at most PAGE of a width x height image (a picture on a page), else None."""
+    return box if box is not None and (box[2] - box[0]) * (box[3] - box[1]) <= PAGE * width * height else None
+
+
+def _spans(far: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box of what `far` (`_far` of an `_rgbx` copy) has off the page, less specks (`_span`); None
+    when nothing is."""
     off = far.view("<u4") != 0  # (h, w): a pixel past tol in any counted channel
     rows = np.count_nonzero(off, axis=1)
     if not rows.any():
         return None
     (y0, y1), (x0, x1) = _span(rows), _span(np.count_nonzero(off, axis=0))
-    return (x0, y0, x1, y1) if (x1 - x0) * (y1 - y0) <= PAGE * width * height else None
+    return x0, y0, x1, y1
 
 
 def _alike(c: list[int], d: list[int], tol: int = 12) -> bool:

@@ -370,7 +370,7 @@ def create_app(store: Path | str | None = None, config: dict[str, Any] | None = 
         except ValueError as e:  # the artist was removed while the request waited
             raise ApiError(404, "unknown_artist", str(e)) from None
         for m in result["matches"]:  # a work added from the server's disk keeps its path there: not for scorers
-            m["source"] = upload_name(m["source"])
+            m["source"] = PurePosixPath(m["source"]).name  # (as stored: escaped already, `\\` included)
         return result
 
     def check_score_request() -> str | None:
