@@ -110,12 +110,18 @@ def _page(raw: np.ndarray, far: np.ndarray, box: tuple[int, int, int, int] | Non
     corner keeps the page its own pixel gives, as registration trims it (`content_box`): a work
     registered as its whole sheet is still compared whole."""
     height, width = raw.shape[:2]
-    top_left, *corners = raw[[0, 0, -1, -1], [0, -1, 0, -1], :3].tolist()
-    if not any(_alike(top_left, c) for c in corners):
+    top_left, corners = raw[0, 0, :3].tolist(), (raw[0, -1, :3].tolist(), raw[-1, 0, :3].tolist(),
+                                                  raw[-1, -1, :3].tolist())
+    if not (_alike(top_left, corners[0]) or _alike(top_left, corners[1]) or _alike(top_left, corners[2])):
         shared = [c for c, d in ((corners[0], corners[1]), (corners[0], corners[2]), (corners[1], corners[2]))
                   if _alike(c, d)]
-        page = _spans(_far(raw, shared[0] + [0], 12, 3)) if shared else None
-        if page is None or page[:2] != (0, 0):  # the top-left pixel was a speck: dropped
+        if not shared:
+            return None
+        # more than SPECK pixels off that colour within GAP of the corner: the top-left pixel's first rows
+        # and columns are more than a speck, which `_span` keeps: a picture reaching the corner
+        corner = np.abs(raw[:GAP + 1, :GAP + 1, :3].astype(np.int16) - shared[0]).max(axis=2) > 12
+        page = None if np.count_nonzero(corner) > SPECK else _spans(_far(raw, shared[0] + [0], 12, 3))
+        if page is not None and page[:2] != (0, 0):  # the top-left pixel was a speck: dropped
             return _on_page(page, width, height)
     if box is None:
         return None
@@ -135,11 +141,11 @@ def _on_page(box: tuple[int, int, int, int] | None, width: int, height: int) -> 
 def _spans(far: np.ndarray) -> tuple[int, int, int, int] | None:
     """The box of what `far` (`_far` of an `_rgbx` copy) has off the page, less specks (`_span`); None
     when nothing is."""
-    off = far.view("<u4") != 0  # (h, w): a pixel past tol in any counted channel
-    rows = np.count_nonzero(off, axis=1)
-    if not rows.any():
+    off = (far.view("<u4") != 0).view(np.uint8)  # (h, w): 1 where a pixel is past tol in a counted channel
+    rows = cv2.reduce(off, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().tolist()
+    if not any(rows):
         return None
-    (y0, y1), (x0, x1) = _span(rows), _span(np.count_nonzero(off, axis=0))
+    (y0, y1), (x0, x1) = _span(rows), _span(cv2.reduce(off, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().tolist())
     return x0, y0, x1, y1
 
 
@@ -147,19 +153,22 @@ def _alike(c: list[int], d: list[int], tol: int = 12) -> bool:
     return abs(c[0] - d[0]) <= tol and abs(c[1] - d[1]) <= tol and abs(c[2] - d[2]) <= tol
 
 
-def _span(counts: np.ndarray) -> tuple[int, int]:
+def _span(counts: list[int]) -> tuple[int, int]:
     """[start, end) of the non-zero `counts` (pixels off the page per row or column), less any run at
-    either end holding at most SPECK of them and parted from the rest by more than GAP zeros."""
-    on = np.flatnonzero(counts)
-    cuts = np.flatnonzero(np.diff(on) > GAP)
-    starts, ends = np.concatenate([on[:1], on[cuts + 1]]), np.concatenate([on[cuts], on[-1:]]) + 1
-    mass = np.add.reduceat(counts, starts)
-    i, j = 0, len(starts) - 1
-    while i < j and mass[i] <= SPECK:
+    either end holding at most SPECK of them and parted from the rest by more than GAP zeros. (A plain
+    loop: at icon sizes numpy's per-call overhead cost several times as much.)"""
+    runs: list[list[int]] = []  # [start, end, pixels]
+    for i, n in enumerate(counts):
+        if n and runs and i - runs[-1][1] < GAP:
+            runs[-1][1:] = [i + 1, runs[-1][2] + n]
+        elif n:
+            runs.append([i, i + 1, n])
+    i, j = 0, len(runs) - 1
+    while i < j and runs[i][2] <= SPECK:
         i += 1
-    while j > i and mass[j] <= SPECK:
+    while j > i and runs[j][2] <= SPECK:
         j -= 1
-    return int(starts[i]), int(ends[j])
+    return runs[i][0], runs[j][1]
 
 
 def _nested(raw: np.ndarray, trimmed: tuple[int, int, int, int],
