@@ -7,6 +7,7 @@ reference implementations: Pillow's Image.resize and imagehash's functions.
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from pathlib import Path
@@ -292,10 +293,9 @@ def test_content_box_of_any_mode_is_that_of_its_colours(mode):
 
 def test_a_page_is_found_past_a_changed_corner_and_specks_but_not_past_a_second_picture():
     """The picture on a page (`hashes.picture`) is boxed by what is off the page's colour. That colour
-    is what most corners agree on (the top-left's on a tie; one changed corner pixel had hidden the
-    page), and a speck of a few
-    pixels far from the picture is not part of it; a second picture, or a mark of any size beside the
-    picture, is."""
+    is what at least half the image's outermost ring shares (one changed corner pixel had hidden the
+    page, and then two), and a speck of a few pixels far from the picture, JPEG-smeared too, is not
+    part of it; a second picture, or a mark of any size beside the picture, is."""
     icon = draw_icon(4, (200, 60, 30), size=40)
     page = Image.new("RGB", (300, 200), (20, 20, 20))
     page.paste(icon, (150, 50))
@@ -304,6 +304,18 @@ def test_a_page_is_found_past_a_changed_corner_and_specks_but_not_past_a_second_
     for xy in ((0, 0), (10, 120), (11, 120), (11, 121)):  # the top-left pixel, and a speck of 3
         touched.putpixel(xy, (200, 200, 200))
     assert hashes.picture(touched).frame == (150, 50, 190, 90)
+    for corner in ((299, 0), (0, 199), (299, 199)):  # a second corner changed alike: outvoted by the ring
+        twice = touched.copy()
+        twice.putpixel(corner, (200, 200, 200))
+        assert hashes.picture(twice).frame == (150, 50, 190, 90), corner
+    red = page.copy()
+    red.putpixel((0, 0), (255, 0, 0))
+    frames = []
+    for img in (page, red):  # JPEG smears the pixel into a dozen or more (and the picture's edges too)
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=60)
+        frames.append(hashes.picture(Image.open(buf).convert("RGB")).frame)
+    assert frames[1] == frames[0] != (0, 0, 300, 200), frames
     beside = page.copy()
     beside.putpixel((192, 70), (200, 200, 200))  # a pixel two columns from the picture: beside it
     assert hashes.picture(beside).frame == (150, 50, 193, 90)
@@ -311,9 +323,12 @@ def test_a_page_is_found_past_a_changed_corner_and_specks_but_not_past_a_second_
     second.paste(icon.resize((20, 20)), (100, 150))  # a second picture, small: both are the picture
     assert hashes.picture(second).frame == (100, 50, 190, 170)
     dot = page.copy()
-    dot.paste((200, 200, 200), (120, 150, 124, 154))  # 16 pixels: more than a speck
-    assert hashes.picture(dot).frame == (120, 50, 190, 154)
-    corners = page.copy()  # no two corners agree: no page
+    dot.paste((200, 200, 200), (120, 150, 126, 156))  # 36 pixels: more than a speck
+    assert hashes.picture(dot).frame == (120, 50, 190, 156)
+    corners = page.copy()  # three corners changed: the ring still says where the page is
     for xy, c in (((0, 0), (200, 0, 0)), ((299, 0), (0, 200, 0)), ((0, 199), (0, 0, 200))):
         corners.putpixel(xy, c)
-    assert hashes.picture(corners).frame == (0, 0, 300, 200)
+    assert hashes.picture(corners).frame == (150, 50, 190, 90)
+    ramp = Image.fromarray(np.repeat(np.linspace(0, 255, 300).astype(np.uint8)[None, :, None], 200, 0).repeat(3, 2))
+    ramp.paste(icon, (150, 50))  # no colour along half the edge: no uniform page
+    assert hashes.picture(ramp).frame == (0, 0, 300, 200)
