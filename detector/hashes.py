@@ -105,8 +105,9 @@ def _page(raw: np.ndarray, far: np.ndarray, box: tuple[int, int, int, int] | Non
     the bounding box of what is off that colour (None: nothing is).
 
     The page's colour is one that at least half of the image's outermost ring of pixels shares
-    (`_page_colour`): the top-left pixel's if it is, else another corner's, when the top-left pixel
-    is a speck on that page. A speck on the page far from the picture (`_span`) is no part of it.
+    (`_page_colour`): the top-left pixel's if it is, else the ring's own, when the patch off it that
+    holds the top-left pixel is a speck (then cleared, however near the picture). A speck on the
+    page far from the picture (`_span`) is no part of it.
     Read from one pixel and boxed with every pixel off it, one changed pixel hid the page: a copy
     pasted on a black page with a grey top-left pixel was scored as the whole page, and found by
     nothing. A picture that itself reaches the top-left corner keeps the page its own pixel gives,
@@ -117,9 +118,10 @@ def _page(raw: np.ndarray, far: np.ndarray, box: tuple[int, int, int, int] | Non
     if colour is None:
         return None
     if colour is not _TOP_LEFT:
-        page = _spans(_far(raw, colour + [0], 12, 3))
-        if page is not None and page[:2] != (0, 0):  # the top-left pixel was a speck: dropped
-            return _on_page(page, width, height)
+        off = _off(_far(raw, colour + [0], 12, 3))
+        # the top-left pixel's own patch off the page: a speck, cleared, or the picture reaching the corner
+        if cv2.floodFill(off, None, (0, 0), 0, flags=8)[0] <= SPECK:
+            return _on_page(_spans(off), width, height)
     if box is None:
         return None
     x0, y0, x1, y1 = box  # each edge of the box with more than SPECK pixels off the page within GAP of it is
@@ -127,7 +129,7 @@ def _page(raw: np.ndarray, far: np.ndarray, box: tuple[int, int, int, int] | Non
              far[:, 4 * x0:4 * (x0 + GAP + 1)], far[:, 4 * max(0, x1 - GAP - 1):4 * x1])
     if all(np.count_nonzero(band.view("<u4")) > SPECK for band in bands):
         return _on_page(box, width, height)
-    return _on_page(_spans(far), width, height)
+    return _on_page(_spans(_off(far)), width, height)
 
 
 _TOP_LEFT: list[int] = []  # `_page_colour`'s answer when the top-left pixel's colour is the page's
@@ -136,9 +138,9 @@ _TOP_LEFT: list[int] = []  # `_page_colour`'s answer when the top-left pixel's c
 def _page_colour(raw: np.ndarray, far: np.ndarray) -> list[int] | None:
     """The colour of the page an `_rgbx` copy lies on (`far`: `_far` of it from its top-left pixel):
     `_TOP_LEFT` when at least half of the pixels of its outermost ring (RING of them, evenly spaced)
-    are within 12 of the top-left pixel's; else the first other corner's of which that holds; None
-    when no corner's holds (no uniform page). A vote of the whole ring, not of the corners: two
-    changed corner pixels outvoted two on the page."""
+    are within 12 of the top-left pixel's; else the ring's median colour if that holds of it; None
+    otherwise (no uniform page). A vote of the whole ring for a colour of its own: two changed corner
+    pixels outvoted two on the page, and four left no corner to vote for."""
     step = max(1, (2 * (raw.shape[0] + raw.shape[1])) // RING)
     off = far.view("<u4")  # the top-left pixel's vote is read from `far`: nothing more to compute
     votes = np.concatenate([off[0, ::step], off[-1, ::step], off[::step, 0], off[::step, -1]])
@@ -146,10 +148,9 @@ def _page_colour(raw: np.ndarray, far: np.ndarray) -> list[int] | None:
         return _TOP_LEFT
     ring = np.concatenate([raw[0, ::step, :3], raw[-1, ::step, :3], raw[::step, 0, :3], raw[::step, -1, :3]]
                           ).astype(np.int16)
-    for y, x in ((0, -1), (-1, 0), (-1, -1)):
-        colour = raw[y, x, :3].astype(np.int16)
-        if 2 * np.count_nonzero((np.abs(ring - colour) <= 12).all(axis=1)) >= len(ring):
-            return colour.tolist()
+    colour = np.rint(np.median(ring, axis=0)).astype(np.int16)
+    if 2 * np.count_nonzero((np.abs(ring - colour) <= 12).all(axis=1)) >= len(ring):
+        return colour.tolist()
     return None
 
 
@@ -158,10 +159,13 @@ def _on_page(box: tuple[int, int, int, int] | None, width: int, height: int) -> 
     return box if box is not None and (box[2] - box[0]) * (box[3] - box[1]) <= PAGE * width * height else None
 
 
-def _spans(far: np.ndarray) -> tuple[int, int, int, int] | None:
-    """The box of what `far` (`_far` of an `_rgbx` copy) has off the page, less specks (`_span`); None
-    when nothing is."""
-    off = (far.view("<u4") != 0).view(np.uint8)  # (h, w): 1 where a pixel is past tol in a counted channel
+def _off(far: np.ndarray) -> np.ndarray:
+    """(h, w) uint8 of `far` (`_far` of an `_rgbx` copy): 1 where a pixel is past tol in a counted channel."""
+    return (far.view("<u4") != 0).view(np.uint8)
+
+
+def _spans(off: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box of what `off` (`_off`) has off the page, less specks (`_span`); None when nothing is."""
     rows = cv2.reduce(off, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel().tolist()
     if not any(rows):
         return None

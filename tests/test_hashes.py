@@ -308,6 +308,14 @@ def test_a_page_is_found_past_a_changed_corner_and_specks_but_not_past_a_second_
         twice = touched.copy()
         twice.putpixel(corner, (200, 200, 200))
         assert hashes.picture(twice).frame == (150, 50, 190, 90), corner
+    every = touched.copy()  # and all four: the ring votes for its own colour, not only the corners'
+    for corner in ((299, 0), (0, 199), (299, 199)):
+        every.putpixel(corner, (255, 0, 0))
+    assert hashes.picture(every).frame == (150, 50, 190, 90)
+    near = Image.new("RGB", (300, 200), (20, 20, 20))  # a picture a few pixels from the changed corner
+    near.paste(icon, (3, 3))
+    near.putpixel((0, 0), (200, 200, 200))
+    assert hashes.picture(near).frame == (3, 3, 43, 43)
     red = page.copy()
     red.putpixel((0, 0), (255, 0, 0))
     frames = []
