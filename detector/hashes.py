@@ -148,7 +148,7 @@ def _page_colour(raw: np.ndarray, far: np.ndarray) -> list[int] | None:
         return _TOP_LEFT
     ring = np.concatenate([raw[0, ::step, :3], raw[-1, ::step, :3], raw[::step, 0, :3], raw[::step, -1, :3]]
                           ).astype(np.int16)
-    colour = np.rint(np.median(ring, axis=0)).astype(np.int16)
+    colour = np.sort(ring, axis=0)[len(ring) // 2]  # each channel's median (the upper one): np.median costs 5x
     if 2 * np.count_nonzero((np.abs(ring - colour) <= 12).all(axis=1)) >= len(ring):
         return colour.tolist()
     return None
