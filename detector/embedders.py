@@ -111,7 +111,7 @@ class Embedders:
 
 def query_hashes(pictures: list[hashes.Picture]) -> list[list[tuple[tuple[float, float, float, float], np.ndarray]]]:
     """The hash rows of pictures to score: the border-trimmed picture's 8 flips and rotations, and those
-    of the picture inside a second border of its own (`hashes.nested_box`), boxed where it lies.
+    of the picture inside a second border of its own (`hashes._nested`), boxed where it lies.
     (Also what benchmarks/scan_bench.py times as a scan's hash stage.)"""
     out = []
     for p, (bits, nest, inner) in zip(pictures, hashes.query_bits(pictures)):

@@ -73,15 +73,6 @@ def picture(img: Image.Image, cut: bool = True) -> Picture:
     return Picture(img.crop(page), page, *_outer(raw[y0:y1, x0:x1]))  # a crop's RGBX is the slice
 
 
-def nested_box(img: Image.Image) -> tuple[int, int, int, int] | None:
-    """The picture on a page (`_outer`) inside a second border of its own (an icon drawn on white,
-    pasted on a coloured page), when that is not `content_box`'s: hashed as `content_box` trims it,
-    such a copy is the whole page (the icon fills under a fifth of it) or the icon with its white
-    margin, while its registered source was hashed without. None otherwise."""
-    raw = _rgbx(img)
-    return _nested(raw, *_outer(raw))
-
-
 def _outer(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
     """(`content_box`, the box of a picture pasted on a uniform page: `_page`) of an `_rgbx` copy."""
     height, width = raw.shape[:2]
@@ -107,10 +98,9 @@ def _page(raw: np.ndarray, far: np.ndarray, box: tuple[int, int, int, int] | Non
     The page's colour is one that at least half of the image's outermost ring of pixels shares
     (`_page_colour`): the top-left pixel's if it is, else the ring's own, when the patch off it that
     holds the top-left pixel is a speck (then cleared, however near the picture). A speck on the
-    page far from the picture (`_span`) is no part of it.
-    Read from one pixel and boxed with every pixel off it, one changed pixel hid the page: a copy
-    pasted on a black page with a grey top-left pixel was scored as the whole page, and found by
-    nothing. A picture that itself reaches the top-left corner keeps the page its own pixel gives,
+    page far from the picture (`_span`) is no part of it. Read from one pixel and boxed with every
+    pixel off it, one changed pixel hid the page: a copy pasted on a black page with a grey top-left
+    pixel was scored as the whole page, and found by nothing. A picture that itself reaches the top-left corner keeps the page its own pixel gives,
     as registration trims it (`content_box`): a work registered as its whole sheet is still
     compared whole."""
     height, width = raw.shape[:2]
@@ -193,7 +183,10 @@ def _span(counts: list[int]) -> tuple[int, int]:
 
 def _nested(raw: np.ndarray, trimmed: tuple[int, int, int, int],
             page: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
-    """`nested_box` of an `_rgbx` copy whose `framing` is (trimmed, page)."""
+    """The picture on the page (`_page`) of an `_rgbx` copy inside a second border of its own (an icon
+    drawn on white, pasted on a coloured page), when that is not `trimmed` (its `content_box`): hashed
+    as `content_box` trims it, such a copy is the whole page (the icon fills under a fifth of it) or the
+    icon with its white margin, while its registered source was hashed without. None otherwise."""
     if page is None:
         return None
     x0, y0, x1, y1 = page
@@ -361,7 +354,7 @@ def dihedral_bits_many(images: list[Image.Image], variants: int = 8, trim: bool 
 
 def query_bits(pictures: list[Picture]) -> list[tuple[list[np.ndarray], tuple[int, int, int, int] | None,
                                                         list[np.ndarray]]]:
-    """For each picture to score: `dihedral_bits_many(..., trim=True)`'s 8 hashes, its `nested_box` and
+    """For each picture to score: `dihedral_bits_many(..., trim=True)`'s 8 hashes, its `_nested` box and
     that picture's 8 hashes (none without one). The borders are the ones `picture` found; one copy of
     each picture's pixels serves both hashes, and both are one batch: a scan asks this of every file."""
     outer, inner, nests = [], [], []
