@@ -41,7 +41,7 @@ ENGINES = ("local", "ray")
 BATCH = 8  # files per scoring job at first, and per Ray actor call: a short scan spreads over every worker
 BIG_BATCH = 32  # files per job once every worker has IN_FLIGHT queued: a call's fixed costs (numpy's
 # per-call overhead in hashing, a CLIP forward pass) are shared by more images (hashing 16% faster than at 8)
-JOB_BYTES = 32 << 20  # file bytes per job at most (a larger file goes alone): each worker has IN_FLIGHT waiting
+JOB_BYTES = 32 << 20  # file bytes at which a job ends (with the file that reaches them): IN_FLIGHT wait a worker
 CALL_PIXELS = 16 << 20  # decoded pixels per scoring call at most (a larger image goes alone)
 _worker: dict[str, Any] = {}
 
