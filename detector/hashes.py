@@ -109,9 +109,12 @@ def _page(raw: np.ndarray, far: np.ndarray, box: tuple[int, int, int, int] | Non
         return None
     if colour is not _TOP_LEFT:
         off = _off(_far(raw, colour + [0], 12, 3))
-        # the top-left pixel's own patch off the page: a speck, cleared, or the picture reaching the corner
-        if cv2.floodFill(off, None, (0, 0), 0, flags=8)[0] <= SPECK:
-            return _on_page(_spans(off), width, height)
+        # the top-left pixel on that page (a grained or shaded one), or its own patch off it a speck,
+        # cleared; then what is left may still reach the corner: a drawing's own dot there
+        if not off[0, 0] or cv2.floodFill(off, None, (0, 0), 0, flags=8)[0] <= SPECK:
+            page = _spans(off)
+            if page is None or page[:2] != (0, 0):
+                return _on_page(page, width, height)
     if box is None:
         return None
     x0, y0, x1, y1 = box  # each edge of the box with more than SPECK pixels off the page within GAP of it is

@@ -316,6 +316,16 @@ def test_a_page_is_found_past_a_changed_corner_and_specks_but_not_past_a_second_
     near.paste(icon, (3, 3))
     near.putpixel((0, 0), (200, 200, 200))
     assert hashes.picture(near).frame == (3, 3, 43, 43)
+    shaded = np.full((200, 300, 3), 100, np.uint8)  # a page shaded two ways: the top-left pixel loses the
+    shaded[..., 0] += np.linspace(0, 24, 200).round().astype(np.uint8)[:, None]  # ring's vote...
+    shaded[..., 1] += np.linspace(0, 24, 300).round().astype(np.uint8)[None, :]
+    shaded[100:140, 150:190] = np.asarray(icon)
+    assert hashes.picture(Image.fromarray(shaded)).frame == (150, 100, 190, 140)  # ...but lies on the page
+    dots = np.zeros((400, 400, 3), np.uint8)  # a dotted drawing reaching the sheet's corner: its own first
+    for y in range(0, 120, 6):  # dot is no speck on the sheet, which stays whole (as registered)
+        for x in range(0, 150, 6):
+            dots[y:y + 3, x:x + 3] = (x % 256, 2 * y % 256, 200)
+    assert hashes.picture(Image.fromarray(dots)).frame == (0, 0, 400, 400)
     red = page.copy()
     red.putpixel((0, 0), (255, 0, 0))
     frames = []
