@@ -29,7 +29,10 @@ def _rgb(img: Image.Image) -> Image.Image:
     return img if img.mode in ("RGB", "L") else img.convert("RGB")
 
 
-def content_box(img: Image.Image, tol: int = 12) -> tuple[int, int, int, int]:
+TOL = 12  # how far (per channel) a pixel may be from a border's colour and still be border
+
+
+def content_box(img: Image.Image, tol: int = TOL) -> tuple[int, int, int, int]:
     """The box inside uniform borders (padding, letterboxing); the whole image if it is mostly border."""
     return _content_box(np.asarray(_rgb(img)), tol)
 
@@ -76,12 +79,10 @@ def picture(img: Image.Image, cut: bool = True) -> Picture:
 def _outer(raw: np.ndarray) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int] | None]:
     """(`content_box`, the box of a picture pasted on a uniform page: `_page`) of an `_rgbx` copy."""
     height, width = raw.shape[:2]
-    far = _far(raw, raw[0, 0].tolist(), 12, 3)
-    x, y, w, h = cv2.boundingRect(far)
-    box = (x // 4, y, -(-(x + w) // 4), y + h)
-    area, whole = (box[2] - box[0]) * h, width * height
-    trimmed = box if w and area >= 0.2 * whole else (0, 0, width, height)
-    return trimmed, _page(raw, far, box if w else None)
+    far = _far(raw, raw[0, 0].tolist(), TOL, 3)
+    box = _bounds(far, 4)
+    trimmed = box if box and (box[2] - box[0]) * (box[3] - box[1]) >= 0.2 * width * height else (0, 0, width, height)
+    return trimmed, _page(raw, far, box)
 
 
 SPECK = 32  # a mark of at most this many pixels beyond the picture (one changed pixel, saved as JPEG, was
@@ -100,15 +101,15 @@ def _page(raw: np.ndarray, far: np.ndarray, box: tuple[int, int, int, int] | Non
     holds the top-left pixel is a speck (then cleared, however near the picture). A speck on the
     page far from the picture (`_span`) is no part of it. Read from one pixel and boxed with every
     pixel off it, one changed pixel hid the page: a copy pasted on a black page with a grey top-left
-    pixel was scored as the whole page, and found by nothing. A picture that itself reaches the top-left corner keeps the page its own pixel gives,
-    as registration trims it (`content_box`): a work registered as its whole sheet is still
-    compared whole."""
+    pixel was scored as the whole page, and found by nothing. A picture that itself reaches the
+    top-left corner keeps the page its own pixel gives, as registration trims it (`content_box`): a
+    work registered as its whole sheet is still compared whole."""
     height, width = raw.shape[:2]
     colour = _page_colour(raw, far)
     if colour is None:
         return None
     if colour is not _TOP_LEFT:
-        off = _off(_far(raw, colour + [0], 12, 3))
+        off = _off(_far(raw, colour + [0], TOL, 3))
         # the top-left pixel on that page (a grained or shaded one), or its own patch off it a speck,
         # cleared; then what is left may still reach the corner: a drawing's own dot there
         if not off[0, 0] or cv2.floodFill(off, None, (0, 0), 0, flags=8)[0] <= SPECK:
@@ -131,20 +132,23 @@ _TOP_LEFT: list[int] = []  # `_page_colour`'s answer when the top-left pixel's c
 def _page_colour(raw: np.ndarray, far: np.ndarray) -> list[int] | None:
     """The colour of the page an `_rgbx` copy lies on (`far`: `_far` of it from its top-left pixel):
     `_TOP_LEFT` when at least half of the pixels of its outermost ring (RING of them, evenly spaced)
-    are within 12 of the top-left pixel's; else the ring's median colour if that holds of it; None
+    are within TOL of the top-left pixel's; else the ring's median colour if that holds of it; None
     otherwise (no uniform page). A vote of the whole ring for a colour of its own: two changed corner
     pixels outvoted two on the page, and four left no corner to vote for."""
     step = max(1, (2 * (raw.shape[0] + raw.shape[1])) // RING)
-    off = far.view("<u4")  # the top-left pixel's vote is read from `far`: nothing more to compute
-    votes = np.concatenate([off[0, ::step], off[-1, ::step], off[::step, 0], off[::step, -1]])
+    votes = _ring(far.view("<u4"), step)  # the top-left pixel's vote is read from `far`: nothing more to compute
     if 2 * np.count_nonzero(votes == 0) >= len(votes):
         return _TOP_LEFT
-    ring = np.concatenate([raw[0, ::step, :3], raw[-1, ::step, :3], raw[::step, 0, :3], raw[::step, -1, :3]]
-                          ).astype(np.int16)
+    ring = _ring(raw[..., :3], step).astype(np.int16)
     colour = np.sort(ring, axis=0)[len(ring) // 2]  # each channel's median (the upper one): np.median costs 5x
-    if 2 * np.count_nonzero((np.abs(ring - colour) <= 12).all(axis=1)) >= len(ring):
+    if 2 * np.count_nonzero((np.abs(ring - colour) <= TOL).all(axis=1)) >= len(ring):
         return colour.tolist()
     return None
+
+
+def _ring(a: np.ndarray, step: int) -> np.ndarray:
+    """Every `step`-th element of the outermost rows and columns of `a` (h, w, ...): top, bottom, left, right."""
+    return np.concatenate([a[0, ::step], a[-1, ::step], a[::step, 0], a[::step, -1]])
 
 
 def _on_page(box: tuple[int, int, int, int] | None, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -198,7 +202,7 @@ def _nested(raw: np.ndarray, trimmed: tuple[int, int, int, int],
     return None if min(u1 - u0, v1 - v0) < 8 or box == trimmed else box
 
 
-def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None,
+def _content_box(arr: np.ndarray, tol: int = TOL, channels: int | None = None,
                  least: float = 0.2) -> tuple[int, int, int, int]:
     """`content_box` of an image's pixels: (h, w) or (h, w, depth <= 4) uint8, of whose channels the
     first `channels` (all by default) count: an RGBX copy's padding byte X is whatever Pillow was
@@ -211,12 +215,17 @@ def _content_box(arr: np.ndarray, tol: int = 12, channels: int | None = None,
     per-pixel range test cost 3x as much. Content under `least` of the area is taken for no border."""
     height, width = arr.shape[:2]
     depth = 1 if arr.ndim == 2 else arr.shape[2]
-    x, y, w, h = cv2.boundingRect(_far(arr, np.atleast_1d(arr[0, 0]).tolist(), tol,
-                                       depth if channels is None else channels))
-    x0, x1 = x // depth, -(-(x + w) // depth)
-    if (x1 - x0) * h < least * width * height or w == 0:
+    box = _bounds(_far(arr, np.atleast_1d(arr[0, 0]).tolist(), tol, depth if channels is None else channels), depth)
+    if box is None or (box[2] - box[0]) * (box[3] - box[1]) < least * width * height:
         return (0, 0, width, height)  # mostly border (or all of it): the "border" is the picture
-    return (x0, y, x1, y + h)
+    return box
+
+
+def _bounds(far: np.ndarray, depth: int) -> tuple[int, int, int, int] | None:
+    """The box of the pixels `far` (`_far`, rows of width x depth bytes) has past tol: the bounding
+    rectangle of its non-zero bytes, divided by the depth; None when there are none."""
+    x, y, w, h = cv2.boundingRect(far)
+    return (x // depth, y, -(-(x + w) // depth), y + h) if w else None
 
 
 def _far(arr: np.ndarray, corner: list[int], tol: int, counted: int) -> np.ndarray:
